@@ -1,0 +1,3 @@
+//! Text → latents → image.
+
+pub mod schedulers;

@@ -1,0 +1,3 @@
+//! What is kept with every image.
+
+pub mod png_meta;

@@ -1,0 +1,14 @@
+//! Easel: a native desktop studio for Stable Diffusion.
+//!
+//! The library holds everything the studio window, the headless CLI, the tests and the
+//! benchmarks share. The folder tree is the architecture:
+//!
+//! - [`models`]: model files on disk (diffusers folders, tokenizer, weights) → candle modules.
+//! - [`diffusion`]: the text → latents → image pipeline, samplers, guidance, previews.
+//! - [`gallery`]: what is kept with every image (PNG metadata).
+//! - [`cli`]: the headless subcommands.
+
+pub mod cli;
+pub mod diffusion;
+pub mod gallery;
+pub mod models;
