@@ -1,1 +1,87 @@
-//! Headless subcommands.
+//! Headless subcommands. Everything the studio can do, scripts and tests can do from here,
+//! through the same library API.
+
+mod bench;
+mod generate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "easel",
+    version,
+    about = "A native desktop studio for Stable Diffusion"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate one image from a text prompt.
+    Generate(generate::GenerateArgs),
+    /// Measure text encoding, a UNet step, VAE decode and a preview on SD 1.5-sized weights.
+    Bench(bench::BenchArgs),
+}
+
+/// Parses the command line and runs it; errors are printed as one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Generate(args)) => generate::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
+        None => {
+            eprintln!(
+                "easel: the studio window is not built yet; run `easel generate --help` for the headless generator"
+            );
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping causes already quoted by their parent.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}
+
+/// Where the bundled default model lives: `models/default` beside the executable's package
+/// (installed layout) or in the source tree (cargo run).
+pub fn default_model_dir() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("models").join("default"));
+            candidates.push(dir.join("../share/easel/models/default"));
+        }
+    }
+    candidates.push(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join("default"),
+    );
+    candidates
+        .into_iter()
+        .find(|p| p.join("model_index.json").is_file())
+}

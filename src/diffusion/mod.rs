@@ -1,3 +1,11 @@
-//! Text → latents → image.
+//! Text → latents → image: the pipeline, its samplers, guidance and live previews.
 
+pub mod guidance;
+pub mod noise;
+pub mod pipeline;
+pub mod preview;
 pub mod schedulers;
+
+pub use pipeline::{
+    GenerateRequest, GeneratedImage, Outcome, Pipeline, PipelineError, StepProgress,
+};

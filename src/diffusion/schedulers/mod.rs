@@ -1,0 +1,267 @@
+//! Samplers (diffusers calls them schedulers): turn a sequence of UNet predictions into a clean
+//! latent.
+//!
+//! Each sampler reproduces its diffusers class with that class's default settings, because users
+//! compare Easel's output with diffusers and A1111 and expect the same sampler name to mean the
+//! same numbers. The reference traces in `tests/fixtures/refs/schedulers/` (written by diffusers)
+//! hold every sampler to that, step by step.
+//!
+//! The schedule (betas, ᾱ, sigmas, timesteps) is computed once on the CPU with diffusers' own
+//! precision (see [`schedule`]); each step is a handful of f32 tensor operations on the device.
+//!
+//! Usage, per image: `build` a scheduler for the chosen steps, multiply the initial noise by
+//! `init_noise_sigma`, then for each `step_index` feed the UNet
+//! `scale_model_input(x, step_index)` at `timesteps()[step_index]` and pass its output to `step`.
+
+mod config;
+mod ddim;
+mod dpmpp_2m;
+mod error;
+mod euler;
+mod schedule;
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Tensor};
+
+pub use config::{BetaSchedule, PredictionType, SchedulerConfig};
+pub use error::SchedulerError;
+
+use super::noise::NoiseSource;
+
+/// The samplers Easel offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sampler {
+    /// diffusers `DDIMScheduler` (η = 0, "leading" spacing).
+    Ddim,
+    /// diffusers `EulerDiscreteScheduler`.
+    Euler,
+    /// diffusers `EulerAncestralDiscreteScheduler`: draws fresh noise every step.
+    EulerAncestral,
+    /// diffusers `DPMSolverMultistepScheduler(use_karras_sigmas=True)`: DPM-Solver++ (2M).
+    DpmPp2mKarras,
+}
+
+impl Sampler {
+    /// Every sampler, in the order menus list them.
+    pub const ALL: [Sampler; 4] = [
+        Sampler::Ddim,
+        Sampler::Euler,
+        Sampler::EulerAncestral,
+        Sampler::DpmPp2mKarras,
+    ];
+
+    /// The name used on the command line and in settings.
+    pub fn cli_name(&self) -> &'static str {
+        match self {
+            Sampler::Ddim => "ddim",
+            Sampler::Euler => "euler",
+            Sampler::EulerAncestral => "euler_a",
+            Sampler::DpmPp2mKarras => "dpmpp_2m_karras",
+        }
+    }
+
+    /// The name AUTOMATIC1111 writes in PNG metadata, which the ecosystem reads.
+    pub fn a1111_name(&self) -> &'static str {
+        match self {
+            Sampler::Ddim => "DDIM",
+            Sampler::Euler => "Euler",
+            Sampler::EulerAncestral => "Euler a",
+            Sampler::DpmPp2mKarras => "DPM++ 2M Karras",
+        }
+    }
+
+    /// The sampler an A1111 metadata name refers to, if it is one of ours.
+    pub fn from_a1111_name(name: &str) -> Option<Sampler> {
+        Sampler::ALL.into_iter().find(|s| s.a1111_name() == name)
+    }
+
+    /// The sampler matching a model's own scheduler class (`_class_name`), used as its default.
+    /// Classes we do not implement (SD 1.5 ships PNDM) give `None`: the caller picks a default.
+    pub fn from_diffusers_class(class_name: &str) -> Option<Sampler> {
+        match class_name {
+            "DDIMScheduler" => Some(Sampler::Ddim),
+            "EulerDiscreteScheduler" => Some(Sampler::Euler),
+            "EulerAncestralDiscreteScheduler" => Some(Sampler::EulerAncestral),
+            "DPMSolverMultistepScheduler" => Some(Sampler::DpmPp2mKarras),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Sampler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.cli_name())
+    }
+}
+
+impl FromStr for Sampler {
+    type Err = SchedulerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Sampler::ALL
+            .into_iter()
+            .find(|sampler| sampler.cli_name() == s)
+            .ok_or_else(|| SchedulerError::UnknownSampler {
+                name: s.to_string(),
+                valid: Sampler::ALL.map(|s| s.cli_name()).join(", "),
+            })
+    }
+}
+
+/// The result of one sampler step.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// The latent to feed the next step (or to decode after the last).
+    pub prev_sample: Tensor,
+    /// The sampler's current estimate of the clean latent x0, for live previews. Every sampler
+    /// computes it, including DPM++ where diffusers does not return it.
+    pub pred_original: Tensor,
+}
+
+/// One configured run of a sampler over a fixed number of steps.
+pub trait Scheduler: Send {
+    /// The UNet timestep for each step; its length is the number of steps.
+    fn timesteps(&self) -> &[f64];
+
+    /// The standard deviation of the initial latent noise (multiply N(0, 1) noise by it).
+    fn init_noise_sigma(&self) -> f64;
+
+    /// The UNet input for `sample` at `step_index` (Euler samplers divide by √(σ² + 1)).
+    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> candle_core::Result<Tensor>;
+
+    /// Advances `sample` by one step given the (guided) UNet output. Takes `&mut self` because
+    /// multistep samplers keep earlier outputs; ancestral samplers draw fresh noise from `noise`.
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> candle_core::Result<StepOutput>;
+}
+
+/// Builds `sampler` over `steps` steps of the model's training schedule.
+pub fn build(
+    sampler: Sampler,
+    config: &SchedulerConfig,
+    steps: usize,
+) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    if steps == 0 || steps > config.num_train_timesteps {
+        return Err(SchedulerError::InvalidSteps {
+            steps,
+            num_train_timesteps: config.num_train_timesteps,
+        });
+    }
+    Ok(match sampler {
+        Sampler::Ddim => Box::new(ddim::Ddim::new(config, steps)?),
+        Sampler::Euler => Box::new(euler::Euler::new(config, steps, false)),
+        Sampler::EulerAncestral => Box::new(euler::Euler::new(config, steps, true)),
+        Sampler::DpmPp2mKarras => Box::new(dpmpp_2m::DpmPp2mKarras::new(config, steps)),
+    })
+}
+
+/// Fails clearly when a step index runs past the schedule.
+fn check_step(step_index: usize, steps: usize) -> candle_core::Result<()> {
+    if step_index >= steps {
+        candle_core::bail!(
+            "sampler step index {step_index} out of range (the schedule has {steps} steps)"
+        );
+    }
+    Ok(())
+}
+
+/// `a·x + b·y` on tensors of the same shape.
+fn lincomb(a: f64, x: &Tensor, b: f64, y: &Tensor) -> candle_core::Result<Tensor> {
+    x.affine(a, 0.0)? + y.affine(b, 0.0)?
+}
+
+/// Samplers do their arithmetic in f32, as diffusers does, whatever dtype the UNet ran in.
+fn to_f32(t: &Tensor) -> candle_core::Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
+/// The sigmas diffusers recorded for a 10-step trace (tests/fixtures/refs/schedulers).
+#[cfg(test)]
+pub(crate) fn recorded_sigmas(trace: &str) -> Vec<f64> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/refs/schedulers")
+        .join(format!("{trace}.safetensors"));
+    let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    tensors["sigmas"].to_vec1().unwrap()
+}
+
+/// Asserts our f32 sigmas equal diffusers' to within the last bit (see [`schedule`] on sqrt).
+#[cfg(test)]
+pub(crate) fn assert_sigmas_match(ours: &[f32], recorded: &[f64]) {
+    assert_eq!(ours.len(), recorded.len());
+    for (i, (&a, &b)) in ours.iter().zip(recorded).enumerate() {
+        let a = f64::from(a);
+        assert!(
+            (a - b).abs() <= 2.5e-7 * b.abs(),
+            "sigma {i}: {a} vs diffusers {b}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_names_round_trip() {
+        for sampler in Sampler::ALL {
+            assert_eq!(sampler.to_string().parse::<Sampler>().unwrap(), sampler);
+            assert_eq!(
+                Sampler::from_a1111_name(sampler.a1111_name()),
+                Some(sampler)
+            );
+        }
+        assert_eq!(
+            "euler_a".parse::<Sampler>().unwrap(),
+            Sampler::EulerAncestral
+        );
+        assert_eq!(Sampler::DpmPp2mKarras.a1111_name(), "DPM++ 2M Karras");
+    }
+
+    #[test]
+    fn unknown_sampler_lists_valid_names() {
+        let err = "heun".parse::<Sampler>().unwrap_err().to_string();
+        assert!(err.contains("heun"), "{err}");
+        for sampler in Sampler::ALL {
+            assert!(err.contains(sampler.cli_name()), "{err}");
+        }
+    }
+
+    #[test]
+    fn diffusers_classes_map_to_samplers() {
+        assert_eq!(
+            Sampler::from_diffusers_class("DDIMScheduler"),
+            Some(Sampler::Ddim)
+        );
+        assert_eq!(
+            Sampler::from_diffusers_class("EulerAncestralDiscreteScheduler"),
+            Some(Sampler::EulerAncestral)
+        );
+        assert_eq!(
+            Sampler::from_diffusers_class("DPMSolverMultistepScheduler"),
+            Some(Sampler::DpmPp2mKarras)
+        );
+        assert_eq!(Sampler::from_diffusers_class("PNDMScheduler"), None);
+    }
+
+    #[test]
+    fn step_counts_outside_the_training_schedule_are_errors() {
+        let cfg = SchedulerConfig::sd15();
+        for sampler in Sampler::ALL {
+            assert!(matches!(
+                build(sampler, &cfg, 0),
+                Err(SchedulerError::InvalidSteps { steps: 0, .. })
+            ));
+            assert!(build(sampler, &cfg, 1001).is_err());
+            let sched = build(sampler, &cfg, 1).unwrap();
+            assert_eq!(sched.timesteps().len(), 1);
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `easel bench`: the cost of each stage on SD 1.5-sized weights.
+//!
+//! Speed depends on the architecture, not the weight values, so the bench builds an SD 1.5
+//! model folder with random weights once (cached; ~4 GB) and loads it through the same code as a
+//! real checkpoint. It times text encoding, one UNet step with CFG (batch 2), a VAE decode and one
+//! preview, and reads the process's peak RSS after each stage.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use clap::Args;
+
+use crate::diffusion::preview::latent_preview;
+use crate::diffusion::Pipeline;
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::unet::{UNet, UNetConfig};
+use crate::models::vae::{Vae, VaeConfig};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Benchmark this diffusers folder instead of random SD 1.5 weights.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Where the random SD 1.5 folder is made (once) and kept.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    /// Timed repetitions of each heavy stage (after one warm-up).
+    #[arg(long, default_value_t = 2)]
+    pub reps: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const SD15_UNET: &str = r#"{"_class_name":"UNet2DConditionModel","act_fn":"silu","attention_head_dim":8,
+"block_out_channels":[320,640,1280,1280],"center_input_sample":false,"cross_attention_dim":768,
+"down_block_types":["CrossAttnDownBlock2D","CrossAttnDownBlock2D","CrossAttnDownBlock2D","DownBlock2D"],
+"downsample_padding":1,"flip_sin_to_cos":true,"freq_shift":0,"in_channels":4,"layers_per_block":2,
+"mid_block_scale_factor":1,"norm_eps":1e-05,"norm_num_groups":32,"out_channels":4,"sample_size":64,
+"up_block_types":["UpBlock2D","CrossAttnUpBlock2D","CrossAttnUpBlock2D","CrossAttnUpBlock2D"]}"#;
+const SD15_VAE: &str = r#"{"_class_name":"AutoencoderKL","act_fn":"silu","block_out_channels":[128,256,512,512],
+"down_block_types":["DownEncoderBlock2D","DownEncoderBlock2D","DownEncoderBlock2D","DownEncoderBlock2D"],
+"in_channels":3,"latent_channels":4,"layers_per_block":2,"norm_num_groups":32,"out_channels":3,"sample_size":512,
+"scaling_factor":0.18215,"up_block_types":["UpDecoderBlock2D","UpDecoderBlock2D","UpDecoderBlock2D","UpDecoderBlock2D"]}"#;
+const SD15_TEXT: &str = r#"{"architectures":["CLIPTextModel"],"hidden_act":"quick_gelu","hidden_size":768,
+"intermediate_size":3072,"layer_norm_eps":1e-05,"max_position_embeddings":77,"num_attention_heads":12,
+"num_hidden_layers":12,"projection_dim":768,"vocab_size":49408}"#;
+const SD15_SCHEDULER: &str = r#"{"_class_name":"PNDMScheduler","beta_end":0.012,"beta_schedule":"scaled_linear",
+"beta_start":0.00085,"num_train_timesteps":1000,"set_alpha_to_one":false,"skip_prk_steps":true,"steps_offset":1,
+"clip_sample":false,"prediction_type":"epsilon"}"#;
+const SD15_INDEX: &str = r#"{"_class_name":"StableDiffusionPipeline","unet":["diffusers","UNet2DConditionModel"],
+"vae":["diffusers","AutoencoderKL"],"text_encoder":["transformers","CLIPTextModel"],
+"scheduler":["diffusers","PNDMScheduler"]}"#;
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let dir = match &args.model {
+        Some(m) => m.clone(),
+        None => {
+            let work = args
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("easel-bench"));
+            let dir = work.join("sd15-random");
+            if !dir.join("model_index.json").is_file() {
+                eprintln!("making random SD 1.5 weights in {} (once)…", dir.display());
+                make_sd15_random(&dir).with_context(|| format!("making {}", dir.display()))?;
+            }
+            dir
+        }
+    };
+    let reps = args.reps.max(1);
+
+    let t = Instant::now();
+    let pipeline = Pipeline::load(&dir, &device)?;
+    let load_ms = ms(t);
+    let rss_load = peak_rss_mib();
+
+    let prompt = "a photograph of an astronaut riding a horse on the moon, highly detailed";
+    let text_ms = median(reps + 1, || {
+        pipeline.encode_prompt(prompt)?;
+        pipeline.encode_prompt("")?;
+        Ok(())
+    })?;
+    let (cond, _) = pipeline.encode_prompt(prompt)?;
+    let (uncond, _) = pipeline.encode_prompt("")?;
+    let context = Tensor::cat(&[&uncond, &cond], 0)?;
+    let rss_text = peak_rss_mib();
+
+    let f = pipeline.model.vae_scale();
+    let c = pipeline.model.latent_channels();
+    let latents = Tensor::randn(0f32, 1f32, (1, c, args.size / f, args.size / f), &device)?;
+    let batch = Tensor::cat(&[&latents, &latents], 0)?;
+    let unet_ms = median(reps, || {
+        pipeline.model.unet.forward(&batch, 500.0, &context)?;
+        Ok(())
+    })?;
+    let rss_unet = peak_rss_mib();
+
+    let vae_ms = median(reps, || {
+        pipeline.model.vae.decode(&latents)?;
+        Ok(())
+    })?;
+    let rss_vae = peak_rss_mib();
+
+    let preview_ms = median(50, || {
+        latent_preview(&latents)?;
+        Ok(())
+    })?;
+    let ratio = preview_ms / unet_ms;
+
+    let threads = candle_core::utils::get_num_threads();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": dir, "size": args.size, "threads": threads, "load_ms": load_ms,
+                "text_encode_ms": text_ms, "unet_step_cfg_ms": unet_ms, "vae_decode_ms": vae_ms,
+                "preview_ms": preview_ms, "preview_over_unet_step": ratio,
+                "peak_rss_mib": {"after_load": rss_load, "after_text": rss_text, "after_unet": rss_unet, "after_vae": rss_vae},
+            })
+        );
+    } else {
+        println!(
+            "model {}  {}x{}  {} threads",
+            dir.display(),
+            args.size,
+            args.size,
+            threads
+        );
+        println!("{:<34}{:>12}", "stage", "ms (median)");
+        println!("{:<34}{:>12.1}", "load (cold, from disk)", load_ms);
+        println!("{:<34}{:>12.1}", "text encode (prompt + negative)", text_ms);
+        println!("{:<34}{:>12.1}", "UNet step with CFG (batch 2)", unet_ms);
+        println!("{:<34}{:>12.1}", "VAE decode", vae_ms);
+        println!("{:<34}{:>12.3}", "preview (latent → RGB)", preview_ms);
+        println!("preview / UNet step = {:.5} ({:.3}%)", ratio, ratio * 100.0);
+        println!(
+            "peak RSS MiB: after load {rss_load:.0}, text {rss_text:.0}, UNet {rss_unet:.0}, VAE {rss_vae:.0}"
+        );
+    }
+    Ok(())
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Runs `f` once to warm up, then `reps` times; the median in milliseconds.
+fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        times.push(ms(t));
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+/// Peak resident set size (VmHWM) in MiB; 0 where /proc is not available.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Writes an SD 1.5-architecture diffusers folder with random weights: each component is built
+/// once on a `VarMap` (which creates every tensor the module asks for, with candle's default
+/// initialisers) and the map is saved under the component's real file name.
+fn make_sd15_random(dir: &Path) -> Result<()> {
+    let device = Device::Cpu;
+    let write = |rel: &str, text: &str| -> Result<()> {
+        let p = dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, text).with_context(|| p.display().to_string())
+    };
+    write("unet/config.json", SD15_UNET)?;
+    write("vae/config.json", SD15_VAE)?;
+    write("text_encoder/config.json", SD15_TEXT)?;
+    write("scheduler/scheduler_config.json", SD15_SCHEDULER)?;
+
+    let vm = VarMap::new();
+    let cfg_path = dir.join("text_encoder/config.json");
+    let cfg = ClipTextConfig::from_file(&cfg_path)?;
+    ClipTextModel::new(
+        VarBuilder::from_varmap(&vm, DType::F32, &device).pp("text_model"),
+        cfg,
+        &cfg_path,
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    vm.save(dir.join("text_encoder/model.safetensors"))?;
+
+    let vm = VarMap::new();
+    let cfg_path = dir.join("unet/config.json");
+    let cfg = UNetConfig::from_file(&cfg_path)?;
+    UNet::new(
+        VarBuilder::from_varmap(&vm, DType::F32, &device),
+        cfg,
+        &cfg_path,
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    vm.save(dir.join("unet/diffusion_pytorch_model.safetensors"))?;
+
+    let vm = VarMap::new();
+    let cfg_path = dir.join("vae/config.json");
+    let cfg = VaeConfig::from_file(&cfg_path)?;
+    Vae::new(
+        VarBuilder::from_varmap(&vm, DType::F32, &device),
+        cfg,
+        &cfg_path,
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    vm.save(dir.join("vae/diffusion_pytorch_model.safetensors"))?;
+
+    // Written last: its presence marks the folder complete.
+    write("model_index.json", SD15_INDEX)?;
+    Ok(())
+}

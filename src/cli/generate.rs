@@ -1,0 +1,189 @@
+//! `easel generate`: one image, progress on stderr, metadata in the PNG.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+
+use crate::diffusion::schedulers::Sampler;
+use crate::diffusion::{GenerateRequest, Outcome, Pipeline};
+use crate::gallery::png_meta::{self, GenerationMetadata};
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    /// Default: the bundled model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long)]
+    pub prompt: String,
+    /// What the image should not show; empty = unconditional.
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Classifier-free guidance scale; ≤ 1 skips the unconditional pass.
+    #[arg(long, default_value_t = 7.5)]
+    pub cfg: f64,
+    /// Random (and printed) when not given.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Default: the model's native size.
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// ddim | euler | euler_a | dpmpp_2m_karras. Default: the model's own scheduler.
+    #[arg(long)]
+    pub sampler: Option<Sampler>,
+    /// A safetensors file with one tensor [1, C, H/f, W/f] used instead of the seeded noise.
+    #[arg(long)]
+    pub init_noise: Option<PathBuf>,
+    /// Write each step's preview here as step_NNN.png.
+    #[arg(long)]
+    pub preview_dir: Option<PathBuf>,
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    check_output_path(&args.output)?;
+    if let Some(dir) = &args.preview_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("--preview-dir {}", dir.display()))?;
+    }
+    let model_dir = match &args.model {
+        Some(m) => m.clone(),
+        None => super::default_model_dir().ok_or_else(|| {
+            anyhow!("--model: no model given and the bundled default model (models/default) is not installed")
+        })?,
+    };
+    let device = Device::Cpu;
+    let load_start = Instant::now();
+    let pipeline = Pipeline::load(&model_dir, &device)?;
+    eprintln!(
+        "loaded {} in {:.2}s",
+        model_dir.display(),
+        load_start.elapsed().as_secs_f64()
+    );
+
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let mut req = GenerateRequest::new(&pipeline.model, &args.prompt, seed);
+    req.negative_prompt = args.negative.clone();
+    req.steps = args.steps;
+    req.cfg_scale = args.cfg;
+    req.width = args.width.unwrap_or(req.width);
+    req.height = args.height.unwrap_or(req.height);
+    if let Some(s) = args.sampler {
+        req.sampler = s;
+    }
+    if let Some(path) = &args.init_noise {
+        req.init_noise = Some(load_init_noise(path)?);
+    }
+    pipeline.validate(&req)?;
+    eprintln!(
+        "seed: {seed}  sampler: {}  {}x{}  {} steps  cfg {}",
+        req.sampler, req.width, req.height, req.steps, req.cfg_scale
+    );
+
+    let cancel = AtomicBool::new(false);
+    let mut preview_error = None;
+    let outcome = pipeline.generate(&req, &cancel, &mut |p| {
+        let secs = p.elapsed.as_secs_f64();
+        eprint!(
+            "\rstep {}/{}  {:.2} it/s ",
+            p.step,
+            p.total,
+            p.step as f64 / secs.max(1e-9)
+        );
+        let _ = std::io::stderr().flush();
+        if let (Some(dir), None) = (&args.preview_dir, &preview_error) {
+            let path = dir.join(format!("step_{:03}.png", p.step));
+            if let Err(e) = image::save_buffer(
+                &path,
+                &p.preview.rgb,
+                p.preview.width as u32,
+                p.preview.height as u32,
+                image::ExtendedColorType::Rgb8,
+            ) {
+                preview_error = Some(anyhow!("--preview-dir: writing {}: {e}", path.display()));
+            }
+        }
+    })?;
+    eprintln!();
+    if let Some(e) = preview_error {
+        return Err(e);
+    }
+    let image = match outcome {
+        Outcome::Finished(image) => image,
+        Outcome::Cancelled { completed_steps } => bail!("cancelled after {completed_steps} steps"),
+    };
+    for w in &image.warnings {
+        eprintln!("warning: {w}");
+    }
+    let meta = GenerationMetadata {
+        prompt: req.prompt.clone(),
+        negative_prompt: req.negative_prompt.clone(),
+        steps: req.steps,
+        cfg_scale: req.cfg_scale,
+        seed,
+        width: req.width,
+        height: req.height,
+        sampler: req.sampler.to_string(),
+        sampler_a1111: req.sampler.a1111_name().to_string(),
+        model_name: pipeline.model.name.clone(),
+        model_hash: pipeline.model.short_hash()?,
+        loras: Vec::new(),
+        init_noise: args.init_noise.as_ref().map(|p| p.display().to_string()),
+        easel_version: env!("CARGO_PKG_VERSION").to_string(),
+        extra: Default::default(),
+    };
+    png_meta::write_png(&args.output, image.width, image.height, &image.rgb, &meta)?;
+    eprintln!("wrote {}", args.output.display());
+    Ok(())
+}
+
+/// Fails before any work when the output cannot be written where asked.
+fn check_output_path(out: &Path) -> Result<()> {
+    if out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.eq_ignore_ascii_case("png"))
+        != Some(true)
+    {
+        bail!("--output {}: the file name must end in .png", out.display());
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "--output {}: folder {} does not exist",
+            out.display(),
+            parent.display()
+        );
+    }
+    if out.is_dir() {
+        bail!("--output {}: is a folder", out.display());
+    }
+    Ok(())
+}
+
+/// Reads the single tensor of a safetensors file.
+fn load_init_noise(path: &Path) -> Result<Tensor> {
+    crate::models::weights::check_safetensors(path).map_err(|e| anyhow!("--init-noise: {e}"))?;
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("--init-noise {}", path.display()))?;
+    let mut it = tensors.into_values();
+    match (it.next(), it.next()) {
+        (Some(t), None) => Ok(t),
+        _ => bail!(
+            "--init-noise {}: must hold exactly one tensor",
+            path.display()
+        ),
+    }
+}

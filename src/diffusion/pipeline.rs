@@ -1,0 +1,334 @@
+//! The text-to-image pipeline: prompt → text states → denoising loop → VAE decode.
+//!
+//! One call, [`Pipeline::generate`], serves the CLI, the studio's worker thread, the tests and
+//! the benchmarks. It reports every step through a callback (step, elapsed time, the latents and
+//! a cheap RGB preview of the predicted clean image) and checks a cancel flag between steps, so a
+//! cancelled job ends within one step with [`Outcome::Cancelled`], not an error.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::guidance;
+use super::noise::{NoiseSource, SeededNoise};
+use super::preview::{latent_preview, Preview};
+use super::schedulers::{self, Sampler};
+use crate::models::{ModelError, StableDiffusion};
+
+/// Steps above this are refused: no sampler gains anything there, and a typo like 20000 would
+/// otherwise tie up the machine for hours.
+pub const MAX_STEPS: usize = 1000;
+/// The largest side accepted, in pixels (16 MP images need far more memory than any desktop has
+/// for SD 1.x attention anyway).
+pub const MAX_SIDE: usize = 4096;
+
+/// What to generate. Build it with [`GenerateRequest::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// Empty = unconditional, as in diffusers.
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub cfg_scale: f64,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub sampler: Sampler,
+    /// Replaces the seeded initial noise: [1, C, H/f, W/f], before init-sigma scaling
+    /// (diffusers' `latents=` argument).
+    pub init_noise: Option<Tensor>,
+}
+
+impl GenerateRequest {
+    /// Defaults: 20 steps, CFG 7.5, the model's native size and its own sampler.
+    pub fn new(model: &StableDiffusion, prompt: &str, seed: u64) -> Self {
+        let size = model.native_size();
+        Self {
+            prompt: prompt.to_string(),
+            negative_prompt: String::new(),
+            steps: 20,
+            cfg_scale: 7.5,
+            seed,
+            width: size,
+            height: size,
+            sampler: default_sampler(model),
+            init_noise: None,
+        }
+    }
+}
+
+/// The sampler named by the model's `scheduler_config.json`; DPM++ 2M Karras for classes Easel
+/// does not implement (SD 1.5 ships PNDM), since it is the best general choice at 20 steps.
+pub fn default_sampler(model: &StableDiffusion) -> Sampler {
+    Sampler::from_diffusers_class(&model.scheduler.class_name).unwrap_or(Sampler::DpmPp2mKarras)
+}
+
+/// Reported after every step.
+pub struct StepProgress<'a> {
+    /// 1-based: `step == total` after the last step.
+    pub step: usize,
+    pub total: usize,
+    pub elapsed: Duration,
+    /// The latents after this step.
+    pub latents: &'a Tensor,
+    /// RGB of the predicted clean latents (x0), at latent resolution.
+    pub preview: Preview,
+}
+
+/// A finished image.
+#[derive(Debug, Clone)]
+pub struct GeneratedImage {
+    pub width: usize,
+    pub height: usize,
+    /// Row-major 8-bit RGB, converted as diffusers does: round(clamp(x/2 + 0.5, 0, 1) · 255).
+    pub rgb: Vec<u8>,
+    /// The decoded image in [0, 1], [1, 3, H, W], before 8-bit conversion.
+    pub pixels: Tensor,
+    /// Things the user should know, e.g. a prompt truncated to 77 tokens.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Finished(GeneratedImage),
+    /// Stopped by the cancel flag; `completed_steps` steps had run.
+    Cancelled {
+        completed_steps: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A request value that cannot work; `arg` names the setting (CLI flag without dashes).
+    #[error("--{arg}: {msg}")]
+    InvalidRequest { arg: &'static str, msg: String },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{stage} failed: {source}")]
+    Compute {
+        stage: &'static str,
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+fn compute(stage: &'static str) -> impl FnOnce(candle_core::Error) -> PipelineError {
+    move |source| PipelineError::Compute { stage, source }
+}
+
+/// A loaded model plus the generation loop.
+pub struct Pipeline {
+    pub model: StableDiffusion,
+}
+
+impl Pipeline {
+    /// Loads a diffusers folder; F32 compute (the right choice on CPUs).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        Ok(Self {
+            model: StableDiffusion::load(dir, device, DType::F32)?,
+        })
+    }
+
+    /// Tokenises and encodes one prompt: [1, 77, hidden]. Returns a warning when it was truncated.
+    pub fn encode_prompt(&self, text: &str) -> Result<(Tensor, Option<String>), PipelineError> {
+        let enc = self.model.tokenizer.encode(text);
+        let warning = enc.truncated.then(|| {
+            format!(
+                "prompt is {} tokens; only the first {} are used",
+                enc.n_tokens,
+                self.model.tokenizer.max_len() - 2
+            )
+        });
+        let states = self
+            .model
+            .text_encoder
+            .encode_ids(&enc.ids, &self.model.device)
+            .map_err(compute("text encoding"))?;
+        Ok((states, warning))
+    }
+
+    /// Checks a request against the model before any work starts.
+    pub fn validate(&self, req: &GenerateRequest) -> Result<(), PipelineError> {
+        let invalid = |arg, msg: String| Err(PipelineError::InvalidRequest { arg, msg });
+        if req.steps == 0 || req.steps > MAX_STEPS.min(self.model.scheduler.num_train_timesteps) {
+            return invalid(
+                "steps",
+                format!(
+                    "{} is outside 1..={}",
+                    req.steps,
+                    MAX_STEPS.min(self.model.scheduler.num_train_timesteps)
+                ),
+            );
+        }
+        if !req.cfg_scale.is_finite() || req.cfg_scale < 0.0 || req.cfg_scale > 100.0 {
+            return invalid("cfg", format!("{} is outside 0..=100", req.cfg_scale));
+        }
+        let multiple = self.model.size_multiple();
+        for (arg, v) in [("width", req.width), ("height", req.height)] {
+            if v == 0 || v > MAX_SIDE {
+                return invalid(arg, format!("{v} is outside 1..={MAX_SIDE}"));
+            }
+            if v % multiple != 0 {
+                return invalid(
+                    arg,
+                    format!(
+                        "{v} is not a multiple of {multiple}, which this model needs (try {})",
+                        round_to(v, multiple)
+                    ),
+                );
+            }
+        }
+        if let Some(noise) = &req.init_noise {
+            let want = self.latent_shape(req);
+            if noise.dims() != want {
+                return invalid(
+                    "init-noise",
+                    format!(
+                        "tensor has shape {:?}, this model and size need {:?}",
+                        noise.dims(),
+                        want
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn latent_shape(&self, req: &GenerateRequest) -> [usize; 4] {
+        let f = self.model.vae_scale();
+        [
+            1,
+            self.model.latent_channels(),
+            req.height / f,
+            req.width / f,
+        ]
+    }
+
+    /// Generates with the request's seed.
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        cancel: &AtomicBool,
+        on_step: &mut dyn FnMut(&StepProgress),
+    ) -> Result<Outcome, PipelineError> {
+        let mut noise = SeededNoise::new(req.seed);
+        self.generate_with_noise(req, &mut noise, cancel, on_step)
+    }
+
+    /// Generates drawing all randomness (initial latents unless given, ancestral noise) from `noise`.
+    pub fn generate_with_noise(
+        &self,
+        req: &GenerateRequest,
+        noise: &mut dyn NoiseSource,
+        cancel: &AtomicBool,
+        on_step: &mut dyn FnMut(&StepProgress),
+    ) -> Result<Outcome, PipelineError> {
+        self.validate(req)?;
+        let start = Instant::now();
+        let device = &self.model.device;
+        let mut warnings = Vec::new();
+
+        let (cond, warning) = self.encode_prompt(&req.prompt)?;
+        warnings.extend(warning);
+        let cfg = guidance::uses_uncond(req.cfg_scale);
+        let context = if cfg {
+            let (uncond, warning) = self.encode_prompt(&req.negative_prompt)?;
+            warnings.extend(warning.map(|w| format!("negative {w}")));
+            Tensor::cat(&[&uncond, &cond], 0).map_err(compute("text encoding"))?
+        } else {
+            cond
+        };
+
+        let mut scheduler = schedulers::build(req.sampler, &self.model.scheduler, req.steps)
+            .map_err(|e| PipelineError::InvalidRequest {
+                arg: "sampler",
+                msg: e.to_string(),
+            })?;
+        let shape = self.latent_shape(req);
+        let init = match &req.init_noise {
+            Some(t) => t.to_dtype(DType::F32).and_then(|t| t.to_device(device)),
+            None => noise.randn(&shape, device),
+        }
+        .map_err(compute("initial noise"))?;
+        let mut latents =
+            (init * scheduler.init_noise_sigma()).map_err(compute("initial noise"))?;
+
+        let total = req.steps;
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(Outcome::Cancelled { completed_steps: i });
+            }
+            let step_out = (|| {
+                let input = if cfg {
+                    Tensor::cat(&[&latents, &latents], 0)?
+                } else {
+                    latents.clone()
+                };
+                let input = scheduler.scale_model_input(&input, i)?;
+                let pred = self.model.unet.forward(&input, t, &context)?;
+                let pred = if cfg {
+                    guidance::combine(
+                        &pred.get(0)?.unsqueeze(0)?,
+                        &pred.get(1)?.unsqueeze(0)?,
+                        req.cfg_scale,
+                    )?
+                } else {
+                    pred
+                };
+                scheduler.step(&pred, i, &latents, noise)
+            })()
+            .map_err(compute("denoising step"))?;
+            latents = step_out.prev_sample;
+            let preview = latent_preview(&step_out.pred_original).map_err(compute("preview"))?;
+            on_step(&StepProgress {
+                step: i + 1,
+                total,
+                elapsed: start.elapsed(),
+                latents: &latents,
+                preview,
+            });
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Outcome::Cancelled {
+                completed_steps: total,
+            });
+        }
+        let image = self.decode(&latents)?;
+        Ok(Outcome::Finished(GeneratedImage { warnings, ..image }))
+    }
+
+    /// Latents → image, converted to 8 bits exactly as diffusers does.
+    pub fn decode(&self, latents: &Tensor) -> Result<GeneratedImage, PipelineError> {
+        let pixels = (|| {
+            let x = self.model.vae.decode(latents)?;
+            ((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.to_dtype(DType::F32)
+        })()
+        .map_err(compute("VAE decode"))?;
+        let (_, _, height, width) = pixels.dims4().map_err(compute("VAE decode"))?;
+        let hwc: Vec<f32> = pixels
+            .get(0)
+            .and_then(|t| t.permute((1, 2, 0)))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(compute("VAE decode"))?;
+        // numpy's round() is half-to-even; matching it keeps us bit-exact with diffusers' PNGs.
+        let rgb = hwc
+            .iter()
+            .map(|v| (v * 255.0).round_ties_even() as u8)
+            .collect();
+        Ok(GeneratedImage {
+            width,
+            height,
+            rgb,
+            pixels,
+            warnings: Vec::new(),
+        })
+    }
+}
+
+fn round_to(v: usize, multiple: usize) -> usize {
+    (((v + multiple / 2) / multiple) * multiple).max(multiple)
+}

@@ -1,0 +1,115 @@
+//! Cheap RGB previews of latents, shown after every sampler step.
+//!
+//! A 4-channel SD latent maps to RGB almost linearly, so a 4×3 projection of the predicted clean
+//! latents (x0) gives a recognisable thumbnail for the price of a few thousand multiply-adds —
+//! nothing next to a UNet step. The SD 1.x factors are the ones ComfyUI and stable-diffusion.cpp
+//! publish. Latents with another channel count (or an unknown model family) fall back to
+//! grouping channels into R, G and B and stretching each image to its own range: not faithful
+//! colours, but the composition shows.
+
+use candle_core::{DType, Result, Tensor};
+
+/// SD 1.x latent → RGB factors (rows: latent channels; columns: R, G, B).
+pub const SD1_LATENT_RGB: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];
+
+/// An 8-bit RGB image at latent resolution (the UI scales it up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    pub width: usize,
+    pub height: usize,
+    /// Row-major RGB, `width * height * 3` bytes.
+    pub rgb: Vec<u8>,
+}
+
+/// Projects the first latent of a [batch, channels, h, w] tensor to RGB.
+pub fn latent_preview(latents: &Tensor) -> Result<Preview> {
+    let (_, c, h, w) = latents.dims4()?;
+    let data: Vec<f32> = latents
+        .get(0)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let plane = h * w;
+    let mut rgb = vec![0u8; plane * 3];
+    if c == SD1_LATENT_RGB.len() {
+        for p in 0..plane {
+            for (k, out) in rgb[p * 3..p * 3 + 3].iter_mut().enumerate() {
+                let v: f32 = (0..c)
+                    .map(|ch| data[ch * plane + p] * SD1_LATENT_RGB[ch][k])
+                    .sum();
+                *out = to_u8((v + 1.0) * 0.5);
+            }
+        }
+    } else {
+        fallback(&data, c, plane, &mut rgb);
+    }
+    Ok(Preview {
+        width: w,
+        height: h,
+        rgb,
+    })
+}
+
+/// Channel `ch` feeds colour `ch % 3`; each colour is stretched to [0, 1] over the image.
+fn fallback(data: &[f32], channels: usize, plane: usize, rgb: &mut [u8]) {
+    let mut colour = vec![0f32; plane * 3];
+    for ch in 0..channels {
+        let k = ch % 3;
+        for p in 0..plane {
+            colour[p * 3 + k] += data[ch * plane + p];
+        }
+    }
+    for k in 0..3 {
+        let (lo, hi) = (0..plane)
+            .map(|p| colour[p * 3 + k])
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        let range = if hi > lo { hi - lo } else { 1.0 };
+        for p in 0..plane {
+            rgb[p * 3 + k] = to_u8((colour[p * 3 + k] - lo) / range);
+        }
+    }
+}
+
+fn to_u8(v: f32) -> u8 {
+    (v.clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sd1_projection_uses_the_published_factors() -> Result<()> {
+        // One pixel whose latent is (1, 0, 0, 0) previews as the first factor row.
+        let t = Tensor::new(&[1f32, 0., 0., 0.], &Device::Cpu)?.reshape((1, 4, 1, 1))?;
+        let p = latent_preview(&t)?;
+        let expect: Vec<u8> = SD1_LATENT_RGB[0]
+            .iter()
+            .map(|v| to_u8((v + 1.0) * 0.5))
+            .collect();
+        assert_eq!(p.rgb, expect);
+        assert_eq!((p.width, p.height), (1, 1));
+        Ok(())
+    }
+
+    #[test]
+    fn other_channel_counts_fall_back_to_a_stretched_image() -> Result<()> {
+        // 8 channels, 2 pixels: the brighter pixel must come out brighter in every colour.
+        let mut v = vec![0f32; 16];
+        for ch in 0..8 {
+            v[ch * 2 + 1] = 1.0;
+        }
+        let t = Tensor::from_vec(v, (1, 8, 1, 2), &Device::Cpu)?;
+        let p = latent_preview(&t)?;
+        assert_eq!(p.rgb, vec![0, 0, 0, 255, 255, 255]);
+        Ok(())
+    }
+}

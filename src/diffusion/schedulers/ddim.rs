@@ -1,0 +1,127 @@
+//! DDIM (Song et al. 2020), deterministic (η = 0), as diffusers' `DDIMScheduler` with its defaults.
+//!
+//! DDIM works directly on ᾱ: no sigmas, no input scaling, unit initial noise. Timesteps are
+//! "leading": `t = i·(N / steps) + steps_offset`, so SD 1.5 at 50 steps runs 981, 961, …, 1.
+//! The step from `t` goes to `t − N/steps` (integer division, as diffusers), and past the start
+//! it uses `final_alpha_cumprod` (1 or ᾱ₀, per `set_alpha_to_one`).
+
+use candle_core::Tensor;
+
+use super::config::{PredictionType, SchedulerConfig};
+use super::error::SchedulerError;
+use super::schedule::alphas_cumprod;
+use super::{check_step, lincomb, to_f32, NoiseSource, Scheduler, StepOutput};
+
+pub(crate) struct Ddim {
+    alphas_cumprod: Vec<f32>,
+    final_alpha_cumprod: f32,
+    timesteps: Vec<f64>,
+    /// The same timesteps as indices into `alphas_cumprod`.
+    timestep_indices: Vec<usize>,
+    step_ratio: usize,
+    prediction_type: PredictionType,
+    clip_sample_range: Option<f64>,
+}
+
+impl Ddim {
+    pub(crate) fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
+        let n = config.num_train_timesteps;
+        let alphas_cumprod = alphas_cumprod(config);
+        let step_ratio = n / steps;
+        let timestep_indices: Vec<usize> = (0..steps)
+            .rev()
+            .map(|i| i * step_ratio + config.steps_offset)
+            .collect();
+        // diffusers would fail indexing ᾱ mid-run (e.g. SD 1.5 at 1000 steps reaches t = 1000);
+        // say so up front instead.
+        if let Some(&t) = timestep_indices.iter().find(|&&t| t >= n) {
+            return Err(SchedulerError::InvalidSchedule {
+                sampler: "DDIM",
+                reason: format!(
+                    "{steps} steps with steps_offset {} reach timestep {t}, past the {n} training timesteps",
+                    config.steps_offset
+                ),
+            });
+        }
+        let final_alpha_cumprod = if config.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
+        Ok(Self {
+            final_alpha_cumprod,
+            timesteps: timestep_indices.iter().map(|&t| t as f64).collect(),
+            timestep_indices,
+            alphas_cumprod,
+            step_ratio,
+            prediction_type: config.prediction_type,
+            clip_sample_range: config.clip_sample.then_some(config.clip_sample_range),
+        })
+    }
+}
+
+impl Scheduler for Ddim {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> candle_core::Result<Tensor> {
+        check_step(step_index, self.timesteps.len())?;
+        Ok(sample.clone())
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+        _noise: &mut dyn NoiseSource,
+    ) -> candle_core::Result<StepOutput> {
+        check_step(step_index, self.timesteps.len())?;
+        let out_dtype = model_output.dtype();
+        let (model_output, sample) = (to_f32(model_output)?, to_f32(sample)?);
+        let t = self.timestep_indices[step_index];
+        let alpha_prod_t = self.alphas_cumprod[t];
+        let alpha_prod_prev = t
+            .checked_sub(self.step_ratio)
+            .map_or(self.final_alpha_cumprod, |prev| self.alphas_cumprod[prev]);
+        // diffusers does these scalar ops on float32 tensors; so do we.
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let (sqrt_a, sqrt_b) = (
+            f64::from(alpha_prod_t.sqrt()),
+            f64::from(beta_prod_t.sqrt()),
+        );
+
+        let (pred_original, pred_epsilon) = match self.prediction_type {
+            PredictionType::Epsilon => {
+                let x0 =
+                    (&sample - model_output.affine(sqrt_b, 0.0)?)?.affine(1.0 / sqrt_a, 0.0)?;
+                (x0, model_output)
+            }
+            PredictionType::VPrediction => (
+                lincomb(sqrt_a, &sample, -sqrt_b, &model_output)?,
+                lincomb(sqrt_a, &model_output, sqrt_b, &sample)?,
+            ),
+        };
+        let pred_original = match self.clip_sample_range {
+            Some(range) => pred_original.clamp(-range, range)?,
+            None => pred_original,
+        };
+        // η = 0: no variance term, so the direction uses √(1 − ᾱ_prev) in full.
+        let direction = f64::from((1.0 - alpha_prod_prev).sqrt());
+        let prev_sample = lincomb(
+            f64::from(alpha_prod_prev.sqrt()),
+            &pred_original,
+            direction,
+            &pred_epsilon,
+        )?;
+        Ok(StepOutput {
+            prev_sample: prev_sample.to_dtype(out_dtype)?,
+            pred_original: pred_original.to_dtype(out_dtype)?,
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! CLIP's text transformer, as Stable Diffusion uses it: token ids → per-token hidden states.
+//!
+//! Written here rather than taken from candle-transformers because candle's SD text model only
+//! builds fixed presets and its general CLIP text model knows quick-GELU alone; SD 2.x uses exact
+//! GELU, and the LoRA manager will need to reach into these projections. The tensor names follow
+//! transformers' `CLIPTextModel` (`text_model.encoder.layers.N.self_attn.q_proj` …); checkpoints
+//! saved without the `text_model.` prefix load too.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+use super::error::ModelError;
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_act() -> String {
+    "quick_gelu".into()
+}
+fn default_positions() -> usize {
+    77
+}
+
+/// transformers' `CLIPTextConfig` (the fields the forward pass needs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+impl ClipTextConfig {
+    pub fn from_file(path: &Path) -> std::result::Result<Self, ModelError> {
+        let cfg: Self = super::weights::read_json(path)?;
+        cfg.activation(path)?;
+        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(ModelError::bad_config(
+                path,
+                format!(
+                    "hidden_size {} does not split into {} attention heads",
+                    cfg.hidden_size, cfg.num_attention_heads
+                ),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    fn activation(&self, path: &Path) -> std::result::Result<Activation, ModelError> {
+        match self.hidden_act.as_str() {
+            "quick_gelu" => Ok(Activation::QuickGelu),
+            "gelu" => Ok(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            other => Err(ModelError::unsupported(
+                path,
+                format!("hidden_act {other:?}"),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    QuickGelu,
+    GeluErf,
+    GeluTanh,
+}
+
+impl Module for Activation {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+            Activation::GeluErf => xs.gelu_erf(),
+            Activation::GeluTanh => xs.gelu(),
+        }
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, c: &ClipTextConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            q_proj: linear(h, h, vb.pp("q_proj"))?,
+            k_proj: linear(h, h, vb.pp("k_proj"))?,
+            v_proj: linear(h, h, vb.pp("v_proj"))?,
+            out_proj: linear(h, h, vb.pp("out_proj"))?,
+            heads: c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = xs.dims3()?;
+        let split = |x: Tensor| -> Result<Tensor> {
+            x.reshape((b, t, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = split((self.q_proj.forward(xs)? * scale)?)?;
+        let k = split(self.k_proj.forward(xs)?)?;
+        let v = split(self.v_proj.forward(xs)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(causal_mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        self.out_proj.forward(&out)
+    }
+}
+
+struct EncoderLayer {
+    self_attn: Attention,
+    layer_norm1: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    layer_norm2: LayerNorm,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn new(vb: VarBuilder, c: &ClipTextConfig, act: Activation) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::new(vb.pp("self_attn"), c)?,
+            layer_norm1: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm1"))?,
+            fc1: linear(c.hidden_size, c.intermediate_size, vb.pp("mlp").pp("fc1"))?,
+            fc2: linear(c.intermediate_size, c.hidden_size, vb.pp("mlp").pp("fc2"))?,
+            layer_norm2: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm2"))?,
+            act,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
+        let attn = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(xs)?, causal_mask)?;
+        let xs = (xs + attn)?;
+        let mlp = self.fc2.forward(
+            &self
+                .act
+                .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?,
+        )?;
+        xs + mlp
+    }
+}
+
+/// The text encoder: ids [batch, seq] → last hidden state [batch, seq, hidden] after the final
+/// layer norm, which is what the SD UNet cross-attends to.
+pub struct ClipTextModel {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    pub config: ClipTextConfig,
+}
+
+impl ClipTextModel {
+    pub fn new(
+        vb: VarBuilder,
+        config: ClipTextConfig,
+        config_path: &Path,
+    ) -> std::result::Result<Self, super::error::BuildError> {
+        use super::error::BuildError as E;
+        let act = config.activation(config_path).map_err(E::Config)?;
+        Self::build(vb, config, act).map_err(E::Weights)
+    }
+
+    fn build(vb: VarBuilder, c: ClipTextConfig, act: Activation) -> Result<Self> {
+        // Real SD checkpoints carry the `text_model.` prefix; transformers 5 saves without it.
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            vb.pp("text_model")
+        } else {
+            vb
+        };
+        let emb = vb.pp("embeddings");
+        let token_embedding = embedding(c.vocab_size, c.hidden_size, emb.pp("token_embedding"))?;
+        let position_embedding = embedding(
+            c.max_position_embeddings,
+            c.hidden_size,
+            emb.pp("position_embedding"),
+        )?;
+        let layers_vb = vb.pp("encoder").pp("layers");
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| EncoderLayer::new(layers_vb.pp(i), &c, act))
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm =
+            layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        Ok(Self {
+            token_embedding,
+            position_embedding,
+            layers,
+            final_layer_norm,
+            config: c,
+        })
+    }
+
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, seq) = ids.dims2()?;
+        let device = ids.device();
+        let positions = Tensor::arange(0u32, seq as u32, device)?;
+        let xs = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let dtype = xs.dtype();
+        let mask = causal_mask(seq, device)?.to_dtype(dtype)?;
+        let mut xs = xs;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &mask)?;
+        }
+        self.final_layer_norm.forward(&xs)
+    }
+
+    /// Encodes one tokenised prompt: ids → [1, seq, hidden].
+    pub fn encode_ids(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        let ids = Tensor::new(ids, device)?.unsqueeze(0)?;
+        self.forward(&ids)
+    }
+}
+
+/// [seq, seq] with −∞ above the diagonal: a token sees only itself and what precedes it.
+fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
+    let data: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (seq, seq), device)?.to_dtype(DType::F32)
+}

@@ -1,0 +1,508 @@
+//! The UNet's building blocks, named and wired exactly as diffusers' `UNet2DConditionModel`
+//! (`down_blocks.N.resnets.M`, `…attentions.M.transformer_blocks.K.attn1.to_q` …), so real
+//! checkpoints load by name and the numbers match diffusers'.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{
+    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
+    LayerNorm, Linear, VarBuilder,
+};
+
+fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        stride,
+        ..Default::default()
+    };
+    conv2d(cin, cout, 3, cfg, vb)
+}
+
+fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
+    conv2d(cin, cout, 1, Default::default(), vb)
+}
+
+/// Sinusoidal embedding of the timestep (diffusers' `get_timestep_embedding`).
+pub fn timestep_embedding(
+    t: f64,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+    batch: usize,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| {
+            let exponent = -(10000f64.ln()) * i as f64 / (half as f64 - freq_shift);
+            // diffusers computes exp in f32 and multiplies by the f32 timestep.
+            (t as f32) * (exponent as f32).exp()
+        })
+        .collect();
+    let args = Tensor::from_vec(freqs, (1, half), dev)?;
+    let (sin, cos) = (args.sin()?, args.cos()?);
+    let emb = if flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], D::Minus1)?
+    } else {
+        Tensor::cat(&[sin, cos], D::Minus1)?
+    };
+    emb.repeat((batch, 1))
+}
+
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    output_scale_factor: f64,
+}
+
+impl ResnetBlock {
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        temb: usize,
+        groups: usize,
+        eps: f64,
+        output_scale_factor: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: group_norm(groups, cin, eps, vb.pp("norm1"))?,
+            conv1: conv3x3(cin, cout, 1, vb.pp("conv1"))?,
+            time_emb_proj: linear(temb, cout, vb.pp("time_emb_proj"))?,
+            norm2: group_norm(groups, cout, eps, vb.pp("norm2"))?,
+            conv2: conv3x3(cout, cout, 1, vb.pp("conv2"))?,
+            conv_shortcut: if cin != cout {
+                Some(conv1x1(cin, cout, vb.pp("conv_shortcut"))?)
+            } else {
+                None
+            },
+            output_scale_factor,
+        })
+    }
+
+    /// `temb_act` is silu(time embedding), shared by every resnet of the UNet.
+    pub fn forward(&self, xs: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
+        let t = self
+            .time_emb_proj
+            .forward(temb_act)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
+        let h = h.broadcast_add(&t)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(c) => c.forward(xs)?,
+            None => xs.clone(),
+        };
+        let out = (shortcut + h)?;
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale_factor
+        }
+    }
+}
+
+/// Multi-head attention; `context` = None makes it self-attention.
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    pub fn new(
+        vb: VarBuilder,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            to_q: linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
+            heads,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let ctx = context.unwrap_or(xs);
+        let (b, n, _) = xs.dims3()?;
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(ctx)?;
+        let v = self.to_v.forward(ctx)?;
+        let inner = q.dim(D::Minus1)?;
+        let hd = inner / self.heads;
+        let split = |t: Tensor| -> Result<Tensor> {
+            let m = t.dim(1)?;
+            t.reshape((b, m, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, inner))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// GEGLU feed-forward with diffusers' exact (erf) GELU.
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl FeedForward {
+    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj: linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?,
+            out: linear(inner, dim, vb.pp("net").pp("2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = self.proj.forward(xs)?;
+        let chunks = h.chunk(2, D::Minus1)?;
+        self.out.forward(&(&chunks[0] * chunks[1].gelu_erf()?)?)
+    }
+}
+
+struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
+        let hd = dim / heads;
+        Ok(Self {
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads, hd)?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads, hd)?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            ff: FeedForward::new(vb.pp("ff"), dim)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let xs = (self
+            .attn2
+            .forward(&self.norm2.forward(&xs)?, Some(context))?
+            + xs)?;
+        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+    }
+}
+
+enum Proj {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// diffusers' `Transformer2DModel`: group norm, projection in, transformer blocks, projection out.
+pub struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: Proj,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Proj,
+}
+
+impl SpatialTransformer {
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        depth: usize,
+        context_dim: usize,
+        groups: usize,
+        linear_proj: bool,
+    ) -> Result<Self> {
+        let (proj_in, proj_out) = if linear_proj {
+            (
+                Proj::Linear(linear(channels, channels, vb.pp("proj_in"))?),
+                Proj::Linear(linear(channels, channels, vb.pp("proj_out"))?),
+            )
+        } else {
+            (
+                Proj::Conv(conv1x1(channels, channels, vb.pp("proj_in"))?),
+                Proj::Conv(conv1x1(channels, channels, vb.pp("proj_out"))?),
+            )
+        };
+        let bvb = vb.pp("transformer_blocks");
+        let blocks = (0..depth)
+            .map(|i| BasicTransformerBlock::new(bvb.pp(i), channels, context_dim, heads))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm: group_norm(groups, channels, 1e-6, vb.pp("norm"))?,
+            proj_in,
+            blocks,
+            proj_out,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let to_tokens =
+            |t: &Tensor| -> Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
+        let to_image = |t: &Tensor| -> Result<Tensor> {
+            t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
+        };
+        let normed = self.norm.forward(xs)?;
+        let mut tokens = match &self.proj_in {
+            Proj::Conv(p) => to_tokens(&p.forward(&normed)?)?,
+            Proj::Linear(p) => p.forward(&to_tokens(&normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let out = match &self.proj_out {
+            Proj::Conv(p) => p.forward(&to_image(&tokens)?)?,
+            Proj::Linear(p) => to_image(&p.forward(&tokens)?)?,
+        };
+        out + xs
+    }
+}
+
+/// One resolution level on the way down: resnets (each followed by attention in cross-attn
+/// blocks), then an optional stride-2 convolution.
+pub struct DownBlock {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<SpatialTransformer>,
+    downsample: Option<Conv2d>,
+}
+
+/// Everything a block needs to know beyond its channels.
+#[derive(Clone, Copy)]
+pub struct BlockParams {
+    pub temb: usize,
+    pub groups: usize,
+    pub eps: f64,
+    pub context_dim: usize,
+    pub linear_proj: bool,
+    /// `Some((heads, transformer depth))` for cross-attention blocks.
+    pub attention: Option<(usize, usize)>,
+}
+
+impl DownBlock {
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        layers: usize,
+        downsample: bool,
+        p: BlockParams,
+    ) -> Result<Self> {
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for i in 0..layers {
+            let c = if i == 0 { cin } else { cout };
+            resnets.push(ResnetBlock::new(
+                vb.pp("resnets").pp(i),
+                c,
+                cout,
+                p.temb,
+                p.groups,
+                p.eps,
+                1.0,
+            )?);
+            if let Some((heads, depth)) = p.attention {
+                attentions.push(SpatialTransformer::new(
+                    vb.pp("attentions").pp(i),
+                    cout,
+                    heads,
+                    depth,
+                    p.context_dim,
+                    p.groups,
+                    p.linear_proj,
+                )?);
+            }
+        }
+        let downsample = if downsample {
+            Some(conv3x3(
+                cout,
+                cout,
+                2,
+                vb.pp("downsamplers").pp("0").pp("conv"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets,
+            attentions,
+            downsample,
+        })
+    }
+
+    /// Returns the output and the skip tensors it hands to the up path.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        skips: &mut Vec<Tensor>,
+    ) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            xs = resnet.forward(&xs, temb)?;
+            if let Some(attn) = self.attentions.get(i) {
+                xs = attn.forward(&xs, context)?;
+            }
+            skips.push(xs.clone());
+        }
+        if let Some(down) = &self.downsample {
+            xs = down.forward(&xs)?;
+            skips.push(xs.clone());
+        }
+        Ok(xs)
+    }
+}
+
+/// The bottleneck: resnet, attention, resnet.
+pub struct MidBlock {
+    resnet0: ResnetBlock,
+    attention: SpatialTransformer,
+    resnet1: ResnetBlock,
+}
+
+impl MidBlock {
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        scale: f64,
+        heads: usize,
+        depth: usize,
+        p: BlockParams,
+    ) -> Result<Self> {
+        let r = vb.pp("resnets");
+        Ok(Self {
+            resnet0: ResnetBlock::new(r.pp(0), channels, channels, p.temb, p.groups, p.eps, scale)?,
+            attention: SpatialTransformer::new(
+                vb.pp("attentions").pp(0),
+                channels,
+                heads,
+                depth,
+                p.context_dim,
+                p.groups,
+                p.linear_proj,
+            )?,
+            resnet1: ResnetBlock::new(r.pp(1), channels, channels, p.temb, p.groups, p.eps, scale)?,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let xs = self.resnet0.forward(xs, temb)?;
+        let xs = self.attention.forward(&xs, context)?;
+        self.resnet1.forward(&xs, temb)
+    }
+}
+
+/// One resolution level on the way up: each resnet eats one skip tensor (concatenated on
+/// channels), optional attention after each, then an optional nearest ×2 upsample + conv.
+pub struct UpBlock {
+    resnets: Vec<ResnetBlock>,
+    attentions: Vec<SpatialTransformer>,
+    upsample: Option<Conv2d>,
+}
+
+impl UpBlock {
+    /// `skip_in`: channels of the down block this mirrors' input; `prev`: channels arriving from below.
+    pub fn new(
+        vb: VarBuilder,
+        skip_in: usize,
+        prev: usize,
+        cout: usize,
+        layers: usize,
+        upsample: bool,
+        p: BlockParams,
+    ) -> Result<Self> {
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for i in 0..layers {
+            let skip = if i == layers - 1 { skip_in } else { cout };
+            let cin = if i == 0 { prev } else { cout };
+            resnets.push(ResnetBlock::new(
+                vb.pp("resnets").pp(i),
+                cin + skip,
+                cout,
+                p.temb,
+                p.groups,
+                p.eps,
+                1.0,
+            )?);
+            if let Some((heads, depth)) = p.attention {
+                attentions.push(SpatialTransformer::new(
+                    vb.pp("attentions").pp(i),
+                    cout,
+                    heads,
+                    depth,
+                    p.context_dim,
+                    p.groups,
+                    p.linear_proj,
+                )?);
+            }
+        }
+        let upsample = if upsample {
+            Some(conv3x3(
+                cout,
+                cout,
+                1,
+                vb.pp("upsamplers").pp("0").pp("conv"),
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets,
+            attentions,
+            upsample,
+        })
+    }
+
+    pub fn n_skips(&self) -> usize {
+        self.resnets.len()
+    }
+
+    /// `upsample_to`: the spatial size of the next level's skips (handles odd sizes like diffusers'
+    /// `upsample_size`; for even sizes it is the plain ×2).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        skips: &mut Vec<Tensor>,
+        upsample_to: Option<(usize, usize)>,
+    ) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            let skip = skips
+                .pop()
+                .ok_or_else(|| candle_core::Error::Msg("UNet skip connections exhausted".into()))?;
+            xs = resnet.forward(&Tensor::cat(&[&xs, &skip], 1)?, temb)?;
+            if let Some(attn) = self.attentions.get(i) {
+                xs = attn.forward(&xs, context)?;
+            }
+        }
+        if let Some(conv) = &self.upsample {
+            let (_, _, h, w) = xs.dims4()?;
+            let (th, tw) = upsample_to.unwrap_or((h * 2, w * 2));
+            xs = conv.forward(&xs.upsample_nearest2d(th, tw)?)?;
+        }
+        Ok(xs)
+    }
+}
