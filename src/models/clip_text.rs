@@ -44,7 +44,7 @@ impl ClipTextConfig {
     pub fn from_file(path: &Path) -> std::result::Result<Self, ModelError> {
         let cfg: Self = super::weights::read_json(path)?;
         cfg.activation(path)?;
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(ModelError::bad_config(
                 path,
                 format!(

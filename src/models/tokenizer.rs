@@ -7,28 +7,33 @@
 //! per-character lower-casing). We reproduce *that* pipeline step by step, because ids that
 //! differ from diffusers' give different images for the same prompt:
 //!
-//! 1. Special tokens (bos/eos/unk/pad) are cut out of the raw text first ("added tokens");
-//!    those marked `normalized` are looked for again after normalisation.
+//! 1. Special tokens (bos/eos/unk/pad) are cut out of the raw text first ("added tokens",
+//!    module `added`; their flags come from the config files, module `config`); those marked
+//!    `normalized` are looked for again after normalisation.
 //! 2. Normalisation: NFC (module `nfc`), whitespace runs → one space, lower-case.
 //! 3. Pre-tokenisation: CLIP's split pattern, then GPT-2's byte-level split, then every byte
 //!    becomes a printable character (OpenAI's `bytes_to_unicode`).
-//! 4. BPE per word, the last symbol carrying `</w>`, with the merge order of `tokenizers`.
+//! 4. BPE per word (module `bpe`), the last symbol carrying `</w>`, with the merge order of
+//!    `tokenizers`.
 //! 5. `[bos] ids [eos]`, truncated to `max_len` keeping eos last, padded with the pad id.
 //!
 //! One BPE implementation serves both a diffusers `tokenizer/` folder and the bundled OpenAI
 //! vocabulary, so a fix to one is a fix to both.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use regex::Regex;
-use serde_json::Value;
 
+mod added;
+mod bpe;
+mod config;
 mod nfc;
 mod nfc_tables;
+
+use added::{find_added, AddedVocab};
+use bpe::{bytes_to_unicode, Bpe, FastMap};
+use config::{parse_merges, parse_vocab, read, read_special_config, AddedToken, SpecialConfig};
 
 /// CLIP's context length; every SD text encoder has 77 positions.
 pub const DEFAULT_MAX_LEN: usize = 77;
@@ -62,10 +67,6 @@ static GPT2_SPLIT: LazyLock<Regex> = LazyLock::new(|| {
 
 static WHITESPACE_RUN: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\s+").expect("whitespace pattern is valid"));
-static WORD_AT_START: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^\w").expect("word-start pattern is valid"));
-static WORD_AT_END: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\w$").expect("word-end pattern is valid"));
 
 /// What can go wrong loading a tokenizer; every variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -95,38 +96,6 @@ impl TokenizerError {
     }
 }
 
-/// rustc's FxHash. Loading hashes ~200k strings and pairs and encoding hashes every symbol
-/// pair; the keys come from the model's own files, so SipHash's flooding resistance buys
-/// nothing and would take about half the load time.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
-
 /// The ids for one prompt, ready for the text encoder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Encoding {
@@ -136,272 +105,6 @@ pub struct Encoding {
     pub truncated: bool,
     /// Tokens the prompt produced before truncation, without bos/eos.
     pub n_tokens: usize,
-}
-
-/// A token the tokenizer cuts out of the text before BPE (transformers' `AddedToken`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct AddedToken {
-    content: String,
-    single_word: bool,
-    lstrip: bool,
-    rstrip: bool,
-    /// Matched against the normalised (lower-cased) text instead of the raw text.
-    normalized: bool,
-}
-
-impl AddedToken {
-    /// A special token given as a plain string: transformers adds it with `normalized=False`.
-    fn plain(content: &str) -> Self {
-        Self {
-            content: content.to_owned(),
-            single_word: false,
-            lstrip: false,
-            rstrip: false,
-            normalized: false,
-        }
-    }
-
-    /// A token from a config value: a string, or an `AddedToken` dict whose `normalized`
-    /// defaults differ by file (`default_normalized`). `None` for null or a missing content.
-    fn from_json(value: &Value, default_normalized: bool) -> Option<Self> {
-        match value {
-            Value::String(s) => Some(Self::plain(s)),
-            Value::Object(map) => {
-                let content = map.get("content")?.as_str()?;
-                let flag = |key: &str, default: bool| {
-                    map.get(key).and_then(Value::as_bool).unwrap_or(default)
-                };
-                // `AddedToken(**dict)`: normalized defaults to `not special`.
-                let default_normalized = match map.get("special").and_then(Value::as_bool) {
-                    Some(special) => !special,
-                    None => default_normalized,
-                };
-                Some(Self {
-                    content: content.to_owned(),
-                    single_word: flag("single_word", false),
-                    lstrip: flag("lstrip", false),
-                    rstrip: flag("rstrip", false),
-                    normalized: flag("normalized", default_normalized),
-                })
-            }
-            _ => None,
-        }
-    }
-}
-
-/// The special-token attributes transformers registers, in its order: when two share one
-/// string (eos, unk and pad are all `<|endoftext|>` in SD 1.x), the last one's flags win.
-const SPECIAL_ATTRS: [&str; 7] = [
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-];
-
-/// Special tokens and length as read from the config files.
-struct SpecialConfig {
-    /// One entry per [`SPECIAL_ATTRS`] slot.
-    attrs: [Option<AddedToken>; 7],
-    /// `added_tokens_decoder` of tokenizer_config.json, in id order.
-    decoder: Vec<AddedToken>,
-    max_len: usize,
-}
-
-impl SpecialConfig {
-    /// OpenAI's bos/eos/unk with `pad`. `bos_normalized`: false for CLIPTokenizer's own
-    /// defaults; true as SD 1.x and SDXL checkpoints' tokenizer files end up flagging it (so
-    /// an upper-case `<|STARTOFTEXT|>` in a prompt still becomes the token there, while an
-    /// upper-case `<|ENDOFTEXT|>` does not).
-    fn openai(pad: &str, bos_normalized: bool) -> Self {
-        let mut attrs: [Option<AddedToken>; 7] = Default::default();
-        attrs[0] = Some(AddedToken {
-            normalized: bos_normalized,
-            ..AddedToken::plain(BOS)
-        });
-        attrs[1] = Some(AddedToken::plain(EOS));
-        attrs[2] = Some(AddedToken::plain(EOS));
-        attrs[4] = Some(AddedToken::plain(pad));
-        Self {
-            attrs,
-            decoder: Vec::new(),
-            max_len: DEFAULT_MAX_LEN,
-        }
-    }
-
-    fn attr(&self, name: &str) -> Option<&AddedToken> {
-        let slot = SPECIAL_ATTRS.iter().position(|a| *a == name)?;
-        self.attrs[slot].as_ref()
-    }
-}
-
-/// The tokens cut out of the text, with the flags and ids of their final registration.
-struct AddedVocab {
-    /// (pattern to find, id, flags): matched in the raw text.
-    raw: Vec<(String, u32, AddedToken)>,
-    /// Matched in each normalised piece; the pattern is the normalised content.
-    normalized: Vec<(String, u32, AddedToken)>,
-    ids: HashMap<String, u32>,
-}
-
-impl AddedVocab {
-    /// Registers `tokens` in order the way `tokenizers`' `AddedVocabulary::add_tokens` does: an
-    /// id comes from the first registration (vocab id, else the next free id), flags from the
-    /// last.
-    fn new(tokens: &[AddedToken], vocab: &FastMap<String, u32>) -> Self {
-        let mut ids: HashMap<String, u32> = HashMap::new();
-        let mut by_id: BTreeMap<u32, AddedToken> = BTreeMap::new();
-        for token in tokens.iter().filter(|t| !t.content.is_empty()) {
-            let id = match ids
-                .get(&token.content)
-                .or_else(|| vocab.get(&token.content))
-            {
-                Some(&id) => id,
-                None => {
-                    let floor = u32::try_from(vocab.len()).unwrap_or(u32::MAX);
-                    by_id
-                        .keys()
-                        .next_back()
-                        .map_or(floor, |&max| floor.max(max.saturating_add(1)))
-                }
-            };
-            ids.insert(token.content.clone(), id);
-            by_id.insert(id, token.clone());
-        }
-        let (normalized, raw): (Vec<_>, Vec<_>) = by_id
-            .into_iter()
-            .map(|(id, token)| {
-                let pattern = if token.normalized {
-                    normalize(&token.content)
-                } else {
-                    token.content.clone()
-                };
-                (pattern, id, token)
-            })
-            .partition(|(_, _, token)| token.normalized);
-        Self {
-            raw,
-            normalized,
-            ids,
-        }
-    }
-}
-
-/// A byte-level BPE model with `</w>` end-of-word suffixes (`tokenizers`' `BPE` model with
-/// CLIP's settings: no dropout, no unk fusing, no continuing-subword prefix).
-struct Bpe {
-    vocab: FastMap<String, u32>,
-    /// (left id, right id) → (rank, merged id).
-    merges: FastMap<(u32, u32), (u32, u32)>,
-    unk_id: u32,
-    byte_chars: [char; 256],
-}
-
-impl Bpe {
-    fn new(
-        vocab: FastMap<String, u32>,
-        merges: &[(&str, &str)],
-        unk: &str,
-        vocab_path: &Path,
-        merges_path: &Path,
-    ) -> Result<Self, TokenizerError> {
-        let unk_id = *vocab.get(unk).ok_or_else(|| {
-            TokenizerError::invalid(vocab_path, format!("the unk token {unk:?} is not in it"))
-        })?;
-        let mut merge_map = FastMap::with_capacity_and_hasher(merges.len(), Default::default());
-        let mut joined = String::new();
-        for (rank, &(a, b)) in merges.iter().enumerate() {
-            let id_of = |token: &str| {
-                vocab.get(token).copied().ok_or_else(|| {
-                    TokenizerError::invalid(
-                        merges_path,
-                        format!(
-                            "merge {} ({a} {b}) needs {token:?}, which is not in {}",
-                            rank + 1,
-                            vocab_path.display()
-                        ),
-                    )
-                })
-            };
-            let rank = u32::try_from(rank)
-                .map_err(|_| TokenizerError::invalid(merges_path, "too many merges"))?;
-            joined.clear();
-            joined.push_str(a);
-            joined.push_str(b);
-            let merged = id_of(&joined)?;
-            // Like `tokenizers`, a repeated pair keeps its last rank.
-            merge_map.insert((id_of(a)?, id_of(b)?), (rank, merged));
-        }
-        Ok(Self {
-            vocab,
-            merges: merge_map,
-            unk_id,
-            byte_chars: bytes_to_unicode(),
-        })
-    }
-
-    /// BPE of one pre-tokenised piece (raw bytes), appending its ids to `out`.
-    fn encode_word(&self, piece: &str, out: &mut Vec<u32>) {
-        let n = piece.len();
-        // Symbols as a linked list over the initial characters, as `tokenizers`' `Word` does.
-        let mut ids = Vec::with_capacity(n);
-        let mut buf = String::new();
-        for (i, &byte) in piece.as_bytes().iter().enumerate() {
-            buf.clear();
-            buf.push(self.byte_chars[usize::from(byte)]);
-            if i + 1 == n {
-                buf.push_str("</w>");
-            }
-            // fuse_unk=false: every unknown character is its own unk.
-            ids.push(self.vocab.get(&buf).copied().unwrap_or(self.unk_id));
-        }
-        let mut alive = vec![true; n];
-        let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
-        let mut next: Vec<Option<usize>> = (0..n).map(|i| (i + 1 < n).then_some(i + 1)).collect();
-
-        // Lowest rank first, leftmost among equals; stale entries are skipped by checking that
-        // the pair at `pos` still merges into the same id, exactly like `Word::merge_all`.
-        let mut queue: BinaryHeap<Reverse<(u32, usize, u32)>> = ids
-            .windows(2)
-            .enumerate()
-            .filter_map(|(pos, w)| {
-                let &(rank, merged) = self.merges.get(&(w[0], w[1]))?;
-                Some(Reverse((rank, pos, merged)))
-            })
-            .collect();
-        while let Some(Reverse((_, pos, merged))) = queue.pop() {
-            let Some(right) = next[pos].filter(|_| alive[pos]) else {
-                continue;
-            };
-            if self.merges.get(&(ids[pos], ids[right])).map(|m| m.1) != Some(merged) {
-                continue;
-            }
-            ids[pos] = merged;
-            alive[right] = false;
-            next[pos] = next[right];
-            if let Some(after) = next[right] {
-                prev[after] = Some(pos);
-            }
-            if let Some(before) = prev[pos] {
-                if let Some(&(rank, id)) = self.merges.get(&(ids[before], ids[pos])) {
-                    queue.push(Reverse((rank, before, id)));
-                }
-            }
-            if let Some(after) = next[pos] {
-                if let Some(&(rank, id)) = self.merges.get(&(ids[pos], ids[after])) {
-                    queue.push(Reverse((rank, pos, id)));
-                }
-            }
-        }
-        out.extend(
-            ids.iter()
-                .zip(&alive)
-                .filter(|(_, &alive)| alive)
-                .map(|(&id, _)| id),
-        );
-    }
 }
 
 /// CLIP's tokenizer: text → the ids SD's text encoder expects.
@@ -595,58 +298,6 @@ fn normalize(text: &str) -> String {
     text.chars().flat_map(char::to_lowercase).collect()
 }
 
-/// Splits `text` into pieces with the added token each is, if any: leftmost-longest matches
-/// of the patterns, with `single_word`, `lstrip` and `rstrip` handled as `tokenizers`'
-/// `AddedVocabulary::find_matches` does.
-fn find_added<'a>(
-    text: &'a str,
-    patterns: &[(String, u32, AddedToken)],
-) -> Vec<(&'a str, Option<u32>)> {
-    let mut pieces = Vec::new();
-    let mut search_from = 0;
-    let mut piece_start = 0;
-    while search_from < text.len() {
-        // Leftmost start first, then the longest pattern there.
-        let best = patterns
-            .iter()
-            .filter_map(|(pattern, id, token)| {
-                let start = search_from + text[search_from..].find(pattern.as_str())?;
-                Some((start, pattern.len(), *id, token))
-            })
-            .min_by_key(|&(start, len, _, _)| (start, Reverse(len)));
-        let Some((start, len, id, token)) = best else {
-            break;
-        };
-        let end = start + len;
-        search_from = end;
-        if token.single_word
-            && (WORD_AT_END.is_match(&text[..start]) || WORD_AT_START.is_match(&text[end..]))
-        {
-            continue;
-        }
-        let start = if token.lstrip {
-            let trimmed = text[..start].trim_end_matches(char::is_whitespace).len();
-            trimmed.max(piece_start)
-        } else {
-            start
-        };
-        let end = if token.rstrip {
-            text.len() - text[end..].trim_start_matches(char::is_whitespace).len()
-        } else {
-            end
-        };
-        if piece_start < start {
-            pieces.push((&text[piece_start..start], None));
-        }
-        pieces.push((&text[start..end], Some(id)));
-        piece_start = end;
-    }
-    if piece_start < text.len() {
-        pieces.push((&text[piece_start..], None));
-    }
-    pieces
-}
-
 /// Matches and the text between them, in order (`SplitDelimiterBehavior::Isolated`).
 fn split_isolated<'a>(re: &Regex, text: &'a str) -> Vec<&'a str> {
     let mut parts = Vec::new();
@@ -664,182 +315,15 @@ fn split_isolated<'a>(re: &Regex, text: &'a str) -> Vec<&'a str> {
     parts
 }
 
-/// OpenAI's `bytes_to_unicode`: printable bytes stand for themselves, the other 68 map to
-/// U+0100.. in byte order, so every byte has a visible, whitespace-free character.
-fn bytes_to_unicode() -> [char; 256] {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    let mut table = ['\0'; 256];
-    let mut next_extra = 256u32;
-    for (byte, slot) in (0u8..=255).zip(table.iter_mut()) {
-        *slot = if printable(byte) {
-            char::from(byte)
-        } else {
-            let c = char::from_u32(next_extra).unwrap_or(char::REPLACEMENT_CHARACTER);
-            next_extra += 1;
-            c
-        };
-    }
-    table
-}
-
-fn read(path: &Path) -> Result<String, TokenizerError> {
-    std::fs::read_to_string(path).map_err(|source| TokenizerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn parse_json(text: &str, path: &Path) -> Result<Value, TokenizerError> {
-    serde_json::from_str(text).map_err(|source| TokenizerError::Json {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// vocab.json: an object of token → id.
-fn parse_vocab(text: &str, path: &Path) -> Result<FastMap<String, u32>, TokenizerError> {
-    let Value::Object(map) = parse_json(text, path)? else {
-        return Err(TokenizerError::invalid(
-            path,
-            "expected an object of token → id",
-        ));
-    };
-    map.into_iter()
-        .map(|(token, id)| {
-            let id = id.as_u64().and_then(|id| u32::try_from(id).ok());
-            let id = id.ok_or_else(|| {
-                TokenizerError::invalid(path, format!("the id of {token:?} is not a u32"))
-            })?;
-            Ok((token, id))
-        })
-        .collect()
-}
-
-/// merges.txt: `#version` lines, then one `left right` pair per line, best first.
-fn parse_merges<'a>(text: &'a str, path: &Path) -> Result<Vec<(&'a str, &'a str)>, TokenizerError> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.starts_with("#version"))
-        .map(|(i, line)| match line.split(' ').collect::<Vec<_>>()[..] {
-            [a, b] => Ok((a, b)),
-            _ => Err(TokenizerError::invalid(
-                path,
-                format!(
-                    "line {} is not two tokens separated by a space: {line:?}",
-                    i + 1
-                ),
-            )),
-        })
-        .collect()
-}
-
-/// Reads tokenizer_config.json and special_tokens_map.json (both optional) the way
-/// transformers 5's `from_pretrained` combines them.
-fn read_special_config(dir: &Path) -> Result<SpecialConfig, TokenizerError> {
-    let mut config = SpecialConfig::openai(EOS, false);
-    let config_path = dir.join("tokenizer_config.json");
-    let tokenizer_config = read_optional_json(&config_path)?;
-    let mut has_decoder = false;
-    if let Some(json) = &tokenizer_config {
-        for (slot, attr) in SPECIAL_ATTRS.iter().enumerate() {
-            if let Some(token) = json.get(attr).and_then(|v| AddedToken::from_json(v, true)) {
-                config.attrs[slot] = Some(token);
-            }
-        }
-        if let Some(Value::Object(decoder)) = json.get("added_tokens_decoder") {
-            has_decoder = true;
-            let mut entries = Vec::new();
-            for (id, value) in decoder {
-                let id: u64 = id.parse().map_err(|_| {
-                    TokenizerError::invalid(&config_path, format!("added token id {id:?}"))
-                })?;
-                let token = AddedToken::from_json(value, true).ok_or_else(|| {
-                    TokenizerError::invalid(
-                        &config_path,
-                        format!("added token {id} has no content"),
-                    )
-                })?;
-                entries.push((id, token));
-            }
-            entries.sort_by_key(|(id, _)| *id);
-            config.decoder = entries.into_iter().map(|(_, t)| t).collect();
-        }
-        config.max_len = match json.get("model_max_length") {
-            None | Some(Value::Null) => DEFAULT_MAX_LEN,
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|n| (3..=1 << 20).contains(n))
-                .ok_or_else(|| {
-                    TokenizerError::invalid(
-                        &config_path,
-                        format!("model_max_length {v} is not a usable length (3..=1048576)"),
-                    )
-                })?,
-        };
-    }
-    // transformers reads special_tokens_map.json only when tokenizer_config.json has no
-    // `added_tokens_decoder`; its entries then override the config's.
-    if !has_decoder {
-        let map_path = dir.join("special_tokens_map.json");
-        if let Some(json) = read_optional_json(&map_path)? {
-            for (slot, attr) in SPECIAL_ATTRS.iter().enumerate() {
-                // Dicts here become `AddedToken(**value, special=True)`: normalized=False
-                // unless they say otherwise.
-                if let Some(token) = json.get(attr).and_then(|v| AddedToken::from_json(v, false)) {
-                    config.attrs[slot] = Some(token);
-                }
-            }
-        }
-    }
-    // A special token named by string takes the flags of its `added_tokens_decoder` entry.
-    for token in config.attrs.iter_mut().flatten() {
-        if let Some(entry) = config.decoder.iter().find(|d| d.content == token.content) {
-            *token = entry.clone();
-        }
-    }
-    Ok(config)
-}
-
-fn read_optional_json(path: &Path) -> Result<Option<Value>, TokenizerError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_json(&text, path).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn regexes_compile() {
-        for re in [
-            &CLIP_SPLIT,
-            &GPT2_SPLIT,
-            &WHITESPACE_RUN,
-            &WORD_AT_START,
-            &WORD_AT_END,
-        ] {
+        for re in [&CLIP_SPLIT, &GPT2_SPLIT, &WHITESPACE_RUN] {
             LazyLock::force(re);
         }
-    }
-
-    #[test]
-    fn bytes_to_unicode_matches_openai() {
-        let table = bytes_to_unicode();
-        assert_eq!(table[usize::from(b'a')], 'a');
-        assert_eq!(table[0], '\u{100}');
-        assert_eq!(table[usize::from(b' ')], '\u{120}');
-        assert_eq!(table[0xAD], '\u{143}');
-        let mut sorted = table.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 256);
     }
 
     #[test]
@@ -879,26 +363,5 @@ mod tests {
             let expected: Vec<u32> = expected.iter().map(|t| u32::from(t.to_u16())).collect();
             assert_eq!(ours.tokenize(text), expected, "{text}");
         }
-    }
-
-    #[test]
-    fn find_added_strips_and_checks_words() {
-        let token = |content: &str, single_word, lstrip, rstrip| {
-            (
-                content.to_owned(),
-                7,
-                AddedToken {
-                    content: content.to_owned(),
-                    single_word,
-                    lstrip,
-                    rstrip,
-                    normalized: false,
-                },
-            )
-        };
-        let pieces = find_added("a  <m>  b", &[token("<m>", false, true, true)]);
-        assert_eq!(pieces, [("a", None), ("  <m>  ", Some(7)), ("b", None)]);
-        let pieces = find_added("x<m> <m>", &[token("<m>", true, false, false)]);
-        assert_eq!(pieces, [("x<m> ", None), ("<m>", Some(7))]);
     }
 }

@@ -217,14 +217,14 @@ impl UNetConfig {
                 )));
             }
             let channels = self.block_out_channels[i];
-            if channels % self.norm_num_groups != 0 {
+            if !channels.is_multiple_of(self.norm_num_groups) {
                 return Err(bad(format!(
                     "block_out_channels[{i}] = {channels} is not a multiple of norm_num_groups = {}",
                     self.norm_num_groups
                 )));
             }
             let n_heads = heads.get(i).unwrap_or(1);
-            if n_heads == 0 || channels % n_heads != 0 {
+            if n_heads == 0 || !channels.is_multiple_of(n_heads) {
                 return Err(bad(format!(
                     "block {i}: {channels} channels do not split into {n_heads} heads"
                 )));

@@ -104,7 +104,7 @@ impl VaeConfig {
         if let Some(c) = self
             .block_out_channels
             .iter()
-            .find(|c| **c % self.norm_num_groups != 0)
+            .find(|c| !c.is_multiple_of(self.norm_num_groups))
         {
             return Err(bad(format!(
                 "block_out_channels entry {c} is not a multiple of norm_num_groups = {}",

@@ -1,0 +1,108 @@
+//! What the studio and scripts rely on beyond numerical agreement: seeds reproduce bit for bit,
+//! every step reports a preview, and cancelling ends the job within one step.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Device;
+use common::fixtures;
+use easel::diffusion::schedulers::Sampler;
+use easel::diffusion::{GenerateRequest, Outcome, Pipeline};
+
+fn tiny() -> Pipeline {
+    Pipeline::load(&fixtures().join("sd-tiny-a"), &Device::Cpu).unwrap()
+}
+
+fn request(p: &Pipeline, seed: u64, sampler: Sampler) -> GenerateRequest {
+    let mut req = GenerateRequest::new(&p.model, "a red circle on a blue background", seed);
+    req.steps = 5;
+    req.sampler = sampler;
+    req.negative_prompt = "blurry".into();
+    req
+}
+
+fn finish(p: &Pipeline, req: &GenerateRequest) -> easel::diffusion::GeneratedImage {
+    match p.generate(req, &AtomicBool::new(false), &mut |_| {}).unwrap() {
+        Outcome::Finished(img) => img,
+        Outcome::Cancelled { .. } => panic!("cancelled"),
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_image_bit_for_bit() {
+    let p = tiny();
+    for sampler in [Sampler::EulerAncestral, Sampler::DpmPp2mKarras] {
+        let a = finish(&p, &request(&p, 7, sampler));
+        let b = finish(&p, &request(&p, 7, sampler));
+        assert_eq!(a.rgb, b.rgb, "{sampler}: same seed, different pixels");
+        let fa: Vec<f32> = a.pixels.flatten_all().unwrap().to_vec1().unwrap();
+        let fb: Vec<f32> = b.pixels.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(fa.iter().zip(&fb).all(|(x, y)| x.to_bits() == y.to_bits()), "{sampler}: not bit-identical");
+        let c = finish(&p, &request(&p, 8, sampler));
+        assert_ne!(a.rgb, c.rgb, "{sampler}: different seeds gave the same image");
+    }
+}
+
+#[test]
+fn every_step_reports_progress_and_a_latent_sized_preview() {
+    let p = tiny();
+    let req = request(&p, 1, Sampler::Euler);
+    let mut seen = Vec::new();
+    let mut last_elapsed = std::time::Duration::ZERO;
+    let out = p
+        .generate(&req, &AtomicBool::new(false), &mut |s| {
+            assert_eq!(s.total, req.steps);
+            assert!(s.elapsed >= last_elapsed);
+            last_elapsed = s.elapsed;
+            // 32×32 image, VAE factor 2 → 16×16 latents.
+            assert_eq!((s.preview.width, s.preview.height), (16, 16));
+            assert_eq!(s.preview.rgb.len(), 16 * 16 * 3);
+            seen.push((s.step, s.preview.rgb.clone()));
+        })
+        .unwrap();
+    assert!(matches!(out, Outcome::Finished(_)));
+    assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    // The preview follows the denoising: it changes from step to step.
+    assert_ne!(seen[0].1, seen[4].1);
+}
+
+#[test]
+fn cancelling_ends_the_job_within_one_step() {
+    let p = tiny();
+    let req = request(&p, 3, Sampler::DpmPp2mKarras);
+    let cancel = AtomicBool::new(false);
+    let mut steps_run = 0;
+    let out = p
+        .generate(&req, &cancel, &mut |s| {
+            steps_run = s.step;
+            if s.step == 2 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+    match out {
+        Outcome::Cancelled { completed_steps } => assert_eq!(completed_steps, 2),
+        Outcome::Finished(_) => panic!("finished despite cancel"),
+    }
+    assert_eq!(steps_run, 2, "a step ran after the cancel flag was set");
+
+    // Cancelled before the first step: no UNet work at all.
+    let cancel = AtomicBool::new(true);
+    let out = p.generate(&req, &cancel, &mut |_| panic!("a step ran")).unwrap();
+    assert!(matches!(out, Outcome::Cancelled { completed_steps: 0 }));
+}
+
+#[test]
+fn the_models_own_scheduler_is_the_default_sampler() {
+    // sd-tiny-a ships SD 1.5's PNDM config (not implemented) → DPM++ 2M Karras;
+    // sd-tiny-b ships DDIMScheduler → DDIM.
+    let a = tiny();
+    assert_eq!(GenerateRequest::new(&a.model, "x", 0).sampler, Sampler::DpmPp2mKarras);
+    let b = Pipeline::load(&fixtures().join("sd-tiny-b"), &Device::Cpu).unwrap();
+    let req = GenerateRequest::new(&b.model, "x", 0);
+    assert_eq!(req.sampler, Sampler::Ddim);
+    // Native size from the configs: UNet sample_size × VAE factor.
+    assert_eq!((req.width, req.height), (b.model.native_size(), b.model.native_size()));
+    assert_eq!(a.model.native_size(), 32);
+}
