@@ -10,7 +10,7 @@
 //! 1. Special tokens (bos/eos/unk/pad) are cut out of the raw text first ("added tokens",
 //!    module `added`; their flags come from the config files, module `config`); those marked
 //!    `normalized` are looked for again after normalisation.
-//! 2. Normalisation: NFC (module `nfc`), whitespace runs → one space, lower-case.
+//! 2. Normalisation: NFC (unicode-normalization), whitespace runs → one space, lower-case.
 //! 3. Pre-tokenisation: CLIP's split pattern, then GPT-2's byte-level split, then every byte
 //!    becomes a printable character (OpenAI's `bytes_to_unicode`).
 //! 4. BPE per word (module `bpe`), the last symbol carrying `</w>`, with the merge order of
@@ -28,8 +28,6 @@ use regex::Regex;
 mod added;
 mod bpe;
 mod config;
-mod nfc;
-mod nfc_tables;
 
 use added::{find_added, AddedVocab};
 use bpe::{bytes_to_unicode, Bpe, FastMap};
@@ -293,7 +291,7 @@ impl std::fmt::Debug for ClipTokenizer {
 /// `tokenizers`' normaliser for CLIP: NFC, whitespace runs → " ", per-character lower-case
 /// (`char::to_lowercase`, so a final `Σ` becomes `σ`, not `ς`, as in `tokenizers`).
 fn normalize(text: &str) -> String {
-    let text = nfc::nfc(text);
+    let text: String = unicode_normalization::UnicodeNormalization::nfc(text).collect();
     let text = WHITESPACE_RUN.replace_all(&text, " ");
     text.chars().flat_map(char::to_lowercase).collect()
 }
