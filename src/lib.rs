@@ -6,9 +6,11 @@
 //! - [`models`]: model files on disk (diffusers folders, tokenizer, weights) → candle modules.
 //! - [`diffusion`]: the text → latents → image pipeline, samplers, guidance, previews.
 //! - [`gallery`]: what is kept with every image (PNG metadata).
+//! - [`lora`]: LoRA adapters: formats, matching, hot application from memory, folder scans.
 //! - [`cli`]: the headless subcommands.
 
 pub mod cli;
 pub mod diffusion;
 pub mod gallery;
+pub mod lora;
 pub mod models;

@@ -9,10 +9,15 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::error::ModelError;
+use crate::lora::{LoraLinear, LoraSlot};
+
+fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<LoraLinear> {
+    LoraLinear::new(in_dim, out_dim, true, vb)
+}
 
 fn default_eps() -> f64 {
     1e-5
@@ -44,7 +49,8 @@ impl ClipTextConfig {
     pub fn from_file(path: &Path) -> std::result::Result<Self, ModelError> {
         let cfg: Self = super::weights::read_json(path)?;
         cfg.activation(path)?;
-        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(ModelError::bad_config(
                 path,
                 format!(
@@ -87,10 +93,10 @@ impl Module for Activation {
 }
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: LoraLinear,
+    k_proj: LoraLinear,
+    v_proj: LoraLinear,
+    out_proj: LoraLinear,
     heads: usize,
     head_dim: usize,
 }
@@ -106,6 +112,15 @@ impl Attention {
             heads: c.num_attention_heads,
             head_dim: h / c.num_attention_heads,
         })
+    }
+
+    fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        out.extend([
+            self.q_proj.slot(),
+            self.k_proj.slot(),
+            self.v_proj.slot(),
+            self.out_proj.slot(),
+        ]);
     }
 
     fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
@@ -129,8 +144,8 @@ impl Attention {
 struct EncoderLayer {
     self_attn: Attention,
     layer_norm1: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: LoraLinear,
+    fc2: LoraLinear,
     layer_norm2: LayerNorm,
     act: Activation,
 }
@@ -145,6 +160,11 @@ impl EncoderLayer {
             layer_norm2: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm2"))?,
             act,
         })
+    }
+
+    fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        self.self_attn.lora_slots(out);
+        out.extend([self.fc1.slot(), self.fc2.slot()]);
     }
 
     fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
@@ -209,6 +229,16 @@ impl ClipTextModel {
             final_layer_norm,
             config: c,
         })
+    }
+
+    /// Every layer an adapter can attach to, in a fixed order (see [`crate::lora`]). Slot names
+    /// carry the checkpoint's own prefix (`text_model.` or none).
+    pub fn lora_slots(&self) -> Vec<&LoraSlot> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            layer.lora_slots(&mut out);
+        }
+        out
     }
 
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {

@@ -9,7 +9,9 @@
 use std::path::Path;
 
 use candle_core::{Module, Result as CandleResult, Tensor};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{group_norm, Conv2dConfig, GroupNorm, VarBuilder};
+
+use crate::lora::{LoraConv2d, LoraLinear, LoraSlot};
 
 use super::unet_blocks::{timestep_embedding, BlockParams, DownBlock, MidBlock, UpBlock};
 use serde::Deserialize;
@@ -260,14 +262,14 @@ pub struct BlockPlan {
 
 /// The UNet, ready to predict noise (or v).
 pub struct UNet {
-    conv_in: Conv2d,
-    time_linear_1: Linear,
-    time_linear_2: Linear,
+    conv_in: LoraConv2d,
+    time_linear_1: LoraLinear,
+    time_linear_2: LoraLinear,
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: LoraConv2d,
     pub config: UNetConfig,
 }
 
@@ -332,9 +334,14 @@ impl UNet {
             prev = b.channels;
         }
         Ok(Self {
-            conv_in: conv2d(config.in_channels, c0, 3, conv3, vb.pp("conv_in"))?,
-            time_linear_1: linear(c0, temb, vb.pp("time_embedding").pp("linear_1"))?,
-            time_linear_2: linear(temb, temb, vb.pp("time_embedding").pp("linear_2"))?,
+            conv_in: LoraConv2d::new(config.in_channels, c0, 3, conv3, vb.pp("conv_in"))?,
+            time_linear_1: LoraLinear::new(c0, temb, true, vb.pp("time_embedding").pp("linear_1"))?,
+            time_linear_2: LoraLinear::new(
+                temb,
+                temb,
+                true,
+                vb.pp("time_embedding").pp("linear_2"),
+            )?,
             down,
             mid,
             up,
@@ -344,9 +351,27 @@ impl UNet {
                 config.norm_eps,
                 vb.pp("conv_norm_out"),
             )?,
-            conv_out: conv2d(c0, config.out_channels, 3, conv3, vb.pp("conv_out"))?,
+            conv_out: LoraConv2d::new(c0, config.out_channels, 3, conv3, vb.pp("conv_out"))?,
             config,
         })
+    }
+
+    /// Every layer an adapter can attach to, in a fixed order (see [`crate::lora`]).
+    pub fn lora_slots(&self) -> Vec<&LoraSlot> {
+        let mut out = vec![
+            self.conv_in.slot(),
+            self.time_linear_1.slot(),
+            self.time_linear_2.slot(),
+        ];
+        for block in &self.down {
+            block.lora_slots(&mut out);
+        }
+        self.mid.lora_slots(&mut out);
+        for block in &self.up {
+            block.lora_slots(&mut out);
+        }
+        out.push(self.conv_out.slot());
+        out
     }
 
     /// Predicts the model output (noise or v) for a batch of latents at one timestep.

@@ -3,22 +3,31 @@
 //! checkpoints load by name and the numbers match diffusers'.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, Conv2dConfig, GroupNorm,
-    LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{group_norm, layer_norm, Conv2dConfig, GroupNorm, LayerNorm, VarBuilder};
 
-fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+use crate::lora::{LoraConv2d, LoraLinear, LoraSlot};
+
+// Every convolution and projection is LoRA-aware: kohya's LoCon and LyCORIS adapters reach the
+// resnets and samplers too, not only attention.
+fn conv3x3(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<LoraConv2d> {
     let cfg = Conv2dConfig {
         padding: 1,
         stride,
         ..Default::default()
     };
-    conv2d(cin, cout, 3, cfg, vb)
+    LoraConv2d::new(cin, cout, 3, cfg, vb)
 }
 
-fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
-    conv2d(cin, cout, 1, Default::default(), vb)
+fn conv1x1(cin: usize, cout: usize, vb: VarBuilder) -> Result<LoraConv2d> {
+    LoraConv2d::new(cin, cout, 1, Default::default(), vb)
+}
+
+fn linear(cin: usize, cout: usize, vb: VarBuilder) -> Result<LoraLinear> {
+    LoraLinear::new(cin, cout, true, vb)
+}
+
+fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<LoraLinear> {
+    LoraLinear::new(cin, cout, false, vb)
 }
 
 /// Sinusoidal embedding of the timestep (diffusers' `get_timestep_embedding`).
@@ -50,11 +59,11 @@ pub fn timestep_embedding(
 
 pub struct ResnetBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
-    time_emb_proj: Linear,
+    conv1: LoraConv2d,
+    time_emb_proj: LoraLinear,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_shortcut: Option<Conv2d>,
+    conv2: LoraConv2d,
+    conv_shortcut: Option<LoraConv2d>,
     output_scale_factor: f64,
 }
 
@@ -83,6 +92,15 @@ impl ResnetBlock {
         })
     }
 
+    pub fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        out.extend([
+            self.conv1.slot(),
+            self.time_emb_proj.slot(),
+            self.conv2.slot(),
+        ]);
+        out.extend(self.conv_shortcut.as_ref().map(LoraConv2d::slot));
+    }
+
     /// `temb_act` is silu(time embedding), shared by every resnet of the UNet.
     pub fn forward(&self, xs: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
@@ -108,10 +126,10 @@ impl ResnetBlock {
 
 /// Multi-head attention; `context` = None makes it self-attention.
 pub struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: LoraLinear,
+    to_k: LoraLinear,
+    to_v: LoraLinear,
+    to_out: LoraLinear,
     heads: usize,
 }
 
@@ -131,6 +149,15 @@ impl Attention {
             to_out: linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
             heads,
         })
+    }
+
+    pub fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        out.extend([
+            self.to_q.slot(),
+            self.to_k.slot(),
+            self.to_v.slot(),
+            self.to_out.slot(),
+        ]);
     }
 
     pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
@@ -157,8 +184,8 @@ impl Attention {
 
 /// GEGLU feed-forward with diffusers' exact (erf) GELU.
 struct FeedForward {
-    proj: Linear,
-    out: Linear,
+    proj: LoraLinear,
+    out: LoraLinear,
 }
 
 impl FeedForward {
@@ -168,6 +195,10 @@ impl FeedForward {
             proj: linear(dim, inner * 2, vb.pp("net").pp("0").pp("proj"))?,
             out: linear(inner, dim, vb.pp("net").pp("2"))?,
         })
+    }
+
+    fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        out.extend([self.proj.slot(), self.out.slot()]);
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -199,6 +230,12 @@ impl BasicTransformerBlock {
         })
     }
 
+    fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        self.attn1.lora_slots(out);
+        self.attn2.lora_slots(out);
+        self.ff.lora_slots(out);
+    }
+
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
         let xs = (self
@@ -210,8 +247,17 @@ impl BasicTransformerBlock {
 }
 
 enum Proj {
-    Conv(Conv2d),
-    Linear(Linear),
+    Conv(LoraConv2d),
+    Linear(LoraLinear),
+}
+
+impl Proj {
+    fn slot(&self) -> &LoraSlot {
+        match self {
+            Proj::Conv(c) => c.slot(),
+            Proj::Linear(l) => l.slot(),
+        }
+    }
 }
 
 /// diffusers' `Transformer2DModel`: group norm, projection in, transformer blocks, projection out.
@@ -255,6 +301,14 @@ impl SpatialTransformer {
         })
     }
 
+    pub fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        out.push(self.proj_in.slot());
+        for block in &self.blocks {
+            block.lora_slots(out);
+        }
+        out.push(self.proj_out.slot());
+    }
+
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let to_tokens =
@@ -283,7 +337,7 @@ impl SpatialTransformer {
 pub struct DownBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<SpatialTransformer>,
-    downsample: Option<Conv2d>,
+    downsample: Option<LoraConv2d>,
 }
 
 /// Everything a block needs to know beyond its channels.
@@ -349,6 +403,16 @@ impl DownBlock {
         })
     }
 
+    pub fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        for r in &self.resnets {
+            r.lora_slots(out);
+        }
+        for a in &self.attentions {
+            a.lora_slots(out);
+        }
+        out.extend(self.downsample.as_ref().map(LoraConv2d::slot));
+    }
+
     /// Returns the output and the skip tensors it hands to the up path.
     pub fn forward(
         &self,
@@ -405,6 +469,12 @@ impl MidBlock {
         })
     }
 
+    pub fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        self.resnet0.lora_slots(out);
+        self.attention.lora_slots(out);
+        self.resnet1.lora_slots(out);
+    }
+
     pub fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
         let xs = self.resnet0.forward(xs, temb)?;
         let xs = self.attention.forward(&xs, context)?;
@@ -417,7 +487,7 @@ impl MidBlock {
 pub struct UpBlock {
     resnets: Vec<ResnetBlock>,
     attentions: Vec<SpatialTransformer>,
-    upsample: Option<Conv2d>,
+    upsample: Option<LoraConv2d>,
 }
 
 impl UpBlock {
@@ -472,6 +542,16 @@ impl UpBlock {
             attentions,
             upsample,
         })
+    }
+
+    pub fn lora_slots<'a>(&'a self, out: &mut Vec<&'a LoraSlot>) {
+        for r in &self.resnets {
+            r.lora_slots(out);
+        }
+        for a in &self.attentions {
+            a.lora_slots(out);
+        }
+        out.extend(self.upsample.as_ref().map(LoraConv2d::slot));
     }
 
     pub fn n_skips(&self) -> usize {
