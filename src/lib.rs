@@ -8,9 +8,15 @@
 //! - [`gallery`]: what is kept with every image (PNG metadata).
 //! - [`lora`]: LoRA adapters: formats, matching, hot application from memory, folder scans.
 //! - [`cli`]: the headless subcommands.
+//! - [`worker`]: the inference thread the studio talks to (typed commands and events).
+//! - [`app`]: the studio window (egui); the only module that knows egui.
+//! - [`settings`]: folders and the preferences that survive a restart.
 
+pub mod app;
 pub mod cli;
 pub mod diffusion;
 pub mod gallery;
 pub mod lora;
 pub mod models;
+pub mod settings;
+pub mod worker;

@@ -26,6 +26,11 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure text encoding, a UNet step, VAE decode and a preview on SD 1.5-sized weights.
     Bench(bench::BenchArgs),
+    /// Open the studio window (what `easel` with no subcommand does).
+    Studio(crate::app::StudioArgs),
+    /// Measure the studio window: cold start, UI frame time while generating, preview and
+    /// cancel latency. Prints a JSON report and closes.
+    BenchUi(crate::app::BenchUiArgs),
 }
 
 /// Parses the command line and runs it; errors are printed as one line on stderr.
@@ -34,12 +39,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Bench(args)) => bench::run(args),
-        None => {
-            eprintln!(
-                "easel: the studio window is not built yet; run `easel generate --help` for the headless generator"
-            );
-            Ok(())
-        }
+        Some(Command::Studio(args)) => crate::app::run(args),
+        Some(Command::BenchUi(args)) => crate::app::run_bench(args),
+        None => crate::app::run(crate::app::StudioArgs::default()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

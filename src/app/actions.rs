@@ -1,0 +1,39 @@
+//! What panels ask the studio to do. Panels only push actions; [`Studio::apply`] carries them
+//! out after the frame is drawn, in one place, so a panel never needs the worker or another
+//! panel's state.
+
+use std::path::PathBuf;
+
+use crate::worker::JobId;
+
+#[must_use]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Queue the current settings (`batch_count` jobs).
+    Generate,
+    /// Cancel the running job and everything queued.
+    CancelAll,
+    /// Live mode: a slider was released; re-queue with the same seed, cancelling the stale job.
+    LiveRequeue,
+    /// Cancel one job (running or pending).
+    CancelJob(JobId),
+    /// Move a pending job to a new position in the queue.
+    MoveJob { job: JobId, to: usize },
+    /// Show a history image on the canvas.
+    View(usize),
+    /// Put a history image's settings back into the prompt panel.
+    Restore(usize),
+    /// Copy a history image somewhere else, through the native save dialog.
+    SaveAs(usize),
+    /// Open the native folder dialog to choose a model.
+    PickModelFolder,
+    /// Load this model folder.
+    LoadModel(PathBuf),
+    /// Open the native folder dialog to choose the library folder.
+    PickLibraryFolder,
+    /// Read generation settings from a dropped PNG.
+    RestoreFromFile(PathBuf),
+    /// The image-search gesture: an image dropped on the gallery area. The gallery issue
+    /// wires this to CLIP search; until then the studio says so.
+    SearchByImage(PathBuf),
+}

@@ -1,0 +1,50 @@
+//! What the canvas shows without a model: how to get one, and a folder picker. Also the
+//! loading and failed states, so the window always says what is going on.
+
+use super::actions::Action;
+use super::state::{ModelState, Studio};
+
+pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
+    ui.vertical_centered(|ui| {
+        ui.add_space((ui.available_height() * 0.2).min(120.0));
+        match &studio.model {
+            ModelState::Loading { dir, .. } => {
+                ui.spinner();
+                ui.heading("Loading the model…");
+                ui.label(dir.display().to_string());
+                ui.weak("The window stays usable: write your prompt meanwhile.");
+                return;
+            }
+            ModelState::Failed { dir, error } => {
+                ui.heading("That model could not be loaded");
+                ui.label(dir.display().to_string());
+                ui.colored_label(ui.visuals().error_fg_color, error);
+                ui.add_space(8.0);
+            }
+            ModelState::None | ModelState::Ready(_) => {
+                ui.heading("Welcome to Easel");
+                ui.add_space(4.0);
+                ui.label("Easel needs a Stable Diffusion model to paint with.");
+            }
+        }
+        ui.add_space(8.0);
+        ui.label(
+            "Choose a model folder in the diffusers layout: one holding model_index.json and \
+             the unet/, vae/, text_encoder/, tokenizer/ and scheduler/ folders \
+             (safetensors weights, fp32 or fp16).",
+        );
+        ui.label(
+            "Stable Diffusion 1.x and 2.x models work, e.g. a download of \
+             stable-diffusion-v1-5 in diffusers format.",
+        );
+        ui.add_space(12.0);
+        let b = egui::Button::new(egui::RichText::new("Choose model folder…").size(16.0))
+            .fill(super::theme::accent(ui))
+            .min_size(egui::vec2(220.0, 36.0));
+        if ui.add(b).clicked() {
+            studio.push(Action::PickModelFolder);
+        }
+        ui.add_space(8.0);
+        ui.weak("Easel remembers the model and opens on it next time.");
+    });
+}

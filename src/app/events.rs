@@ -1,0 +1,288 @@
+//! Draining the worker's events into UI state (once per frame, never blocking), and the
+//! native dialogs, which run on the I/O runtime so the window stays live while they are open.
+
+use std::time::Instant;
+
+use egui::{ColorImage, TextureOptions};
+
+use super::state::{HistoryItem, ModelState, RunningJob, Showing, Studio};
+use crate::settings::is_model_dir;
+use crate::worker::{Event, Restored};
+
+/// Previews are 1/8 of the image size: linear filtering keeps the upscaled preview smooth.
+const CANVAS_TEXTURE: TextureOptions = TextureOptions::LINEAR;
+
+impl Studio {
+    /// Applies every event the worker has sent since the last frame.
+    pub fn drain_events(&mut self, ctx: &egui::Context) {
+        while let Some(event) = self.worker.try_recv() {
+            self.on_event(event, ctx);
+        }
+    }
+
+    fn on_event(&mut self, event: Event, ctx: &egui::Context) {
+        match event {
+            Event::ModelLoading { dir } => {
+                if !matches!(&self.model, ModelState::Loading { dir: d, .. } if *d == dir) {
+                    self.model = ModelState::Loading {
+                        dir,
+                        since: Instant::now(),
+                    };
+                }
+            }
+            Event::ModelLoaded(info) => {
+                let switched = self.settings.last_model.as_deref() != Some(info.dir.as_path());
+                let m = info.size_multiple.max(1);
+                if switched {
+                    // A different model: start from its native size.
+                    self.settings.width = info.native_size;
+                    self.settings.height = info.native_size;
+                } else {
+                    self.settings.width = snap(self.settings.width, m);
+                    self.settings.height = snap(self.settings.height, m);
+                }
+                self.settings.last_model = Some(info.dir.clone());
+                self.info(format!(
+                    "Loaded {} in {:.1} s",
+                    info.name,
+                    info.load_duration.as_secs_f64()
+                ));
+                self.model = ModelState::Ready(info);
+            }
+            Event::ModelFailed { dir, error } => {
+                self.error(format!("Could not load the model: {error}"));
+                self.model = ModelState::Failed { dir, error };
+            }
+            Event::Queue(queue) => self.queue = queue,
+            Event::Started { job, recipe } => {
+                self.running = Some(RunningJob {
+                    job,
+                    total: recipe.steps,
+                    recipe,
+                    step: 0,
+                    elapsed: std::time::Duration::ZERO,
+                    cancel_requested: None,
+                });
+                self.showing = Showing::Live;
+            }
+            Event::Progress {
+                job,
+                step,
+                total,
+                elapsed,
+            } => {
+                if let Some(r) = self.running.as_mut().filter(|r| r.job == job) {
+                    self.metrics.last_step_duration = elapsed.saturating_sub(r.elapsed);
+                    r.step = step;
+                    r.total = total;
+                    r.elapsed = elapsed;
+                }
+            }
+            Event::Preview {
+                job,
+                image,
+                computed_at,
+                ..
+            } => {
+                // Stale previews (a cancelled job's last step) never reach the canvas.
+                let Some(r) = self.running.as_ref().filter(|r| r.job == job) else {
+                    return;
+                };
+                if r.cancel_requested.is_some() {
+                    return;
+                }
+                let size = [r.recipe.width, r.recipe.height];
+                let img = ColorImage::from_rgb([image.width, image.height], &image.rgb);
+                self.set_canvas(ctx, img, size);
+                self.metrics
+                    .preview_latency
+                    .push((computed_at.elapsed(), self.metrics.last_step_duration));
+            }
+            Event::Finished {
+                job,
+                image,
+                metadata,
+                warnings,
+                elapsed,
+            } => {
+                let img = ColorImage::from_rgb([image.width, image.height], &image.rgb);
+                let texture =
+                    ctx.load_texture(format!("history-{job}"), img.clone(), CANVAS_TEXTURE);
+                if self.running.as_ref().is_some_and(|r| r.job == job) {
+                    self.running = None;
+                    self.set_canvas(ctx, img, [image.width, image.height]);
+                    self.showing = Showing::Live;
+                }
+                for w in warnings {
+                    self.info(w);
+                }
+                self.history.push(HistoryItem {
+                    job,
+                    texture,
+                    metadata: *metadata,
+                    path: None,
+                    elapsed,
+                });
+            }
+            Event::Saved { job, path } => {
+                if let Some(item) = self.history.iter_mut().find(|h| h.job == job) {
+                    item.path = Some(path);
+                }
+            }
+            Event::SaveFailed { error, .. } => {
+                self.error(format!("The image was not saved: {error}"))
+            }
+            Event::Cancelled { job, .. } => {
+                if let Some(r) = self.running.take_if(|r| r.job == job) {
+                    if let Some(at) = r.cancel_requested {
+                        self.metrics
+                            .cancel_latency
+                            .push((at.elapsed(), self.metrics.last_step_duration));
+                    }
+                }
+                self.last_submission.retain(|j| *j != job);
+            }
+            Event::Failed { job, error } => {
+                if self.running.as_ref().is_some_and(|r| r.job == job) {
+                    self.running = None;
+                }
+                self.error(format!("Generation failed: {error}"));
+            }
+            Event::Restored { path, result } => match result {
+                Ok(restored) => self.apply_restored(restored),
+                Err(e) => self.error(format!(
+                    "No settings restored from {}: {e}",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                )),
+            },
+            Event::ModelFolderPicked(dir) => {
+                if is_model_dir(&dir) {
+                    self.load_model(dir);
+                } else {
+                    self.error(format!(
+                        "{} is not a diffusers model folder (it has no model_index.json).",
+                        dir.display()
+                    ));
+                }
+            }
+            Event::LibraryFolderPicked(dir) => {
+                self.info(format!("New images go to {}", dir.display()));
+                self.settings.library_dir = Some(dir);
+            }
+            Event::Notice(n) => self.notices.push((n, Instant::now())),
+        }
+    }
+
+    /// Updates the one canvas texture (created on first use).
+    fn set_canvas(&mut self, ctx: &egui::Context, img: ColorImage, size: [usize; 2]) {
+        match &mut self.canvas_texture {
+            Some(t) => t.set(img, CANVAS_TEXTURE),
+            None => self.canvas_texture = Some(ctx.load_texture("canvas", img, CANVAS_TEXTURE)),
+        }
+        self.canvas_size = size;
+    }
+
+    fn apply_restored(&mut self, r: Restored) {
+        let m = self.size_multiple();
+        let s = &mut self.settings;
+        if let Some(v) = &r.prompt {
+            s.prompt = v.clone();
+        }
+        if let Some(v) = &r.negative_prompt {
+            s.negative_prompt = v.clone();
+        }
+        if let Some(v) = r.steps {
+            s.steps = v.clamp(1, 1000);
+        }
+        if let Some(v) = r.cfg_scale {
+            s.cfg_scale = v.clamp(0.0, 100.0);
+        }
+        if let Some(v) = r.seed {
+            s.seed = v;
+            s.seed_locked = true;
+        }
+        if let Some(v) = r.width {
+            s.width = snap(v, m);
+        }
+        if let Some(v) = r.height {
+            s.height = snap(v, m);
+        }
+        if let Some(v) = r.sampler {
+            s.sampler = Some(v.cli_name().to_string());
+        }
+        self.info(r.summary());
+    }
+}
+
+/// The nearest valid size: a positive multiple of `m`.
+pub fn snap(v: usize, m: usize) -> usize {
+    let m = m.max(1);
+    (((v + m / 2) / m) * m).max(m)
+}
+
+/// "Save as…": the native dialog, then a copy of the library file, both off the UI thread.
+pub fn save_as(studio: &mut Studio, i: usize) {
+    let Some(item) = studio.history.get(i) else {
+        return;
+    };
+    let Some(source) = item.path.clone() else {
+        studio.info("Still writing this image to the library; try again in a moment.");
+        return;
+    };
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "easel.png".into());
+    let sink = studio.worker.sink();
+    studio.worker.spawn_io(async move {
+        let Some(dest) = rfd::AsyncFileDialog::new()
+            .set_title("Save image as")
+            .set_file_name(name)
+            .add_filter("PNG image", &["png"])
+            .save_file()
+            .await
+        else {
+            return;
+        };
+        let dest = dest.path().to_path_buf();
+        let notice = match tokio::fs::copy(&source, &dest).await {
+            Ok(_) => crate::worker::Notice {
+                error: false,
+                text: format!("Saved {}", dest.display()),
+            },
+            Err(e) => crate::worker::Notice {
+                error: true,
+                text: format!("Could not save {}: {e}", dest.display()),
+            },
+        };
+        sink.send(Event::Notice(notice));
+    });
+}
+
+/// The native folder dialog, for a model (`model`) or the library folder.
+pub fn pick_folder(studio: &mut Studio, model: bool) {
+    let sink = studio.worker.sink();
+    let start = if model {
+        studio.settings.last_model.clone()
+    } else {
+        Some(studio.settings.library_dir())
+    };
+    studio.worker.spawn_io(async move {
+        let mut dialog = rfd::AsyncFileDialog::new().set_title(if model {
+            "Choose a diffusers model folder"
+        } else {
+            "Choose the library folder"
+        });
+        if let Some(dir) = start.filter(|d| d.is_dir()) {
+            dialog = dialog.set_directory(dir);
+        }
+        if let Some(folder) = dialog.pick_folder().await {
+            let dir = folder.path().to_path_buf();
+            sink.send(if model {
+                Event::ModelFolderPicked(dir)
+            } else {
+                Event::LibraryFolderPicked(dir)
+            });
+        }
+    });
+}

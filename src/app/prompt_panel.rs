@@ -1,0 +1,177 @@
+//! The left panel: model, prompts, sliders, seed, sampler, batch count, live toggle, and the
+//! Generate button that becomes Cancel while work is under way.
+
+use egui::{Response, RichText, Slider};
+
+use super::actions::Action;
+use super::state::{ModelState, Studio};
+use crate::diffusion::schedulers::Sampler;
+
+pub const MAX_STEPS: usize = 150;
+pub const MAX_CFG: f64 = 30.0;
+pub const MAX_SIDE: usize = 2048;
+
+pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
+    egui::ScrollArea::vertical().show(ui, |ui| {
+        ui.add_space(6.0);
+        model_line(ui, studio);
+        ui.separator();
+        prompts(ui, studio);
+        ui.add_space(4.0);
+        sliders(ui, studio);
+        ui.add_space(8.0);
+        generate_button(ui, studio);
+    });
+}
+
+fn model_line(ui: &mut egui::Ui, studio: &mut Studio) {
+    ui.horizontal(|ui| {
+        let text = match &studio.model {
+            ModelState::None => "No model".to_string(),
+            ModelState::Loading { dir, .. } => format!("Loading {}…", folder_name(dir)),
+            ModelState::Ready(info) => info.name.clone(),
+            ModelState::Failed { dir, .. } => format!("{} (failed)", folder_name(dir)),
+        };
+        ui.label(RichText::new("Model").strong());
+        ui.label(text).on_hover_text(match &studio.model {
+            ModelState::Ready(info) => info.dir.display().to_string(),
+            _ => String::new(),
+        });
+        if ui
+            .small_button("Open…")
+            .on_hover_text("Choose a diffusers model folder")
+            .clicked()
+        {
+            studio.push(Action::PickModelFolder);
+        }
+    });
+}
+
+fn folder_name(dir: &std::path::Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+fn prompts(ui: &mut egui::Ui, studio: &mut Studio) {
+    let s = &mut studio.settings;
+    let label = ui.label("Prompt");
+    ui.add(
+        egui::TextEdit::multiline(&mut s.prompt)
+            .hint_text("What to paint")
+            .desired_rows(4)
+            .desired_width(f32::INFINITY),
+    )
+    .labelled_by(label.id);
+    let label = ui.label("Negative prompt");
+    ui.add(
+        egui::TextEdit::multiline(&mut s.negative_prompt)
+            .hint_text("What to avoid")
+            .desired_rows(2)
+            .desired_width(f32::INFINITY),
+    )
+    .labelled_by(label.id);
+}
+
+/// True when a slider-like control was let go (or changed by keyboard / typing): the moment
+/// live mode re-queues, so a sweep queues one job, not one per pixel dragged.
+fn released(r: &Response) -> bool {
+    r.drag_stopped() || (r.changed() && !r.dragged())
+}
+
+fn sliders(ui: &mut egui::Ui, studio: &mut Studio) {
+    let m = studio.size_multiple();
+    let mut requeue = false;
+    let s = &mut studio.settings;
+    // Each slider carries its own label, which is also its accessible name.
+    requeue |= released(&ui.add(Slider::new(&mut s.steps, 1..=MAX_STEPS).text("Steps")));
+    requeue |= released(
+        &ui.add(
+            Slider::new(&mut s.cfg_scale, 0.0..=MAX_CFG)
+                .step_by(0.5)
+                .text("CFG scale"),
+        ),
+    );
+    requeue |= released(&ui.add(size_slider(&mut s.width, m, "Width")));
+    requeue |= released(&ui.add(size_slider(&mut s.height, m, "Height")));
+    ui.horizontal(|ui| {
+        let label = ui.label("Seed");
+        requeue |= released(
+            &ui.add(egui::DragValue::new(&mut s.seed).speed(1.0))
+                .labelled_by(label.id),
+        );
+        if ui
+            .button("Random")
+            .on_hover_text("New random seed")
+            .clicked()
+        {
+            s.seed = u64::from(rand::random::<u32>());
+            requeue = true;
+        }
+        let icon = if s.seed_locked { "Locked" } else { "Lock" };
+        ui.toggle_value(&mut s.seed_locked, icon).on_hover_text(
+            "Locked: Generate keeps this seed. Unlocked: each Generate draws a new one.",
+        );
+    });
+    sampler_combo(ui, s);
+    ui.add(Slider::new(&mut s.batch_count, 1..=16).text("Batch count"))
+        .on_hover_text("Images per Generate, with consecutive seeds");
+    ui.add_space(4.0);
+    ui.checkbox(&mut s.live, "Live")
+        .on_hover_text("Re-generate with the same seed whenever a slider is released");
+    if requeue && studio.settings.live {
+        studio.push(Action::LiveRequeue);
+    }
+}
+
+fn size_slider<'a>(v: &'a mut usize, multiple: usize, label: &str) -> Slider<'a> {
+    Slider::new(v, multiple..=MAX_SIDE.max(multiple))
+        .step_by(multiple as f64)
+        .suffix(" px")
+        .text(label)
+}
+
+fn sampler_combo(ui: &mut egui::Ui, s: &mut crate::settings::Settings) {
+    let current = s.sampler.as_deref().and_then(|n| n.parse::<Sampler>().ok());
+    let label = current.map_or("Model default", |c| c.a1111_name());
+    egui::ComboBox::from_label("Sampler")
+        .selected_text(label)
+        .show_ui(ui, |ui| {
+            if ui
+                .selectable_label(current.is_none(), "Model default")
+                .clicked()
+            {
+                s.sampler = None;
+            }
+            for sampler in Sampler::ALL {
+                if ui
+                    .selectable_label(current == Some(sampler), sampler.a1111_name())
+                    .clicked()
+                {
+                    s.sampler = Some(sampler.cli_name().to_string());
+                }
+            }
+        });
+}
+
+fn generate_button(ui: &mut egui::Ui, studio: &mut Studio) {
+    let size = egui::vec2(ui.available_width(), 36.0);
+    if studio.busy() {
+        let b = egui::Button::new(RichText::new("Cancel").size(16.0)).min_size(size);
+        if ui.add(b).on_hover_text("Stop now (Esc)").clicked() {
+            studio.push(Action::CancelAll);
+        }
+    } else {
+        let ready = studio.model.is_ready();
+        let b = egui::Button::new(RichText::new("Generate").size(16.0).strong())
+            .fill(super::theme::accent(ui))
+            .min_size(size);
+        let r = ui
+            .add_enabled(ready, b)
+            .on_hover_text("Ctrl+Enter")
+            .on_disabled_hover_text("Choose a model first");
+        if r.clicked() {
+            studio.push(Action::Generate);
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The studio's UI state, and what each [`Action`] does to it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use egui::{Key, KeyboardShortcut, Modifiers, TextureHandle};
+
+use super::actions::Action;
+use crate::diffusion::schedulers::Sampler;
+use crate::gallery::png_meta::GenerationMetadata;
+use crate::settings::Settings;
+use crate::worker::{JobId, ModelInfo, Notice, QueuedJob, Recipe, Worker};
+
+/// The model as the UI knows it.
+#[derive(Debug, Clone)]
+pub enum ModelState {
+    /// No model chosen: the empty state explains how to add one.
+    None,
+    Loading {
+        dir: PathBuf,
+        since: Instant,
+    },
+    Ready(ModelInfo),
+    Failed {
+        dir: PathBuf,
+        error: String,
+    },
+}
+
+impl ModelState {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, ModelState::Ready(_))
+    }
+}
+
+/// The job the worker is running now.
+#[derive(Debug, Clone)]
+pub struct RunningJob {
+    pub job: JobId,
+    pub recipe: Recipe,
+    pub step: usize,
+    pub total: usize,
+    pub elapsed: Duration,
+    pub cancel_requested: Option<Instant>,
+}
+
+/// A finished image of this session.
+pub struct HistoryItem {
+    pub job: JobId,
+    pub texture: TextureHandle,
+    pub metadata: GenerationMetadata,
+    /// `None` until the worker reports it written to the library.
+    pub path: Option<PathBuf>,
+    pub elapsed: Duration,
+}
+
+/// What the canvas shows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Showing {
+    /// The live preview / last result, in the one canvas texture.
+    Live,
+    History(usize),
+}
+
+/// Measurements the bench (and the curious) read: UI frame times, how late previews are shown,
+/// how long a cancel takes.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub frame_times: Vec<Duration>,
+    /// (time from the worker computing a preview to the UI uploading it, that step's duration)
+    pub preview_latency: Vec<(Duration, Duration)>,
+    /// (cancel pressed → UI told it stopped, duration of the last step before it)
+    pub cancel_latency: Vec<(Duration, Duration)>,
+    pub last_step_duration: Duration,
+}
+
+impl Metrics {
+    /// Keeps the last 100k frames: enough for any measurement, bounded for a long session.
+    pub fn record_frame(&mut self, d: Duration) {
+        if self.frame_times.len() >= 100_000 {
+            self.frame_times.drain(..50_000);
+        }
+        self.frame_times.push(d);
+    }
+}
+
+/// All UI state. Panels read and change it and push [`Action`]s.
+pub struct Studio {
+    pub settings: Settings,
+    pub worker: Worker,
+    pub model: ModelState,
+    pub running: Option<RunningJob>,
+    pub queue: Vec<QueuedJob>,
+    /// Jobs queued by the last Generate / live re-queue: what a live re-queue makes stale.
+    pub last_submission: Vec<JobId>,
+    /// The one canvas texture: created on the first preview, then updated with `set`.
+    pub canvas_texture: Option<TextureHandle>,
+    /// Display size (pixels) of what the canvas texture holds.
+    pub canvas_size: [usize; 2],
+    pub showing: Showing,
+    /// `None` = fit to the panel.
+    pub zoom: Option<f32>,
+    pub history: Vec<HistoryItem>,
+    pub notices: Vec<(Notice, Instant)>,
+    pub actions: Vec<Action>,
+    pub metrics: Metrics,
+}
+
+impl Studio {
+    pub fn new(settings: Settings, worker: Worker) -> Self {
+        Self {
+            settings,
+            worker,
+            model: ModelState::None,
+            running: None,
+            queue: Vec::new(),
+            last_submission: Vec::new(),
+            canvas_texture: None,
+            canvas_size: [0, 0],
+            showing: Showing::Live,
+            zoom: None,
+            history: Vec::new(),
+            notices: Vec::new(),
+            actions: Vec::new(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    pub fn push(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    pub fn info(&mut self, text: impl Into<String>) {
+        self.notices.push((
+            Notice {
+                error: false,
+                text: text.into(),
+            },
+            Instant::now(),
+        ));
+    }
+
+    pub fn error(&mut self, text: impl Into<String>) {
+        self.notices.push((
+            Notice {
+                error: true,
+                text: text.into(),
+            },
+            Instant::now(),
+        ));
+    }
+
+    pub fn load_model(&mut self, dir: PathBuf) {
+        self.model = ModelState::Loading {
+            dir: dir.clone(),
+            since: Instant::now(),
+        };
+        self.worker.load_model(dir);
+    }
+
+    /// Work is under way (running or queued).
+    pub fn busy(&self) -> bool {
+        self.running.is_some() || !self.queue.is_empty()
+    }
+
+    /// The sampler Generate will use: the chosen one, else the model's own.
+    pub fn sampler(&self) -> Sampler {
+        let chosen = self
+            .settings
+            .sampler
+            .as_deref()
+            .and_then(|s| s.parse().ok());
+        match (&self.model, chosen) {
+            (_, Some(s)) => s,
+            (ModelState::Ready(info), None) => info.default_sampler,
+            _ => Sampler::DpmPp2mKarras,
+        }
+    }
+
+    pub fn size_multiple(&self) -> usize {
+        match &self.model {
+            ModelState::Ready(info) => info.size_multiple.max(1),
+            _ => 8,
+        }
+    }
+
+    /// The recipe the prompt panel describes, with this seed.
+    pub fn recipe(&self, seed: u64) -> Recipe {
+        let s = &self.settings;
+        Recipe {
+            prompt: s.prompt.clone(),
+            negative_prompt: s.negative_prompt.clone(),
+            steps: s.steps,
+            cfg_scale: s.cfg_scale,
+            seed,
+            width: s.width,
+            height: s.height,
+            sampler: self.sampler(),
+        }
+    }
+
+    /// Ctrl+Enter generates; Esc cancels while running. Consumed before the text fields see
+    /// them, so Ctrl+Enter does not also insert a newline.
+    pub fn handle_shortcuts(&mut self, ctx: &egui::Context) {
+        let generate = KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter);
+        if ctx.input_mut(|i| i.consume_shortcut(&generate)) && self.model.is_ready() {
+            self.push(Action::Generate);
+        }
+        if self.busy() && ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::Escape)) {
+            self.push(Action::CancelAll);
+        }
+    }
+
+    /// Carries out one action.
+    pub fn apply(&mut self, action: Action, ctx: &egui::Context) {
+        match action {
+            Action::Generate => self.generate(),
+            Action::CancelAll => {
+                if let Some(r) = &mut self.running {
+                    r.cancel_requested.get_or_insert_with(Instant::now);
+                }
+                self.worker.cancel_all();
+            }
+            Action::LiveRequeue => self.live_requeue(),
+            Action::CancelJob(job) => {
+                if let Some(r) = self.running.as_mut().filter(|r| r.job == job) {
+                    r.cancel_requested.get_or_insert_with(Instant::now);
+                }
+                // Shown gone at once; the worker's next queue report confirms it.
+                self.queue.retain(|q| q.job != job);
+                self.worker.cancel(job);
+            }
+            Action::MoveJob { job, to } => {
+                if let Some(from) = self.queue.iter().position(|q| q.job == job) {
+                    let item = self.queue.remove(from);
+                    let to = to.min(self.queue.len());
+                    self.queue.insert(to, item);
+                }
+                self.worker.move_job(job, to);
+            }
+            Action::View(i) => {
+                if i < self.history.len() {
+                    self.showing = Showing::History(i);
+                }
+            }
+            Action::Restore(i) => self.restore_history(i),
+            Action::SaveAs(i) => super::events::save_as(self, i),
+            Action::PickModelFolder => super::events::pick_folder(self, true),
+            Action::PickLibraryFolder => super::events::pick_folder(self, false),
+            Action::LoadModel(dir) => self.load_model(dir),
+            Action::RestoreFromFile(path) => self.worker.read_settings(path),
+            Action::SearchByImage(path) => self.info(format!(
+                "Image search arrives with the gallery: {} was not searched. \
+                 Drop a PNG on the canvas to restore its settings instead.",
+                path.display()
+            )),
+        }
+        ctx.request_repaint();
+    }
+
+    fn generate(&mut self) {
+        if !self.model.is_ready() {
+            self.error("Choose a model first.");
+            return;
+        }
+        if !self.settings.seed_locked {
+            // 32-bit seeds, as A1111 and ComfyUI show them: easy to read and retype.
+            self.settings.seed = u64::from(rand::random::<u32>());
+        }
+        let batch = self.settings.batch_count.max(1);
+        let dir = self.settings.library_dir();
+        self.last_submission = (0..batch)
+            .map(|i| {
+                let recipe = self.recipe(self.settings.seed.wrapping_add(i as u64));
+                self.worker.submit(recipe, false, dir.clone())
+            })
+            .collect();
+    }
+
+    /// Live mode: the stale job (running or queued from the last submission) is cancelled and
+    /// the same seed goes to the front of the queue.
+    fn live_requeue(&mut self) {
+        if !self.settings.live || !self.model.is_ready() {
+            return;
+        }
+        for job in std::mem::take(&mut self.last_submission) {
+            if let Some(r) = self.running.as_mut().filter(|r| r.job == job) {
+                r.cancel_requested.get_or_insert_with(Instant::now);
+            }
+            self.worker.cancel(job);
+        }
+        let recipe = self.recipe(self.settings.seed);
+        let job = self
+            .worker
+            .submit(recipe, true, self.settings.library_dir());
+        self.last_submission = vec![job];
+    }
+
+    fn restore_history(&mut self, i: usize) {
+        let Some(item) = self.history.get(i) else {
+            return;
+        };
+        let m = item.metadata.clone();
+        let s = &mut self.settings;
+        s.prompt = m.prompt;
+        s.negative_prompt = m.negative_prompt;
+        s.steps = m.steps;
+        s.cfg_scale = m.cfg_scale;
+        s.seed = m.seed;
+        s.width = m.width;
+        s.height = m.height;
+        s.sampler = Some(m.sampler);
+        s.seed_locked = true;
+        self.info(format!(
+            "Restored the settings of image #{}",
+            item_number(i)
+        ));
+    }
+
+    /// Shows notices for a few seconds (errors until dismissed), newest at the bottom.
+    pub fn show_notices(&mut self, ctx: &egui::Context) {
+        const INFO_SECS: f32 = 8.0;
+        self.notices
+            .retain(|(n, at)| n.error || at.elapsed().as_secs_f32() < INFO_SECS);
+        if self.notices.is_empty() {
+            return;
+        }
+        let mut dismiss = None;
+        egui::Area::new(egui::Id::unique("notices"))
+            .anchor(egui::Align2::CENTER_BOTTOM, [0.0, -110.0])
+            .order(egui::Order::Foreground)
+            .show(ctx, |ui| {
+                for (i, (notice, _)) in self.notices.iter().enumerate() {
+                    super::theme::notice_frame(ui, notice.error).show(ui, |ui| {
+                        ui.set_max_width(560.0);
+                        ui.horizontal(|ui| {
+                            ui.label(&notice.text);
+                            if ui.small_button("x").on_hover_text("Dismiss").clicked() {
+                                dismiss = Some(i);
+                            }
+                        });
+                    });
+                }
+            });
+        if let Some(i) = dismiss {
+            self.notices.remove(i);
+        }
+        // Info notices fade on their own: wake up to remove them.
+        ctx.request_repaint_after(Duration::from_secs(1));
+    }
+}
+
+/// History items are numbered from 1 for people.
+pub fn item_number(i: usize) -> usize {
+    i + 1
+}

@@ -1,0 +1,133 @@
+//! Where Easel keeps things on disk, and the preferences that survive a restart.
+//!
+//! Paths come from `directories` so each OS gets its conventional place (XDG data dir on
+//! Linux, Application Support on macOS, AppData on Windows). The preferences are a plain
+//! serde struct: the studio stores it in eframe's storage, and everything has a default so a
+//! newer or older Easel reads whatever it finds (`#[serde(default)]`).
+
+use std::path::{Path, PathBuf};
+
+use directories::ProjectDirs;
+use serde::{Deserialize, Serialize};
+
+/// The app's folders; `None` on a system with no home directory.
+pub fn project_dirs() -> Option<ProjectDirs> {
+    ProjectDirs::from("org", "Easel", "Easel")
+}
+
+/// The default library folder, where every finished image is written at once:
+/// `<data dir>/library`, or `./easel-library` where the OS gives no data dir.
+pub fn default_library_dir() -> PathBuf {
+    project_dirs()
+        .map(|d| d.data_dir().join("library"))
+        .unwrap_or_else(|| PathBuf::from("easel-library"))
+}
+
+/// True when `dir` looks like a diffusers model folder.
+pub fn is_model_dir(dir: &Path) -> bool {
+    dir.join("model_index.json").is_file()
+}
+
+/// What the studio remembers between runs. Panel sizes are kept by egui's own memory, which
+/// eframe persists alongside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub cfg_scale: f64,
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    /// When false, Generate draws a new seed first.
+    pub seed_locked: bool,
+    /// Sampler CLI name; `None` = the model's own.
+    pub sampler: Option<String>,
+    pub batch_count: usize,
+    /// Re-queue on slider release.
+    pub live: bool,
+    /// The model folder last loaded successfully.
+    pub last_model: Option<PathBuf>,
+    /// `None` = [`default_library_dir`].
+    pub library_dir: Option<PathBuf>,
+    /// The tool panel shown on the right (by its id).
+    pub tool_tab: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 20,
+            cfg_scale: 7.5,
+            width: 512,
+            height: 512,
+            seed: 42,
+            seed_locked: false,
+            sampler: None,
+            batch_count: 1,
+            live: false,
+            last_model: None,
+            library_dir: None,
+            tool_tab: String::new(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn library_dir(&self) -> PathBuf {
+        self.library_dir.clone().unwrap_or_else(default_library_dir)
+    }
+}
+
+/// Which model the studio opens on: the last one used, else the bundled default, else none
+/// (the empty state). A remembered folder that has gone is skipped.
+pub fn startup_model(
+    explicit: Option<&Path>,
+    settings: &Settings,
+    bundled: Option<PathBuf>,
+) -> Option<PathBuf> {
+    if let Some(dir) = explicit {
+        return Some(dir.to_path_buf());
+    }
+    settings
+        .last_model
+        .clone()
+        .filter(|d| is_model_dir(d))
+        .or(bundled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_settings_without_new_fields_still_load() {
+        let s: Settings = serde_json::from_str(r#"{"prompt": "a cat", "steps": 30}"#)
+            .expect("partial settings parse");
+        assert_eq!(s.prompt, "a cat");
+        assert_eq!(s.steps, 30);
+        assert_eq!(s.cfg_scale, Settings::default().cfg_scale);
+    }
+
+    #[test]
+    fn startup_prefers_last_model_then_bundled() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny-a");
+        let gone = PathBuf::from("/nonexistent/model");
+        let bundled = Some(PathBuf::from("/bundled"));
+        let mut s = Settings {
+            last_model: Some(fixture.clone()),
+            ..Default::default()
+        };
+        assert_eq!(startup_model(None, &s, bundled.clone()), Some(fixture));
+        s.last_model = Some(gone);
+        assert_eq!(startup_model(None, &s, bundled.clone()), bundled);
+        assert_eq!(startup_model(None, &s, None), None);
+        assert_eq!(
+            startup_model(Some(Path::new("/x")), &s, None),
+            Some(PathBuf::from("/x"))
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! Generation settings read back from a dropped PNG: Easel's own JSON chunk (exact), then
+//! AUTOMATIC1111's `parameters`, then ComfyUI's `prompt` graph — the first one found wins.
+//!
+//! Each field is optional because other tools' files hold only some of them; the UI
+//! restores what was found and says so, and keeps the user's value for the rest.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::diffusion::schedulers::Sampler;
+use crate::gallery::png_meta::{read_png_metadata, ParsedParameters, PngMetadata};
+
+/// Which format the settings came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Easel,
+    Automatic1111,
+    ComfyUi,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Easel => "Easel metadata",
+            Source::Automatic1111 => "AUTOMATIC1111 parameters",
+            Source::ComfyUi => "ComfyUI workflow",
+        }
+    }
+}
+
+/// Settings found in a file; `None` = not in the file (or not usable by Easel, see `notes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored {
+    pub source: Source,
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub steps: Option<usize>,
+    pub cfg_scale: Option<f64>,
+    pub seed: Option<u64>,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub sampler: Option<Sampler>,
+    pub model_name: Option<String>,
+    /// What was found but could not be used, in words.
+    pub notes: Vec<String>,
+}
+
+impl Restored {
+    fn empty(source: Source) -> Self {
+        Self {
+            source,
+            prompt: None,
+            negative_prompt: None,
+            steps: None,
+            cfg_scale: None,
+            seed: None,
+            width: None,
+            height: None,
+            sampler: None,
+            model_name: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// One line for the user: where the settings came from and what was restored.
+    pub fn summary(&self) -> String {
+        let mut found = Vec::new();
+        if self.prompt.is_some() {
+            found.push("prompt".to_string());
+        }
+        if self
+            .negative_prompt
+            .as_deref()
+            .is_some_and(|n| !n.is_empty())
+        {
+            found.push("negative prompt".into());
+        }
+        if let Some(s) = self.steps {
+            found.push(format!("{s} steps"));
+        }
+        if let Some(c) = self.cfg_scale {
+            found.push(format!("CFG {c}"));
+        }
+        if let Some(s) = self.seed {
+            found.push(format!("seed {s}"));
+        }
+        if let (Some(w), Some(h)) = (self.width, self.height) {
+            found.push(format!("{w}×{h}"));
+        }
+        if let Some(s) = self.sampler {
+            found.push(s.a1111_name().to_string());
+        }
+        let mut text = format!("{}: restored {}", self.source.label(), found.join(", "));
+        if let Some(m) = &self.model_name {
+            let _ = write!(text, " (made with model \u{201c}{m}\u{201d})");
+        }
+        for note in &self.notes {
+            let _ = write!(text, "; {note}");
+        }
+        text
+    }
+}
+
+/// Reads the settings stored in a PNG. The error is a sentence for the user.
+pub fn read_settings(path: &Path) -> Result<Restored, String> {
+    let meta = read_png_metadata(path).map_err(|e| e.to_string())?;
+    from_metadata(&meta).ok_or_else(|| {
+        format!(
+            "{} holds no generation settings (no Easel, AUTOMATIC1111 `parameters` or ComfyUI `prompt` chunk)",
+            path.display()
+        )
+    })
+}
+
+/// The settings in already-read metadata, in order of preference.
+pub fn from_metadata(meta: &PngMetadata) -> Option<Restored> {
+    if let Some(e) = &meta.easel {
+        let mut r = Restored::empty(Source::Easel);
+        r.prompt = Some(e.prompt.clone());
+        r.negative_prompt = Some(e.negative_prompt.clone());
+        r.steps = Some(e.steps);
+        r.cfg_scale = Some(e.cfg_scale);
+        r.seed = Some(e.seed);
+        r.width = Some(e.width);
+        r.height = Some(e.height);
+        r.sampler = e.sampler.parse().ok();
+        if r.sampler.is_none() {
+            r.notes
+                .push(format!("sampler {} is not available here", e.sampler));
+        }
+        r.model_name = Some(e.model_name.clone()).filter(|m| !m.is_empty());
+        return Some(r);
+    }
+    if let Some(a) = &meta.a1111 {
+        return Some(from_a1111(a));
+    }
+    let graph: Value = serde_json::from_str(meta.text("prompt")?).ok()?;
+    from_comfyui(graph.as_object()?)
+}
+
+fn from_a1111(a: &ParsedParameters) -> Restored {
+    let mut r = Restored::empty(Source::Automatic1111);
+    r.prompt = Some(a.prompt.clone());
+    r.negative_prompt = Some(a.negative_prompt.clone());
+    r.steps = a.steps;
+    r.cfg_scale = a.cfg_scale;
+    r.seed = a.seed;
+    r.width = a.width;
+    r.height = a.height;
+    r.model_name = a.model_name.clone();
+    if let Some(name) = &a.sampler {
+        // Newer A1111 writes the schedule apart: `Sampler: DPM++ 2M, Schedule type: Karras`.
+        let full = match a.get("Schedule type") {
+            Some(schedule) if !name.contains(schedule) => format!("{name} {schedule}"),
+            _ => name.clone(),
+        };
+        r.sampler = Sampler::from_a1111_name(&full).or_else(|| Sampler::from_a1111_name(name));
+        if r.sampler.is_none() {
+            r.notes.push(format!(
+                "sampler \u{201c}{full}\u{201d} is not available here"
+            ));
+        }
+    }
+    r
+}
+
+/// ComfyUI's API graph: `{"id": {"class_type": …, "inputs": {…}}}`, where an input is a value
+/// or a link `[node id, output index]`. The sampler node holds seed, steps, CFG and sampler;
+/// its `positive`/`negative`/`latent_image` links lead to the prompts and the size.
+fn from_comfyui(graph: &Map<String, Value>) -> Option<Restored> {
+    let sampler = graph
+        .values()
+        .find(|n| class_of(n).is_some_and(|c| c.starts_with("KSampler")))?;
+    let inputs = sampler.get("inputs")?.as_object()?;
+    let mut r = Restored::empty(Source::ComfyUi);
+    r.seed = inputs
+        .get("seed")
+        .or_else(|| inputs.get("noise_seed"))
+        .and_then(Value::as_u64);
+    r.steps = inputs
+        .get("steps")
+        .and_then(Value::as_u64)
+        .and_then(|s| usize::try_from(s).ok());
+    r.cfg_scale = inputs.get("cfg").and_then(Value::as_f64);
+    r.prompt = inputs.get("positive").and_then(|l| text_at(graph, l, 0));
+    r.negative_prompt = inputs.get("negative").and_then(|l| text_at(graph, l, 0));
+    if let Some(latent) = inputs.get("latent_image").and_then(|l| linked(graph, l)) {
+        let size = |k| {
+            latent
+                .get("inputs")
+                .and_then(|i| i.get(k))
+                .and_then(Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+        };
+        r.width = size("width");
+        r.height = size("height");
+    }
+    if let Some(name) = inputs.get("sampler_name").and_then(Value::as_str) {
+        let schedule = inputs
+            .get("scheduler")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        r.sampler = match (name, schedule) {
+            ("euler", _) => Some(Sampler::Euler),
+            ("euler_ancestral", _) => Some(Sampler::EulerAncestral),
+            ("ddim", _) => Some(Sampler::Ddim),
+            ("dpmpp_2m", "karras") => Some(Sampler::DpmPp2mKarras),
+            _ => None,
+        };
+        if r.sampler.is_none() {
+            r.notes.push(format!(
+                "sampler \u{201c}{name}\u{201d} ({schedule} schedule) is not available here"
+            ));
+        }
+    }
+    Some(r)
+}
+
+fn class_of(node: &Value) -> Option<&str> {
+    node.get("class_type").and_then(Value::as_str)
+}
+
+/// The node a link `["id", index]` points at.
+fn linked<'a>(graph: &'a Map<String, Value>, link: &Value) -> Option<&'a Value> {
+    let id = link.as_array()?.first()?;
+    let key = match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    graph.get(&key)
+}
+
+/// The prompt text behind a conditioning link: a text-encode node's `text`, possibly through
+/// a primitive or string node feeding it. Bounded so a cyclic graph cannot hang the reader.
+fn text_at(graph: &Map<String, Value>, link: &Value, depth: usize) -> Option<String> {
+    if depth > 6 {
+        return None;
+    }
+    let inputs = linked(graph, link)?.get("inputs")?.as_object()?;
+    for key in ["text", "text_g", "string", "value", "prompt"] {
+        match inputs.get(key) {
+            Some(Value::String(s)) => return Some(s.clone()),
+            Some(l @ Value::Array(_)) => {
+                if let Some(t) = text_at(graph, l, depth + 1) {
+                    return Some(t);
+                }
+            }
+            _ => {}
+        }
+    }
+    // Conditioning passed through another node (e.g. a LoRA or a combine): follow it.
+    inputs
+        .values()
+        .filter(|v| v.is_array())
+        .find_map(|l| text_at(graph, l, depth + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comfyui_graph_gives_prompts_seed_steps_cfg_sampler_and_size() {
+        let graph = serde_json::json!({
+            "3": {"class_type": "KSampler", "inputs": {
+                "seed": 1234, "steps": 25, "cfg": 6.5, "sampler_name": "dpmpp_2m",
+                "scheduler": "karras", "denoise": 1.0, "model": ["4", 0],
+                "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5.safetensors"}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 1}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk", "clip": ["4", 1]}},
+            "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}}
+        });
+        let meta = PngMetadata {
+            text_chunks: vec![("prompt".into(), graph.to_string())],
+            ..Default::default()
+        };
+        let r = from_metadata(&meta).expect("settings");
+        assert_eq!(r.source, Source::ComfyUi);
+        assert_eq!(r.prompt.as_deref(), Some("a lighthouse at dusk"));
+        assert_eq!(r.negative_prompt.as_deref(), Some("blurry"));
+        assert_eq!(
+            (r.seed, r.steps, r.cfg_scale),
+            (Some(1234), Some(25), Some(6.5))
+        );
+        assert_eq!((r.width, r.height), (Some(512), Some(768)));
+        assert_eq!(r.sampler, Some(Sampler::DpmPp2mKarras));
+        assert!(r.summary().starts_with("ComfyUI workflow: restored prompt"));
+    }
+
+    #[test]
+    fn comfyui_unknown_sampler_is_noted_and_cycles_end() {
+        let graph = serde_json::json!({
+            "1": {"class_type": "KSamplerAdvanced", "inputs": {
+                "noise_seed": 7, "steps": 10, "cfg": 3.0, "sampler_name": "lcm",
+                "scheduler": "normal", "positive": ["2", 0], "negative": ["2", 0]}},
+            "2": {"class_type": "Loop", "inputs": {"conditioning": ["2", 0]}}
+        });
+        let r = from_comfyui(graph.as_object().expect("object")).expect("settings");
+        assert_eq!(r.seed, Some(7));
+        assert_eq!(r.prompt, None);
+        assert_eq!(r.sampler, None);
+        assert!(r.notes[0].contains("lcm"));
+    }
+
+    #[test]
+    fn a1111_split_schedule_type_maps_to_karras() {
+        let a = crate::gallery::png_meta::parse_a1111_parameters(
+            "a cat\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 512x512",
+        )
+        .expect("parses");
+        let r = from_a1111(&a);
+        assert_eq!(r.sampler, Some(Sampler::DpmPp2mKarras));
+        assert_eq!(r.seed, Some(5));
+    }
+}

@@ -1,0 +1,286 @@
+//! The inference thread's loop: load models, run queued jobs one at a time, and keep
+//! answering commands between sampler steps.
+//!
+//! Compute-bound work stays on this one OS thread (candle spreads each operation over the
+//! cores itself); anything that only waits on the disk goes to the I/O runtime so the next
+//! job starts at once.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+use tokio::runtime::Handle;
+use tokio::sync::OnceCell;
+
+use super::io;
+use super::queue::{Pending, Queue};
+use super::{Command, Event, EventSink, FinishedImage, ModelInfo};
+use crate::diffusion::pipeline::default_sampler;
+use crate::diffusion::{GenerateRequest, Outcome, Pipeline, StepProgress};
+use crate::gallery::png_meta::GenerationMetadata;
+
+/// A model in memory, with its hash computed once in the background for the PNGs' metadata.
+struct Loaded {
+    pipeline: Pipeline,
+    hash: Arc<OnceCell<String>>,
+    unet_files: Arc<Vec<PathBuf>>,
+}
+
+/// Everything commands change; kept apart from the model so commands can be handled while a
+/// job borrows the model.
+struct Control {
+    sink: EventSink,
+    io: Handle,
+    queue: Queue,
+    load_next: Option<PathBuf>,
+    shutdown: bool,
+}
+
+pub fn run(commands: Receiver<Command>, sink: EventSink, io: Handle) {
+    let mut control = Control {
+        sink,
+        io,
+        queue: Queue::default(),
+        load_next: None,
+        shutdown: false,
+    };
+    let mut model: Option<Loaded> = None;
+    loop {
+        if control.shutdown {
+            control.cancel_pending();
+            return;
+        }
+        if let Some(dir) = control.load_next.take() {
+            // Free the old weights first: two SD models may not fit in memory together.
+            drop(model.take());
+            model = control.load(dir);
+            continue;
+        }
+        if let Some(loaded) = &model {
+            let (next, cancelled) = control.queue.pop_runnable();
+            let changed = next.is_some() || !cancelled.is_empty();
+            for p in cancelled {
+                control.report_cancelled(&p, 0);
+            }
+            if changed {
+                control.send_queue();
+            }
+            if let Some(job) = next {
+                control.run_job(loaded, job, &commands);
+                continue;
+            }
+        }
+        match commands.recv() {
+            Ok(command) => control.handle(command),
+            Err(_) => return,
+        }
+    }
+}
+
+impl Control {
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::LoadModel { dir } => self.load_next = Some(dir),
+            Command::Enqueue {
+                job,
+                recipe,
+                front,
+                save_dir,
+                cancel,
+            } => {
+                let pending = Pending {
+                    job,
+                    recipe,
+                    save_dir,
+                    cancel,
+                };
+                self.queue.push(pending, front);
+                self.send_queue();
+            }
+            Command::Remove { job } => {
+                if let Some(p) = self.queue.remove(job) {
+                    self.report_cancelled(&p, 0);
+                    self.send_queue();
+                }
+            }
+            Command::Move { job, to } => {
+                if self.queue.move_to(job, to) {
+                    self.send_queue();
+                }
+            }
+            Command::Shutdown => self.shutdown = true,
+        }
+    }
+
+    fn send_queue(&self) {
+        self.sink.send(Event::Queue(self.queue.snapshot()));
+    }
+
+    fn report_cancelled(&self, p: &Pending, completed_steps: usize) {
+        self.sink.send(Event::Cancelled {
+            job: p.job,
+            completed_steps,
+            observed_at: Instant::now(),
+        });
+    }
+
+    fn cancel_pending(&mut self) {
+        let pending: Vec<Pending> = self.queue.drain().collect();
+        for p in &pending {
+            self.report_cancelled(p, 0);
+        }
+    }
+
+    fn load(&self, dir: PathBuf) -> Option<Loaded> {
+        self.sink.send(Event::ModelLoading { dir: dir.clone() });
+        let start = Instant::now();
+        let result = catch_unwind(|| Pipeline::load(&dir, &Device::Cpu));
+        let pipeline = match result {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                self.sink.send(Event::ModelFailed {
+                    dir,
+                    error: e.to_string(),
+                });
+                return None;
+            }
+            Err(panic) => {
+                self.sink.send(Event::ModelFailed {
+                    dir,
+                    error: format!(
+                        "internal error while loading (a bug): {}",
+                        panic_text(&panic)
+                    ),
+                });
+                return None;
+            }
+        };
+        let model = &pipeline.model;
+        self.sink.send(Event::ModelLoaded(ModelInfo {
+            dir,
+            name: model.name.clone(),
+            native_size: model.native_size(),
+            size_multiple: model.size_multiple(),
+            default_sampler: default_sampler(model),
+            load_duration: start.elapsed(),
+        }));
+        let loaded = Loaded {
+            hash: Arc::new(OnceCell::new()),
+            unet_files: Arc::new(model.unet_files.clone()),
+            pipeline,
+        };
+        // Hash now, in the background, so the first image's save does not wait for it.
+        let (hash, files) = (loaded.hash.clone(), loaded.unet_files.clone());
+        self.io.spawn(async move {
+            io::cached_hash(&hash, files).await;
+        });
+        Some(loaded)
+    }
+
+    fn run_job(&mut self, loaded: &Loaded, p: Pending, commands: &Receiver<Command>) {
+        let r = &p.recipe;
+        self.sink.send(Event::Started {
+            job: p.job,
+            recipe: r.clone(),
+        });
+        let pipeline = &loaded.pipeline;
+        let mut req = GenerateRequest::new(&pipeline.model, &r.prompt, r.seed);
+        req.negative_prompt = r.negative_prompt.clone();
+        req.steps = r.steps;
+        req.cfg_scale = r.cfg_scale;
+        req.width = r.width;
+        req.height = r.height;
+        req.sampler = r.sampler;
+
+        let job = p.job;
+        let mut on_step = |s: &StepProgress| {
+            let computed_at = Instant::now();
+            self.sink.send(Event::Progress {
+                job,
+                step: s.step,
+                total: s.total,
+                elapsed: s.elapsed,
+            });
+            self.sink.send(Event::Preview {
+                job,
+                step: s.step,
+                image: s.preview.clone(),
+                computed_at,
+            });
+            // Queue edits land between steps, so the queue panel is at most a step behind.
+            while let Ok(command) = commands.try_recv() {
+                self.handle(command);
+            }
+        };
+        let start = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            pipeline.generate(&req, &p.cancel, &mut on_step)
+        }));
+        match result {
+            Ok(Ok(Outcome::Finished(image))) => {
+                let metadata = GenerationMetadata {
+                    prompt: r.prompt.clone(),
+                    negative_prompt: r.negative_prompt.clone(),
+                    steps: r.steps,
+                    cfg_scale: r.cfg_scale,
+                    seed: r.seed,
+                    width: image.width,
+                    height: image.height,
+                    sampler: r.sampler.cli_name().to_string(),
+                    sampler_a1111: r.sampler.a1111_name().to_string(),
+                    model_name: pipeline.model.name.clone(),
+                    // Filled in by the save task once the background hash is ready.
+                    model_hash: String::new(),
+                    loras: Vec::new(),
+                    init_noise: None,
+                    easel_version: env!("CARGO_PKG_VERSION").to_string(),
+                    extra: Default::default(),
+                };
+                let finished = FinishedImage {
+                    width: image.width,
+                    height: image.height,
+                    rgb: Arc::new(image.rgb),
+                };
+                self.sink.send(Event::Finished {
+                    job,
+                    image: finished.clone(),
+                    metadata: Box::new(metadata.clone()),
+                    warnings: image.warnings,
+                    elapsed: start.elapsed(),
+                });
+                let save = io::SaveJob {
+                    job,
+                    dir: p.save_dir.clone(),
+                    image: finished,
+                    metadata,
+                    hash: loaded.hash.clone(),
+                    unet_files: loaded.unet_files.clone(),
+                };
+                let sink = self.sink.clone();
+                self.io.spawn(io::save(save, sink));
+            }
+            Ok(Ok(Outcome::Cancelled { completed_steps })) => {
+                self.report_cancelled(&p, completed_steps)
+            }
+            Ok(Err(e)) => self.sink.send(Event::Failed {
+                job,
+                error: e.to_string(),
+            }),
+            Err(panic) => self.sink.send(Event::Failed {
+                job,
+                error: format!("internal error (a bug): {}", panic_text(&panic)),
+            }),
+        }
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

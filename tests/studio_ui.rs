@@ -1,0 +1,416 @@
+//! The studio window, driven headless by egui_kittest through the real `eframe::App`, on the
+//! tiny fixture model. Each test drives frames until a condition holds, with a bound on time,
+//! and then asserts; nothing sleeps and hopes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use easel::app::{StudioApp, StudioOptions};
+use easel::gallery::png_meta::{read_png_metadata, write_png, GenerationMetadata};
+use egui::accesskit::Role;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+
+mod common;
+
+type Studio<'a> = Harness<'a, StudioApp>;
+
+fn tiny_model() -> PathBuf {
+    common::fixtures().join("sd-tiny-a")
+}
+
+fn harness(model: Option<PathBuf>, library: &Path) -> Studio<'static> {
+    let library = library.to_path_buf();
+    Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_eframe(move |cc| {
+            StudioApp::new(
+                cc,
+                StudioOptions {
+                    model,
+                    library_dir: Some(library),
+                    fresh: true,
+                    ..Default::default()
+                },
+            )
+            .expect("the studio starts")
+        })
+}
+
+/// Steps frames until `done` holds; fails with `what` after `limit`.
+fn drive(h: &mut Studio<'_>, what: &str, limit: Duration, done: impl Fn(&StudioApp) -> bool) {
+    let start = Instant::now();
+    let mut frames = 0u64;
+    loop {
+        h.step();
+        frames += 1;
+        if done(h.state()) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not reached in {limit:?} ({frames} frames)"
+        );
+        // Yield the CPU to the worker between frames (the UI would be idle-waiting too).
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+const LOAD: Duration = Duration::from_secs(60);
+const RUN: Duration = Duration::from_secs(120);
+
+fn ready(h: &mut Studio<'_>) {
+    drive(h, "model loaded", LOAD, |a| a.studio.model.is_ready());
+}
+
+fn running_step(a: &StudioApp) -> usize {
+    a.studio.running.as_ref().map_or(0, |r| r.step)
+}
+
+/// Long enough on the tiny model that a test can act in the middle of it.
+fn make_jobs_long(h: &mut Studio<'_>) {
+    let s = &mut h.state_mut().studio.settings;
+    s.steps = 150;
+    s.width = 128;
+    s.height = 128;
+}
+
+#[test]
+fn type_prompt_generate_see_progress_and_final_image_saved() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    h.state_mut().studio.settings.steps = 40;
+
+    h.get_by_label("Prompt").focus();
+    h.step();
+    h.get_by_label("Prompt").type_text("a red circle");
+    h.step();
+    assert_eq!(h.state().studio.settings.prompt, "a red circle");
+
+    h.get_by_label("Generate").click();
+    drive(&mut h, "first step shown", RUN, |a| running_step(a) >= 1);
+    assert!(
+        h.query_by_label_contains("Step ").is_some(),
+        "the progress bar shows step i/n"
+    );
+    assert!(
+        h.query_by_label("Cancel").is_some(),
+        "Generate became Cancel"
+    );
+    drive(&mut h, "image finished and saved", RUN, |a| {
+        a.studio.history.first().is_some_and(|i| i.path.is_some())
+    });
+    let app = h.state();
+    assert!(app.studio.running.is_none());
+    assert!(
+        !app.studio.metrics.preview_latency.is_empty(),
+        "previews reached the canvas"
+    );
+    assert_eq!(
+        app.studio.canvas_size,
+        [32, 32],
+        "the canvas holds the final image"
+    );
+    let item = &app.studio.history[0];
+    let path = item.path.clone().expect("saved");
+    assert!(
+        path.starts_with(lib.path()),
+        "{} is in the library",
+        path.display()
+    );
+    let meta = read_png_metadata(&path).expect("readable PNG");
+    let easel = meta.easel.expect("easel chunk");
+    assert_eq!(easel.prompt, "a red circle");
+    assert_eq!(easel.steps, 40);
+    assert_eq!(easel.model_hash.len(), 10, "the model hash is filled in");
+    h.step();
+    assert!(
+        h.query_by_label("Generate").is_some(),
+        "Cancel became Generate again"
+    );
+
+    // The history strip: one click restores the image's settings.
+    h.state_mut().studio.settings.prompt = "something else".into();
+    h.get_by_label("Restore #1").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().studio.settings.prompt, "a red circle");
+}
+
+#[test]
+fn cancel_mid_run_by_button_and_by_escape() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    make_jobs_long(&mut h);
+
+    h.get_by_label("Generate").click();
+    drive(&mut h, "running", RUN, |a| running_step(a) >= 2);
+    h.get_by_label("Cancel").click();
+    drive(&mut h, "cancelled", RUN, |a| a.studio.running.is_none());
+    let app = h.state();
+    assert!(
+        app.studio.history.is_empty(),
+        "a cancelled job leaves no image"
+    );
+    assert_eq!(app.studio.metrics.cancel_latency.len(), 1);
+
+    // Ctrl+Enter generates, Esc cancels.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    drive(&mut h, "running again", RUN, |a| running_step(a) >= 2);
+    h.key_press(egui::Key::Escape);
+    drive(&mut h, "cancelled again", RUN, |a| {
+        a.studio.running.is_none()
+    });
+    assert!(h.state().studio.history.is_empty());
+    assert_eq!(h.state().studio.metrics.cancel_latency.len(), 2);
+}
+
+#[test]
+fn live_mode_slider_release_requeues_same_seed_and_cancels_stale_job() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    make_jobs_long(&mut h);
+    h.get_by_label("Live").click();
+    h.step();
+    assert!(h.state().studio.settings.live);
+
+    h.get_by_label("Generate").click();
+    drive(&mut h, "running", RUN, |a| running_step(a) >= 1);
+    let (stale, seed, cfg) = {
+        let r = h.state().studio.running.as_ref().expect("running");
+        (r.job, r.recipe.seed, r.recipe.cfg_scale)
+    };
+
+    h.get_by_role_and_label(Role::Slider, "CFG scale")
+        .increment_accesskit();
+    drive(&mut h, "re-queued job started", RUN, |a| {
+        a.studio.running.as_ref().is_some_and(|r| r.job != stale)
+    });
+    let app = h.state();
+    let r = app.studio.running.as_ref().expect("running");
+    assert_eq!(r.recipe.seed, seed, "same seed");
+    assert_eq!(r.recipe.cfg_scale, cfg + 0.5, "the new CFG");
+    assert_eq!(
+        app.studio.metrics.cancel_latency.len(),
+        1,
+        "the stale job was cancelled"
+    );
+    assert!(
+        app.studio.history.is_empty(),
+        "the stale job finished nothing"
+    );
+    assert!(app.studio.queue.is_empty(), "nothing else queued");
+    h.get_by_label("Cancel").click();
+    drive(&mut h, "stopped", RUN, |a| a.studio.running.is_none());
+}
+
+fn write_with_chunks(path: &Path, chunks: &[(&str, &str)]) {
+    let file = std::fs::File::create(path).expect("create");
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 8, 8);
+    enc.set_color(png::ColorType::Rgb);
+    for (k, v) in chunks {
+        enc.add_text_chunk(k.to_string(), v.to_string())
+            .expect("chunk");
+    }
+    let mut w = enc.write_header().expect("header");
+    w.write_image_data(&[128u8; 8 * 8 * 3]).expect("pixels");
+}
+
+fn drop_file(h: &mut Studio<'_>, path: &Path) {
+    #[derive(Debug)]
+    struct Dropped(PathBuf);
+    impl egui::DroppedFile for Dropped {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+        fn bytes(&self) -> Result<Vec<u8>, String> {
+            std::fs::read(&self.0).map_err(|e| e.to_string())
+        }
+    }
+    h.input_mut()
+        .dropped_files
+        .push(Arc::new(Dropped(path.to_path_buf())));
+    h.step();
+}
+
+#[test]
+fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+
+    let a1111 = dir.path().join("a1111.png");
+    write_with_chunks(
+        &a1111,
+        &[(
+            "parameters",
+            "a castle on a hill, golden hour\nNegative prompt: blurry, lowres\n\
+             Steps: 28, Sampler: Euler a, CFG scale: 6.5, Seed: 1234567, Size: 64x96, \
+             Model hash: abcdef1234, Model: dreamy",
+        )],
+    );
+    drop_file(&mut h, &a1111);
+    drive(&mut h, "A1111 settings restored", RUN, |a| {
+        a.studio.settings.prompt == "a castle on a hill, golden hour"
+    });
+    let s = h.state().studio.settings.clone();
+    assert_eq!(s.negative_prompt, "blurry, lowres");
+    assert_eq!((s.steps, s.cfg_scale, s.seed), (28, 6.5, 1234567));
+    assert_eq!((s.width, s.height), (64, 96));
+    assert_eq!(s.sampler.as_deref(), Some("euler_a"));
+    assert!(s.seed_locked, "a restored seed stays");
+    h.step();
+    assert!(
+        h.query_by_label_contains("AUTOMATIC1111 parameters: restored prompt")
+            .is_some(),
+        "a note says what was found"
+    );
+
+    let comfy = dir.path().join("comfy.png");
+    let graph = serde_json::json!({
+        "3": {"class_type": "KSampler", "inputs": {"seed": 99, "steps": 12, "cfg": 4.0,
+            "sampler_name": "euler", "scheduler": "normal", "positive": ["6", 0],
+            "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 48, "height": 32, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a comfy fox", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}}
+    });
+    write_with_chunks(&comfy, &[("prompt", &graph.to_string())]);
+    drop_file(&mut h, &comfy);
+    drive(&mut h, "ComfyUI settings restored", RUN, |a| {
+        a.studio.settings.prompt == "a comfy fox"
+    });
+    let s = h.state().studio.settings.clone();
+    assert_eq!((s.steps, s.cfg_scale, s.seed), (12, 4.0, 99));
+    assert_eq!((s.width, s.height), (48, 32));
+    assert_eq!(s.sampler.as_deref(), Some("euler"));
+
+    let ours = dir.path().join("easel.png");
+    let meta = GenerationMetadata {
+        prompt: "an easel picture".into(),
+        negative_prompt: String::new(),
+        steps: 7,
+        cfg_scale: 3.0,
+        seed: 5,
+        width: 32,
+        height: 32,
+        sampler: "ddim".into(),
+        sampler_a1111: "DDIM".into(),
+        model_name: "sd-tiny-a".into(),
+        model_hash: "0123456789".into(),
+        loras: Vec::new(),
+        init_noise: None,
+        easel_version: "0.1.0".into(),
+        extra: Default::default(),
+    };
+    write_png(&ours, 2, 2, &[0u8; 12], &meta).expect("write");
+    drop_file(&mut h, &ours);
+    drive(&mut h, "Easel settings restored", RUN, |a| {
+        a.studio.settings.prompt == "an easel picture"
+    });
+    assert_eq!(h.state().studio.settings.sampler.as_deref(), Some("ddim"));
+
+    // A file without settings is explained, not ignored.
+    let plain = dir.path().join("plain.png");
+    write_with_chunks(&plain, &[]);
+    drop_file(&mut h, &plain);
+    drive(&mut h, "no-settings note", RUN, |a| {
+        a.studio
+            .notices
+            .iter()
+            .any(|(n, _)| n.error && n.text.contains("holds no generation settings"))
+    });
+}
+
+#[test]
+fn dropping_on_the_gallery_area_is_the_search_gesture() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(None, lib.path());
+    h.get_by_label("Gallery").click();
+    h.step();
+    // Pointer over the right-hand tool area, then the drop.
+    h.hover_at(egui::pos2(1200.0, 400.0));
+    h.step();
+    drop_file(&mut h, Path::new("/tmp/some-image.jpg"));
+    // A new notice area is laid out invisibly on its first frame.
+    h.run_steps(2);
+    let notices: Vec<String> = h
+        .state()
+        .studio
+        .notices
+        .iter()
+        .map(|n| n.0.text.clone())
+        .collect();
+    assert!(
+        h.query_by_label_contains("Image search arrives with the gallery")
+            .is_some(),
+        "{notices:?}"
+    );
+}
+
+#[test]
+fn without_a_model_the_empty_state_offers_a_folder_picker() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(None, lib.path());
+    h.run_steps(3);
+    assert!(h.query_by_label("Welcome to Easel").is_some());
+    assert!(h.query_by_label("Choose model folder…").is_some());
+    assert!(h.query_by_label_contains("model_index.json").is_some());
+    // Generate is there but disabled until a model is loaded.
+    h.get_by_label("Generate").click();
+    h.run_steps(2);
+    assert!(h.state().studio.running.is_none() && h.state().studio.queue.is_empty());
+}
+
+#[test]
+fn a_folder_that_is_not_a_model_shows_the_error_in_the_window() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let not_model = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(not_model.path().to_path_buf()), lib.path());
+    drive(&mut h, "load failed", LOAD, |a| {
+        matches!(a.studio.model, easel::app::ModelState::Failed { .. })
+    });
+    h.step();
+    assert!(h.query_by_label("That model could not be loaded").is_some());
+    assert!(h
+        .query_all_by_label_contains("model_index.json")
+        .next()
+        .is_some());
+}
+
+#[test]
+fn settings_round_trip_through_eframe_storage() {
+    #[derive(Default)]
+    struct Memory(std::collections::HashMap<String, String>);
+    impl eframe::Storage for Memory {
+        fn get_string(&self, key: &str) -> Option<String> {
+            self.0.get(key).cloned()
+        }
+        fn set_string(&mut self, key: &str, value: String) {
+            self.0.insert(key.to_string(), value);
+        }
+        fn remove_string(&mut self, key: &str) {
+            self.0.remove(key);
+        }
+        fn flush(&mut self) {}
+    }
+    let lib = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(None, lib.path());
+    {
+        let s = &mut h.state_mut().studio.settings;
+        s.prompt = "remember me".into();
+        s.cfg_scale = 9.5;
+        s.last_model = Some(tiny_model());
+        s.tool_tab = "settings".into();
+    }
+    let mut store = Memory::default();
+    eframe::App::save(h.state_mut(), &mut store);
+    let back: easel::settings::Settings =
+        eframe::get_value(&store, "easel-settings").expect("stored");
+    assert_eq!(&back, h.state().settings());
+}
