@@ -24,18 +24,20 @@ pub struct GenerateArgs {
     /// What the image should not show; empty = unconditional.
     #[arg(long, default_value = "")]
     pub negative: String,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
     pub steps: usize,
     /// Classifier-free guidance scale; ≤ 1 skips the unconditional pass.
-    #[arg(long, default_value_t = 7.5)]
+    // Negative numbers parse as values (here and on the other numeric flags) so that `--cfg -1`
+    // gets the range message, not clap's "unexpected argument '-1'".
+    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
     pub cfg: f64,
     /// Random (and printed) when not given.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// Default: the model's native size.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub width: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub height: Option<usize>,
     /// ddim | euler | euler_a | dpmpp_2m_karras. Default: the model's own scheduler.
     #[arg(long)]
@@ -52,9 +54,6 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     check_output_path(&args.output)?;
-    if let Some(dir) = &args.preview_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("--preview-dir {}", dir.display()))?;
-    }
     let model_dir = match &args.model {
         Some(m) => m.clone(),
         None => super::default_model_dir().ok_or_else(|| {
@@ -84,6 +83,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         req.init_noise = Some(load_init_noise(path)?);
     }
     pipeline.validate(&req)?;
+    // Created only once the request is known to be good: a refused run leaves nothing behind.
+    if let Some(dir) = &args.preview_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("--preview-dir {}", dir.display()))?;
+    }
     eprintln!(
         "seed: {seed}  sampler: {}  {}x{}  {} steps  cfg {}",
         req.sampler, req.width, req.height, req.steps, req.cfg_scale
@@ -176,13 +179,19 @@ fn check_output_path(out: &Path) -> Result<()> {
 /// Reads the single tensor of a safetensors file.
 fn load_init_noise(path: &Path) -> Result<Tensor> {
     crate::models::weights::check_safetensors(path).map_err(|e| anyhow!("--init-noise: {e}"))?;
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("--init-noise {}", path.display()))?;
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        anyhow!(
+            "--init-noise {}: {}",
+            path.display(),
+            crate::models::error::without_backtrace(e)
+        )
+    })?;
+    let count = tensors.len();
     let mut it = tensors.into_values();
     match (it.next(), it.next()) {
         (Some(t), None) => Ok(t),
         _ => bail!(
-            "--init-noise {}: must hold exactly one tensor",
+            "--init-noise {}: holds {count} tensors, must hold exactly one",
             path.display()
         ),
     }

@@ -15,6 +15,7 @@ use super::guidance;
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, Preview};
 use super::schedulers::{self, Sampler};
+use crate::models::error::without_backtrace;
 use crate::models::{ModelError, StableDiffusion};
 
 /// Steps above this are refused: no sampler gains anything there, and a typo like 20000 would
@@ -115,7 +116,10 @@ pub enum PipelineError {
 }
 
 fn compute(stage: &'static str) -> impl FnOnce(candle_core::Error) -> PipelineError {
-    move |source| PipelineError::Compute { stage, source }
+    move |source| PipelineError::Compute {
+        stage,
+        source: without_backtrace(source),
+    }
 }
 
 /// A loaded model plus the generation loop.
@@ -136,7 +140,7 @@ impl Pipeline {
         let enc = self.model.tokenizer.encode(text);
         let warning = enc.truncated.then(|| {
             format!(
-                "prompt is {} tokens; only the first {} are used",
+                "prompt is {} tokens, truncated to the first {} (the text encoder's limit)",
                 enc.n_tokens,
                 self.model.tokenizer.max_len() - 2
             )
@@ -162,7 +166,13 @@ impl Pipeline {
                 ),
             );
         }
-        if !req.cfg_scale.is_finite() || req.cfg_scale < 0.0 || req.cfg_scale > 100.0 {
+        if !req.cfg_scale.is_finite() {
+            return invalid(
+                "cfg",
+                format!("{} is not a finite number (use 0..=100)", req.cfg_scale),
+            );
+        }
+        if req.cfg_scale < 0.0 || req.cfg_scale > 100.0 {
             return invalid("cfg", format!("{} is outside 0..=100", req.cfg_scale));
         }
         let multiple = self.model.size_multiple();

@@ -64,6 +64,24 @@ impl ModelError {
     }
 }
 
+/// The error without the backtrace candle captures when `RUST_BACKTRACE` is set: candle prints
+/// it as part of the message, which would turn a one-line user error into a hundred lines.
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        E::WithPath { inner, path } => E::WithPath {
+            inner: Box::new(without_backtrace(*inner)),
+            path,
+        },
+        E::Context { inner, context } => E::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        e => e,
+    }
+}
+
 /// Building a module fails either on its config (before any weight is read) or on its weights;
 /// the loader turns the second kind into [`ModelError::Mismatch`] naming both files.
 #[derive(Debug)]

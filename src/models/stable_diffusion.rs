@@ -88,22 +88,26 @@ impl StableDiffusion {
 
         let unet_cfg_path = dir.join("unet").join("config.json");
         let unet_cfg = UNetConfig::from_file(&unet_cfg_path)?;
-        if unet_cfg.cross_attention_dim() != Some(text_encoder.config.hidden_size) {
-            return Err(ModelError::bad_config(
-                &unet_cfg_path,
-                format!(
-                    "cross_attention_dim {:?} does not match the text encoder's hidden_size {}",
-                    unet_cfg.cross_attention_dim(),
-                    text_encoder.config.hidden_size
-                ),
-            ));
-        }
         let unet_w = open_component(dir, "unet", "diffusion_pytorch_model", dtype, device)?;
+        // Built before the cross-check so that a config contradicting its own weights is
+        // reported against both files, not as a disagreement with the text encoder.
         let unet = build(
             UNet::new(unet_w.vb.clone(), unet_cfg, &unet_cfg_path),
             &unet_w,
             &unet_cfg_path,
         )?;
+        let cross_dim = unet.config.cross_attention_dim();
+        if cross_dim != Some(text_encoder.config.hidden_size) {
+            return Err(ModelError::bad_config(
+                &unet_cfg_path,
+                format!(
+                    "cross_attention_dim {} does not match the text encoder's hidden_size {} ({})",
+                    cross_dim.map_or_else(|| "(none)".to_string(), |d| d.to_string()),
+                    text_encoder.config.hidden_size,
+                    te_cfg_path.display()
+                ),
+            ));
+        }
 
         let vae_cfg_path = dir.join("vae").join("config.json");
         let vae_cfg = VaeConfig::from_file(&vae_cfg_path)?;

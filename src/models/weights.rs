@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
-use super::error::ModelError;
+use super::error::{without_backtrace, ModelError};
 
 /// The weight files of one component (`unet/`, `vae/`, `text_encoder/`), opened and checked.
 pub struct ComponentWeights {
@@ -97,7 +97,7 @@ pub fn open(
         unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| {
             ModelError::BadWeights {
                 path: files.first().cloned().unwrap_or_default(),
-                msg: e.to_string(),
+                msg: without_backtrace(e).to_string(),
             }
         })?;
     Ok(ComponentWeights { files, vb })
@@ -126,8 +126,12 @@ pub fn check_safetensors(path: &Path) -> Result<(), ModelError> {
 fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::HeaderTooSmall | E::MetadataIncompleteBuffer | E::InvalidHeaderLength => {
-            format!("truncated or not a safetensors file ({e})")
+        E::HeaderTooSmall
+        | E::HeaderTooLarge
+        | E::MetadataIncompleteBuffer
+        | E::InvalidHeaderLength
+        | E::InvalidHeader(_) => {
+            format!("truncated, damaged, or another format under this name ({e})")
         }
         _ => e.to_string(),
     }
@@ -138,6 +142,6 @@ pub fn mismatch(weights: &ComponentWeights, config: &Path, e: candle_core::Error
     ModelError::Mismatch {
         weights: weights.files.first().cloned().unwrap_or_default(),
         config: config.to_path_buf(),
-        msg: e.to_string(),
+        msg: without_backtrace(e).to_string(),
     }
 }
