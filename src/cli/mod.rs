@@ -3,6 +3,8 @@
 
 mod bench;
 mod generate;
+mod index;
+mod search;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,10 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure text encoding, a UNet step, VAE decode and a preview on SD 1.5-sized weights.
     Bench(bench::BenchArgs),
+    /// Index image folders for CLIP search (incremental; safe to interrupt and re-run).
+    Index(index::IndexArgs),
+    /// Search the gallery index by text, by image, or both (`red car - night`, `2:sunset + ./ref.png`).
+    Search(search::SearchArgs),
     /// Open the studio window (what `easel` with no subcommand does).
     Studio(crate::app::StudioArgs),
     /// Measure the studio window: cold start, UI frame time while generating, preview and
@@ -39,6 +45,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Index(args)) => index::run(args),
+        Some(Command::Search(args)) => search::run(args),
         Some(Command::Studio(args)) => crate::app::run(args),
         Some(Command::BenchUi(args)) => crate::app::run_bench(args),
         None => crate::app::run(crate::app::StudioArgs::default()),
