@@ -36,6 +36,8 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub gallery: super::bench_gallery::GalleryBenchArgs,
 }
 
 const SD15_UNET: &str = r#"{"_class_name":"UNet2DConditionModel","act_fn":"silu","attention_head_dim":8,
@@ -59,6 +61,9 @@ const SD15_INDEX: &str = r#"{"_class_name":"StableDiffusionPipeline","unet":["di
 "scheduler":["diffusers","PNDMScheduler"]}"#;
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.gallery.gallery {
+        return super::bench_gallery::run(&args.gallery, args.work_dir.as_deref(), args.json);
+    }
     let device = Device::Cpu;
     let dir = match &args.model {
         Some(m) => m.clone(),

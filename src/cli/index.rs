@@ -12,8 +12,8 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 
-use crate::gallery::indexer::{IndexOptions, JobEvent, SkipReason};
-use crate::gallery::{paths, ClipEmbedder, IndexEvent, IndexJob};
+use crate::gallery::indexer::{IndexOptions, SkipReason};
+use crate::gallery::{paths, ClipEmbedder, IndexEvent, IndexJob, JobEvent};
 
 #[derive(Args, Debug)]
 pub struct IndexArgs {

@@ -2,6 +2,7 @@
 //! through the same library API.
 
 mod bench;
+mod bench_gallery;
 mod generate;
 mod index;
 mod search;

@@ -3,7 +3,8 @@
 //! - [`png_meta`]: the recipe inside each PNG (A1111 parameters + Easel's JSON).
 //! - [`embedder`]: CLIP text and image embeddings ([`preprocess`] and [`resample`] turn a file
 //!   into CLIP's pixels exactly as OpenAI/transformers do).
-//! - [`index`]: the SQLite index; [`indexer`] keeps it in step with the folders ([`scan`]).
+//! - [`index`]: the SQLite index; [`indexer`] keeps it in step with the folders ([`scan`]),
+//!   on a background thread when run as a [`job`].
 //! - [`search`]: exact top-k over the embeddings with metadata filters; [`query`] parses
 //!   rclip-style queries (`red car - night`, `2:sunset + ./ref.png`).
 
@@ -11,6 +12,7 @@ pub mod embedder;
 mod error;
 pub mod index;
 pub mod indexer;
+pub mod job;
 pub mod paths;
 pub mod png_meta;
 pub mod preprocess;
@@ -22,5 +24,6 @@ pub mod search;
 pub use embedder::ClipEmbedder;
 pub use error::GalleryError;
 pub use index::GalleryIndex;
-pub use indexer::{index_folders, IndexEvent, IndexJob, IndexOptions, IndexSummary, SkipReason};
+pub use indexer::{index_folders, IndexEvent, IndexOptions, IndexSummary, SkipReason};
+pub use job::{IndexJob, JobEvent};
 pub use search::{Filter, Hit, Library};
