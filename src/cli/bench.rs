@@ -38,6 +38,10 @@ pub struct BenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub gallery: super::bench_gallery::GalleryBenchArgs,
+    /// Measure LoRA hot-loading instead: a random adapter of this rank on every attention and
+    /// feed-forward projection, against the no-adapter baseline in the same run.
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
 }
 
 const SD15_UNET: &str = r#"{"_class_name":"UNet2DConditionModel","act_fn":"silu","attention_head_dim":8,
@@ -81,6 +85,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     };
     let reps = args.reps.max(1);
+    if let Some(rank) = args.lora_rank {
+        return super::bench_lora::run(&args, &dir, rank);
+    }
 
     let t = Instant::now();
     let pipeline = Pipeline::load(&dir, &device)?;
@@ -153,12 +160,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn ms(t: Instant) -> f64 {
+pub(super) fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
 /// Runs `f` once to warm up, then `reps` times; the median in milliseconds.
-fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub(super) fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {

@@ -48,6 +48,18 @@ pub struct GenerateArgs {
     /// Write each step's preview here as step_NNN.png.
     #[arg(long)]
     pub preview_dir: Option<PathBuf>,
+    /// A LoRA adapter: a .safetensors file or a name found in --lora-dir. `:W` sets its weight
+    /// (default 1, negative allowed); `:TE:UNET` or `:te=W:unet=W` separate text-encoder and
+    /// UNet weights (A1111's order). Repeatable. `<lora:NAME:W>` in the prompt works too.
+    #[arg(
+        long = "lora",
+        value_name = "FILE_OR_NAME[:WEIGHT]",
+        allow_hyphen_values = true
+    )]
+    pub loras: Vec<String>,
+    /// Folders where adapters named without a path are found (then $EASEL_LORA_DIR). Repeatable.
+    #[arg(long)]
+    pub lora_dir: Vec<PathBuf>,
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
 }
@@ -83,6 +95,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         req.init_noise = Some(load_init_noise(path)?);
     }
     pipeline.validate(&req)?;
+    let loras =
+        super::lora::apply_for_generate(&pipeline, &args.loras, &args.lora_dir, &args.prompt)?;
+    for (adapter, s) in loras.stack.entries() {
+        eprintln!(
+            "lora: {} ({}) weight {}{}",
+            adapter.name,
+            adapter.hash,
+            s.weight,
+            s.te_weight
+                .map_or(String::new(), |t| format!(", text encoder {t}"))
+        );
+    }
     // Created only once the request is known to be good: a refused run leaves nothing behind.
     if let Some(dir) = &args.preview_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("--preview-dir {}", dir.display()))?;
@@ -128,7 +152,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let meta = GenerationMetadata {
-        prompt: req.prompt.clone(),
+        prompt: loras.recorded_prompt.clone(),
         negative_prompt: req.negative_prompt.clone(),
         steps: req.steps,
         cfg_scale: req.cfg_scale,
@@ -139,7 +163,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         sampler_a1111: req.sampler.a1111_name().to_string(),
         model_name: pipeline.model.name.clone(),
         model_hash: pipeline.model.short_hash()?,
-        loras: Vec::new(),
+        loras: loras.stack.uses(),
         init_noise: args.init_noise.as_ref().map(|p| p.display().to_string()),
         easel_version: env!("CARGO_PKG_VERSION").to_string(),
         extra: Default::default(),

@@ -3,8 +3,10 @@
 
 mod bench;
 mod bench_gallery;
+mod bench_lora;
 mod generate;
 mod index;
+mod lora;
 mod search;
 
 use std::path::PathBuf;
@@ -33,6 +35,8 @@ pub enum Command {
     Index(index::IndexArgs),
     /// Search the gallery index by text, by image, or both (`red car - night`, `2:sunset + ./ref.png`).
     Search(search::SearchArgs),
+    /// List a folder of LoRA adapters, or describe one (`easel lora list [DIR]`, `easel lora info FILE`).
+    Lora(lora::LoraArgs),
     /// Open the studio window (what `easel` with no subcommand does).
     Studio(crate::app::StudioArgs),
     /// Measure the studio window: cold start, UI frame time while generating, preview and
@@ -48,6 +52,7 @@ pub fn main() -> ExitCode {
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Index(args)) => index::run(args),
         Some(Command::Search(args)) => search::run(args),
+        Some(Command::Lora(args)) => lora::run(args),
         Some(Command::Studio(args)) => crate::app::run(args),
         Some(Command::BenchUi(args)) => crate::app::run_bench(args),
         None => crate::app::run(crate::app::StudioArgs::default()),

@@ -137,7 +137,9 @@ impl Pipeline {
 
     /// Tokenises and encodes one prompt: [1, 77, hidden]. Returns a warning when it was truncated.
     pub fn encode_prompt(&self, text: &str) -> Result<(Tensor, Option<String>), PipelineError> {
-        let enc = self.model.tokenizer.encode(text);
+        // `<lora:name:w>` tags choose adapters (see `crate::lora`); CLIP must not read them.
+        let text = crate::lora::prompt::strip_tags(text);
+        let enc = self.model.tokenizer.encode(&text);
         let warning = enc.truncated.then(|| {
             format!(
                 "prompt is {} tokens, truncated to the first {} (the text encoder's limit)",

@@ -56,10 +56,7 @@ impl Adapter {
         let mut seen = HashSet::new();
         for layer in &parsed.layers {
             let why = match index.find(layer.component, &layer.layer) {
-                None => Some(format!(
-                    "the model has no {} layer {}",
-                    layer.component, layer.layer
-                )),
+                None => Some(format!("this model has no such {} layer", layer.component)),
                 Some(_) if layer.down.is_none() || layer.up.is_none() => {
                     Some("its down/up partner is missing".to_string())
                 }

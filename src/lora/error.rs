@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-/// How many unmatched keys an error message quotes before summarising the rest.
+/// How many unmatched layers an error message quotes before summarising the rest.
 const QUOTED_KEYS: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +70,26 @@ fn describe_mismatch(
         "{}: {matched} of {total} keys match this model's layers; not matched:",
         path.display()
     );
-    for (key, why) in unmatched.iter().take(QUOTED_KEYS) {
-        let _ = write!(s, " {key} ({why});");
+    // One entry per layer (its down, up and alpha keys share the reason), file order.
+    let mut groups: Vec<(&str, Vec<&str>, &str)> = Vec::new();
+    for (key, why) in unmatched {
+        let (base, role) = split_role(key);
+        match groups.last_mut() {
+            Some((b, roles, w)) if *b == base && *w == why.as_str() => roles.push(role),
+            _ => groups.push((base, vec![role], why)),
+        }
     }
-    if unmatched.len() > QUOTED_KEYS {
-        let _ = write!(s, " and {} more;", unmatched.len() - QUOTED_KEYS);
+    for (base, roles, why) in groups.iter().take(QUOTED_KEYS) {
+        let roles = if roles.len() == 1 {
+            roles[0].to_string()
+        } else {
+            format!("{{{}}}", roles.join(","))
+        };
+        let _ = write!(s, " {base}{roles} ({why});");
+    }
+    if groups.len() > QUOTED_KEYS {
+        let shown: usize = groups.iter().take(QUOTED_KEYS).map(|g| g.1.len()).sum();
+        let _ = write!(s, " and {} more keys;", unmatched.len() - shown);
     }
     s.pop();
     if let Some(h) = hint {
@@ -82,6 +97,24 @@ fn describe_mismatch(
     }
     s.push_str(". Nothing was applied");
     s
+}
+
+/// `layer.lora_down.weight` → (`layer`, `.lora_down.weight`), for the roles LoRA files use.
+fn split_role(key: &str) -> (&str, &str) {
+    const ROLES: [&str; 8] = [
+        ".lora_down.weight",
+        ".lora_up.weight",
+        ".lora_A.weight",
+        ".lora_B.weight",
+        ".down.weight",
+        ".up.weight",
+        ".alpha",
+        ".weight",
+    ];
+    ROLES
+        .iter()
+        .find_map(|r| key.strip_suffix(r).map(|b| (b, &key[b.len()..])))
+        .unwrap_or((key, ""))
 }
 
 fn describe_dirs(dirs: &[PathBuf]) -> String {

@@ -160,6 +160,14 @@ impl LowRankTerm {
         }
     }
 
+    /// The down and up factors as stored (2-D for linear layers, 4-D for convolutions).
+    pub fn factors(&self) -> (&Tensor, &Tensor) {
+        match &self.kind {
+            TermKind::Linear { down, up } => (down.weight(), up.weight()),
+            TermKind::Conv { down, up } => (down.weight(), up.weight()),
+        }
+    }
+
     /// Elements held by the term's own tensors (shared with the adapter, not copied).
     pub fn elem_count(&self) -> usize {
         match &self.kind {
