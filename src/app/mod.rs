@@ -14,7 +14,7 @@ mod canvas;
 mod drop;
 mod empty_state;
 mod events;
-mod gallery;
+mod gallery_panel;
 mod history;
 mod progress;
 mod prompt_panel;
@@ -30,6 +30,7 @@ use anyhow::{anyhow, Result};
 
 pub use actions::Action;
 pub use bench::BenchConfig;
+pub use gallery_panel::GalleryPanel;
 pub use state::{HistoryItem, ModelState, RunningJob, Studio};
 
 use crate::settings::{startup_model, Settings};
@@ -52,7 +53,7 @@ pub trait Panel {
 fn tool_panels() -> Vec<Box<dyn Panel>> {
     vec![
         Box::new(queue::QueuePanel),
-        Box::new(gallery::GalleryPanel),
+        Box::new(gallery_panel::GalleryPanel::new()),
         Box::new(settings_panel::SettingsPanel),
     ]
 }

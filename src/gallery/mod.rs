@@ -19,6 +19,7 @@ pub mod preprocess;
 pub mod query;
 pub mod resample;
 pub mod scan;
+pub mod service;
 pub mod search;
 
 pub use embedder::ClipEmbedder;

@@ -1,0 +1,135 @@
+//! The gallery panel, headless through egui_kittest: it indexes the studio's library folder in
+//! the background, shows thumbnails (cached on disk), searches by typed text and by a dropped
+//! image, opens the full view, restores settings in one click and deletes only after asking.
+//! Frames are stepped until a condition holds, with a bound on time; nothing sleeps and hopes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use easel::app::{Action, GalleryPanel, Panel, Studio};
+use easel::settings::Settings;
+use easel::worker::Worker;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+
+type State = (GalleryPanel, Studio);
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn drive(h: &mut Harness<'_, State>, what: &str, done: impl Fn(&State) -> bool) {
+    let start = Instant::now();
+    loop {
+        h.step();
+        if done(h.state()) {
+            return;
+        }
+        assert!(start.elapsed() < LIMIT, "{what}: not reached in {LIMIT:?}");
+        // Give the gallery's threads the CPU between frames, as an idle UI would.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn file_name(p: &str) -> String {
+    Path::new(p)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn expected_first(prompt_index: usize) -> String {
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("refs/clip/features.json")).unwrap(),
+    )
+    .unwrap();
+    let images: Vec<String> = serde_json::from_value(json["images"].clone()).unwrap();
+    let ranking: Vec<Vec<usize>> =
+        serde_json::from_value(json["text_to_image_ranking"].clone()).unwrap();
+    images[ranking[prompt_index][0]].clone()
+}
+
+#[test]
+fn index_search_drop_view_restore_and_delete_with_confirmation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let library: PathBuf = tmp.path().join("library");
+    common::copy_dir(&common::fixtures().join("refs/clip/images"), &library);
+    let thumbs = tmp.path().join("thumbs");
+    let panel = GalleryPanel::with_paths(
+        Some(tmp.path().join("index.sqlite")),
+        Some(common::fixtures().join("clip-tiny")),
+        Some(thumbs.clone()),
+    );
+    let worker = Worker::spawn(Arc::new(|| {})).unwrap();
+    let settings = Settings {
+        library_dir: Some(library.clone()),
+        ..Settings::default()
+    };
+    let studio = Studio::new(settings, worker);
+    let mut h = Harness::builder().with_size([700.0, 900.0]).build_ui_state(
+        |ui, (panel, studio): &mut State| panel.ui(ui, studio),
+        (panel, studio),
+    );
+
+    // The library folder is indexed in the background and its thumbnails appear.
+    drive(&mut h, "library indexed", |(p, _)| p.entries().len() == 4);
+    drive(&mut h, "thumbnails shown", |(p, _)| {
+        p.thumbnails_loaded() == 4
+    });
+    let cached = std::fs::read_dir(&thumbs).unwrap().count();
+    assert_eq!(cached, 4, "one cached thumbnail per image");
+
+    // Typed text search: transformers' best match comes first.
+    h.get_by_label("Search images").focus();
+    h.get_by_label("Search images")
+        .type_text("a red circle on a blue background");
+    h.get_by_label("Search").click();
+    drive(&mut h, "text results", |(p, _)| p.results().is_some());
+    let first = h.state().0.results().unwrap().1[0].0.clone();
+    assert_eq!(file_name(&first), expected_first(0));
+
+    // The drop gesture: the dropped image finds itself first.
+    let dropped = library.join("down160.png");
+    let (panel, studio) = h.state_mut();
+    assert!(panel.on_drop(studio, std::slice::from_ref(&dropped)));
+    drive(&mut h, "image results", |(p, _)| {
+        p.results().is_some_and(|(q, hits)| {
+            q.ends_with("down160.png")
+                && hits
+                    .first()
+                    .is_some_and(|(f, _)| f.ends_with("down160.png"))
+        })
+    });
+
+    // Full view from a thumbnail; one click restores its settings.
+    h.get_by_label("wide120x90.png").click();
+    h.run_steps(2);
+    h.get_by_label("Restore settings").click();
+    h.step();
+    let restored = h
+        .state()
+        .1
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::RestoreFromFile(p) if p.ends_with("wide120x90.png")));
+    assert!(restored, "{:?}", h.state().1.actions);
+
+    // Delete asks first; "Keep" keeps the file, "Delete" removes it from disk and the grid.
+    h.get_by_label("Delete…").click();
+    h.run_steps(2);
+    h.get_by_label("Keep").click();
+    h.run_steps(2);
+    assert!(library.join("wide120x90.png").is_file());
+    h.get_by_label("Delete…").click();
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("cannot be undone").is_some());
+    h.get_by_label("Delete").click();
+    drive(&mut h, "deleted", |(p, _)| p.entries().len() == 3);
+    assert!(!library.join("wide120x90.png").exists());
+    let rest: Vec<PathBuf> = std::fs::read_dir(&library)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(rest.len(), 3, "{rest:?}");
+}
