@@ -133,3 +133,43 @@ fn index_search_drop_view_restore_and_delete_with_confirmation() {
         .collect();
     assert_eq!(rest.len(), 3, "{rest:?}");
 }
+
+/// The grid is virtualised: with far more images than fit, only the visible cells exist and
+/// ask for thumbnails.
+#[test]
+fn only_visible_cells_request_thumbnails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let library = tmp.path().join("library");
+    std::fs::create_dir_all(&library).unwrap();
+    let n = 600;
+    for i in 0..n {
+        let img = image::RgbImage::from_fn(24, 24, |x, y| {
+            image::Rgb([(x * 9 + i) as u8, (y * 7 + i * 3) as u8, (i * 5) as u8])
+        });
+        img.save(library.join(format!("img_{i:04}.png"))).unwrap();
+    }
+    let panel = GalleryPanel::with_paths(
+        Some(tmp.path().join("index.sqlite")),
+        Some(common::fixtures().join("clip-tiny")),
+        Some(tmp.path().join("thumbs")),
+    );
+    let worker = Worker::spawn(Arc::new(|| {})).unwrap();
+    let settings = Settings {
+        library_dir: Some(library.clone()),
+        ..Settings::default()
+    };
+    let mut h = Harness::builder().with_size([500.0, 400.0]).build_ui_state(
+        |ui, (panel, studio): &mut State| panel.ui(ui, studio),
+        (panel, Studio::new(settings, worker)),
+    );
+    drive(&mut h, "library indexed", |(p, _)| {
+        p.entries().len() == n as usize
+    });
+    h.run_steps(3);
+    let asked = h.state().0.thumbnails_requested();
+    // 500×400 px holds about 5 columns × 4 rows of 96 px cells (plus a partial row).
+    assert!(
+        asked > 0 && asked <= 40,
+        "{asked} of {n} thumbnails requested"
+    );
+}

@@ -93,6 +93,11 @@ impl GalleryPanel {
         self.textures.len()
     }
 
+    /// Thumbnails asked of the decoder so far: only cells that were on screen.
+    pub fn thumbnails_requested(&self) -> usize {
+        self.requested.len()
+    }
+
     pub fn status(&self) -> &str {
         &self.status
     }
@@ -226,15 +231,11 @@ impl GalleryPanel {
     }
 
     fn grid(&mut self, ui: &mut egui::Ui) {
-        let items: Vec<(String, Option<f32>)> = match &self.results {
-            Some((_, hits)) => hits.iter().map(|(p, s)| (p.clone(), Some(*s))).collect(),
-            None => self
-                .entries
-                .iter()
-                .map(|e| (e.path.clone(), None))
-                .collect(),
+        let len = match &self.results {
+            Some((_, hits)) => hits.len(),
+            None => self.entries.len(),
         };
-        if items.is_empty() {
+        if len == 0 {
             ui.weak(if self.results.is_some() {
                 "No matches."
             } else {
@@ -246,18 +247,36 @@ impl GalleryPanel {
         let columns = ((ui.available_width() + spacing) / (CELL + spacing))
             .floor()
             .max(1.0) as usize;
-        let rows = items.len().div_ceil(columns);
+        let rows = len.div_ceil(columns);
         egui::ScrollArea::vertical()
             .auto_shrink([false, false])
             .show_rows(ui, CELL, rows, |ui, range| {
                 for row in range {
+                    // Only the visible rows' items are touched, whatever the library's size.
+                    let visible: Vec<(String, Option<f32>)> = (row * columns
+                        ..((row + 1) * columns).min(len))
+                        .map(|i| self.item(i))
+                        .collect();
                     ui.horizontal(|ui| {
-                        for (path, score) in items.iter().skip(row * columns).take(columns) {
+                        for (path, score) in &visible {
                             self.cell(ui, path, *score);
                         }
                     });
                 }
             });
+    }
+
+    /// Item `i` of the grid: a search hit (with its score) or a library entry.
+    fn item(&self, i: usize) -> (String, Option<f32>) {
+        match &self.results {
+            Some((_, hits)) => hits
+                .get(i)
+                .map_or((String::new(), None), |(p, s)| (p.clone(), Some(*s))),
+            None => self
+                .entries
+                .get(i)
+                .map_or((String::new(), None), |e| (e.path.clone(), None)),
+        }
     }
 
     fn cell(&mut self, ui: &mut egui::Ui, path: &str, score: Option<f32>) {
