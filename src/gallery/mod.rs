@@ -19,8 +19,8 @@ pub mod preprocess;
 pub mod query;
 pub mod resample;
 pub mod scan;
-pub mod service;
 pub mod search;
+pub mod service;
 
 pub use embedder::ClipEmbedder;
 pub use error::GalleryError;
