@@ -120,6 +120,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok(())
     })?;
     let rss_vae = peak_rss_mib();
+    let anon = anon_rss_mib();
 
     let preview_ms = median(50, || {
         latent_preview(&latents)?;
@@ -136,6 +137,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "text_encode_ms": text_ms, "unet_step_cfg_ms": unet_ms, "vae_decode_ms": vae_ms,
                 "preview_ms": preview_ms, "preview_over_unet_step": ratio,
                 "peak_rss_mib": {"after_load": rss_load, "after_text": rss_text, "after_unet": rss_unet, "after_vae": rss_vae},
+                "anon_rss_mib": anon,
             })
         );
     } else {
@@ -154,8 +156,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{:<34}{:>12.3}", "preview (latent → RGB)", preview_ms);
         println!("preview / UNet step = {:.5} ({:.3}%)", ratio, ratio * 100.0);
         println!(
-            "peak RSS MiB: after load {rss_load:.0}, text {rss_text:.0}, UNet {rss_unet:.0}, VAE {rss_vae:.0}"
+            "peak RSS MiB (incl. mapped weight files): after load {rss_load:.0}, text {rss_text:.0}, UNet {rss_unet:.0}, VAE {rss_vae:.0}"
         );
+        println!("anonymous RSS MiB at the end (the model's own memory): {anon:.0}");
     }
     Ok(())
 }
@@ -177,13 +180,24 @@ pub(super) fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f
     Ok(times[times.len() / 2])
 }
 
-/// Peak resident set size (VmHWM) in MiB; 0 where /proc is not available.
+/// Peak resident set size (VmHWM) in MiB; 0 where /proc is not available. It counts the pages
+/// of the memory-mapped weight files touched while loading, so it overstates what the model
+/// holds; [`anon_rss_mib`] is the memory the process itself owns.
 fn peak_rss_mib() -> f64 {
+    proc_status_mib("VmHWM:")
+}
+
+/// Current anonymous (non-file-backed) resident memory in MiB: the tensors themselves.
+fn anon_rss_mib() -> f64 {
+    proc_status_mib("RssAnon:")
+}
+
+fn proc_status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / 1024.0)
