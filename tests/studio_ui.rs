@@ -72,8 +72,8 @@ fn running_step(a: &StudioApp) -> usize {
 fn make_jobs_long(h: &mut Studio<'_>) {
     let s = &mut h.state_mut().studio.settings;
     s.steps = 150;
-    s.width = 128;
-    s.height = 128;
+    s.width = 64;
+    s.height = 64;
 }
 
 #[test]
@@ -365,6 +365,39 @@ fn without_a_model_the_empty_state_offers_a_folder_picker() {
     h.get_by_label("Generate").click();
     h.run_steps(2);
     assert!(h.state().studio.running.is_none() && h.state().studio.queue.is_empty());
+
+    // A folder that is not a model is refused with a message …
+    let not_model = tempfile::tempdir().expect("tempdir");
+    open_typed_path(&mut h, not_model.path());
+    drive(&mut h, "refusal shown", LOAD, |a| {
+        a.studio
+            .notices
+            .iter()
+            .any(|(n, _)| n.error && n.text.contains("not a diffusers model folder"))
+    });
+    assert!(matches!(
+        h.state().studio.model,
+        easel::app::ModelState::None
+    ));
+    // … and the tiny model opens from the empty state, and is remembered.
+    open_typed_path(&mut h, &tiny_model());
+    ready(&mut h);
+    assert_eq!(h.state().settings().last_model, Some(tiny_model()));
+    h.step();
+    assert!(h.query_by_label("Welcome to Easel").is_none());
+}
+
+/// Types a folder into the empty state's path field and presses Open.
+fn open_typed_path(h: &mut Studio<'_>, dir: &Path) {
+    h.state_mut().studio.model_path_input.clear();
+    h.step();
+    h.get_by_label("Or type its path:").focus();
+    h.step();
+    h.get_by_label("Or type its path:")
+        .type_text(&dir.display().to_string());
+    h.step();
+    h.get_by_label("Open").click();
+    h.step();
 }
 
 #[test]

@@ -29,6 +29,8 @@ pub enum Action {
     PickModelFolder,
     /// Load this model folder.
     LoadModel(PathBuf),
+    /// A folder the user typed or picked: checked to be a model folder, then loaded.
+    OpenModelPath(PathBuf),
     /// Open the native folder dialog to choose the library folder.
     PickLibraryFolder,
     /// Read generation settings from a dropped PNG.

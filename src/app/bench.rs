@@ -44,8 +44,12 @@ pub struct BenchRun {
     busy_intervals: Vec<Duration>,
     last_frame_start: Option<Instant>,
     history_seen: usize,
+    cancel_tries: usize,
     load_time: Option<Duration>,
 }
+
+/// Jobs started for the cancel measurement before giving up.
+const MAX_CANCEL_TRIES: usize = 20;
 
 impl BenchRun {
     pub fn new(config: BenchConfig, started: Option<Instant>) -> Self {
@@ -59,6 +63,7 @@ impl BenchRun {
             busy_intervals: Vec::new(),
             last_frame_start: None,
             history_seen: 0,
+            cancel_tries: 0,
             load_time: None,
         }
     }
@@ -79,7 +84,11 @@ impl BenchRun {
         // Keep frames coming so every frame during generation is sampled (a worst case: the
         // studio itself only repaints on events and input).
         ctx.request_repaint();
+        let before = self.phase;
         self.advance(ctx, studio);
+        if self.phase != before {
+            eprintln!("bench-ui: {:?}", self.phase);
+        }
     }
 
     pub fn after_frame(&mut self, _ctx: &egui::Context, studio: &mut Studio) {
@@ -134,14 +143,23 @@ impl BenchRun {
                 }
             }
             Phase::Cancelling { sent: false } => {
-                let halfway = self.config.steps / 2;
-                if studio
-                    .running
-                    .as_ref()
-                    .is_some_and(|r| r.step >= halfway.max(1))
-                {
+                // Cancel at the first step seen; a job that finished between two frames (tiny
+                // models are that fast) is simply followed by another, a bounded number of times.
+                if studio.running.as_ref().is_some_and(|r| r.step >= 1) {
                     studio.push(Action::CancelAll);
                     self.phase = Phase::Cancelling { sent: true };
+                } else if studio.running.is_none()
+                    && studio.queue.is_empty()
+                    && studio.history.len() > self.history_seen
+                {
+                    self.history_seen = studio.history.len();
+                    self.cancel_tries += 1;
+                    if self.cancel_tries > MAX_CANCEL_TRIES {
+                        eprintln!("bench-ui: every job finished before a frame could cancel it");
+                        self.phase = self.finish(ctx, studio);
+                    } else {
+                        studio.push(Action::Generate);
+                    }
                 }
             }
             Phase::Cancelling { sent: true } => {

@@ -45,6 +45,23 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
             studio.push(Action::PickModelFolder);
         }
         ui.add_space(8.0);
+        // Where no native dialog is available (no desktop portal), typing the path works too.
+        ui.horizontal(|ui| {
+            let label = ui.label("Or type its path:");
+            let field = ui
+                .add(
+                    egui::TextEdit::singleline(&mut studio.model_path_input)
+                        .hint_text("/path/to/model")
+                        .desired_width(320.0),
+                )
+                .labelled_by(label.id);
+            let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            let path = studio.model_path_input.trim().to_string();
+            if (ui.button("Open").clicked() || enter) && !path.is_empty() {
+                studio.push(Action::OpenModelPath(path.into()));
+            }
+        });
+        ui.add_space(8.0);
         ui.weak("Easel remembers the model and opens on it next time.");
     });
 }

@@ -6,7 +6,6 @@ use std::time::Instant;
 use egui::{ColorImage, TextureOptions};
 
 use super::state::{HistoryItem, ModelState, RunningJob, Showing, Studio};
-use crate::settings::is_model_dir;
 use crate::worker::{Event, Restored};
 
 /// Previews are 1/8 of the image size: linear filtering keeps the upscaled preview smooth.
@@ -155,8 +154,8 @@ impl Studio {
                     path.file_name().unwrap_or_default().to_string_lossy()
                 )),
             },
-            Event::ModelFolderPicked(dir) => {
-                if is_model_dir(&dir) {
+            Event::ModelFolderChosen { dir, is_model } => {
+                if is_model {
                     self.load_model(dir);
                 } else {
                     self.error(format!(
@@ -279,7 +278,8 @@ pub fn pick_folder(studio: &mut Studio, model: bool) {
         if let Some(folder) = dialog.pick_folder().await {
             let dir = folder.path().to_path_buf();
             sink.send(if model {
-                Event::ModelFolderPicked(dir)
+                let is_model = crate::settings::is_model_dir(&dir);
+                Event::ModelFolderChosen { dir, is_model }
             } else {
                 Event::LibraryFolderPicked(dir)
             });

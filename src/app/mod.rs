@@ -235,7 +235,7 @@ pub fn run_with(options: StudioOptions) -> Result<()> {
     run_with_storage(options, None)
 }
 
-/// Opens the window; `storage` overrides where eframe keeps settings and window state.
+/// Opens the window; `storage` overrides the file where eframe keeps settings and window state.
 fn run_with_storage(options: StudioOptions, storage: Option<PathBuf>) -> Result<()> {
     let mut viewport = egui::ViewportBuilder::default()
         .with_title("Easel")
@@ -326,7 +326,7 @@ pub fn run_bench(args: BenchUiArgs) -> Result<()> {
         }),
         started: Some(started),
     };
-    let result = run_with_storage(options, Some(scratch.clone()));
+    let result = run_with_storage(options, Some(scratch.join("storage.ron")));
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }

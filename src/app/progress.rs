@@ -18,6 +18,7 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
         return;
     }
     let Some(r) = &studio.running else {
+        let done = if studio.history.is_empty() { 0.0 } else { 1.0 };
         let text = match studio.history.last() {
             Some(h) => format!(
                 "Done: {} steps in {:.2} s{}",
@@ -32,7 +33,7 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
             None if studio.queue.is_empty() => "Ready".to_string(),
             None => "Starting…".to_string(),
         };
-        ui.add(egui::ProgressBar::new(0.0).text(text));
+        ui.add(egui::ProgressBar::new(done).text(text));
         return;
     };
     let secs = r.elapsed.as_secs_f64();

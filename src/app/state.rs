@@ -101,6 +101,8 @@ pub struct Studio {
     /// `None` = fit to the panel.
     pub zoom: Option<f32>,
     pub history: Vec<HistoryItem>,
+    /// The empty state's path field.
+    pub model_path_input: String,
     pub notices: Vec<(Notice, Instant)>,
     pub actions: Vec<Action>,
     pub metrics: Metrics,
@@ -120,6 +122,7 @@ impl Studio {
             showing: Showing::Live,
             zoom: None,
             history: Vec::new(),
+            model_path_input: String::new(),
             notices: Vec::new(),
             actions: Vec::new(),
             metrics: Metrics::default(),
@@ -248,6 +251,7 @@ impl Studio {
             Action::PickModelFolder => super::events::pick_folder(self, true),
             Action::PickLibraryFolder => super::events::pick_folder(self, false),
             Action::LoadModel(dir) => self.load_model(dir),
+            Action::OpenModelPath(dir) => self.worker.check_model_dir(dir),
             Action::RestoreFromFile(path) => self.worker.read_settings(path),
             Action::SearchByImage(path) => self.info(format!(
                 "Image search arrives with the gallery: {} was not searched. \

@@ -51,6 +51,23 @@ pub struct Recipe {
     pub sampler: Sampler,
 }
 
+/// The studio's defaults (20 steps, CFG 7.5, 512×512, DPM++ 2M Karras); tests and callers
+/// set what they care about with `..Default::default()`.
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 20,
+            cfg_scale: 7.5,
+            seed: 0,
+            width: 512,
+            height: 512,
+            sampler: Sampler::DpmPp2mKarras,
+        }
+    }
+}
+
 /// What the UI asks of the worker thread. Each is answered by [`Event`]s.
 #[derive(Debug)]
 pub enum Command {
@@ -178,8 +195,12 @@ pub enum Event {
         path: PathBuf,
         result: Result<Restored, String>,
     },
-    /// The user picked a model folder in the native dialog.
-    ModelFolderPicked(PathBuf),
+    /// The user chose a model folder (dialog or typed path); `is_model` tells whether it has
+    /// a `model_index.json`, checked off the UI thread.
+    ModelFolderChosen {
+        dir: PathBuf,
+        is_model: bool,
+    },
     /// The user picked a library folder in the native dialog.
     LibraryFolderPicked(PathBuf),
     Notice(Notice),
@@ -348,6 +369,17 @@ impl Worker {
         self.spawn_blocking(move || {
             let result = restore::read_settings(&path);
             sink.send(Event::Restored { path, result });
+        });
+    }
+
+    /// Checks on the I/O runtime that `dir` is a model folder; answered by
+    /// [`Event::ModelFolderChosen`]. The check comes first so a wrong folder never unloads the
+    /// model in use.
+    pub fn check_model_dir(&self, dir: PathBuf) {
+        let sink = self.sink();
+        self.spawn_blocking(move || {
+            let is_model = crate::settings::is_model_dir(&dir);
+            sink.send(Event::ModelFolderChosen { dir, is_model });
         });
     }
 

@@ -83,20 +83,14 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diffusion::schedulers::Sampler;
 
     fn pending(job: JobId) -> Pending {
         Pending {
             job,
             recipe: Recipe {
                 prompt: format!("job {job}"),
-                negative_prompt: String::new(),
-                steps: 1,
-                cfg_scale: 1.0,
                 seed: job,
-                width: 32,
-                height: 32,
-                sampler: Sampler::Euler,
+                ..Default::default()
             },
             save_dir: PathBuf::new(),
             cancel: Arc::new(AtomicBool::new(false)),
