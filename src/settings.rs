@@ -53,6 +53,10 @@ pub struct Settings {
     pub library_dir: Option<PathBuf>,
     /// The tool panel shown on the right (by its id).
     pub tool_tab: String,
+    /// Folders the LoRA panel lists, and where `<lora:name:w>` prompt tags are looked up.
+    pub lora_dirs: Vec<PathBuf>,
+    /// The LoRA panel's adapters: toggles and weights.
+    pub loras: Vec<crate::lora::LoraChoice>,
 }
 
 impl Default for Settings {
@@ -72,6 +76,8 @@ impl Default for Settings {
             last_model: None,
             library_dir: None,
             tool_tab: String::new(),
+            lora_dirs: Vec::new(),
+            loras: Vec::new(),
         }
     }
 }

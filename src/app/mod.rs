@@ -16,6 +16,7 @@ mod empty_state;
 mod events;
 mod gallery_panel;
 mod history;
+mod lora_panel;
 mod progress;
 mod prompt_panel;
 mod queue;
@@ -53,6 +54,7 @@ pub trait Panel {
 fn tool_panels() -> Vec<Box<dyn Panel>> {
     vec![
         Box::new(queue::QueuePanel),
+        Box::new(lora_panel::LoraPanel::default()),
         Box::new(gallery_panel::GalleryPanel::new()),
         Box::new(settings_panel::SettingsPanel),
     ]

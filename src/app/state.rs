@@ -199,6 +199,7 @@ impl Studio {
             width: s.width,
             height: s.height,
             sampler: self.sampler(),
+            loras: super::lora_panel::recipe_loras(s),
         }
     }
 

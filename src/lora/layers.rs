@@ -18,6 +18,8 @@ use std::sync::RwLock;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 
+use super::fused;
+
 /// The geometry of a layer an adapter can attach to, used to check adapter shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotShape {
@@ -176,12 +178,23 @@ impl LowRankTerm {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Scaling the rank-wide middle is the cheapest place: it is the smallest tensor.
-        match &self.kind {
-            TermKind::Linear { down, up } => up.forward(&down.forward(x)?.affine(self.scale, 0.0)?),
-            TermKind::Conv { down, up } => up.forward(&down.forward(x)?.affine(self.scale, 0.0)?),
+    /// `y + scale · up(down(x))`, accumulated into `y` in place where possible (see
+    /// [`super::fused`]); `y` is the layer's own fresh output, shared with nothing.
+    fn add_to(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        let (h, up, shape) = match &self.kind {
+            TermKind::Linear { down, up } => (down.forward(x)?, up.weight(), fused::Shape::Rows),
+            TermKind::Conv { down, up } => (down.forward(x)?, up.weight(), fused::Shape::Channels),
+        };
+        if fused::add_low_rank(&y, &h, up, self.scale, shape)? {
+            return Ok(y);
         }
+        // Scaling the rank-wide middle is the cheapest place: it is the smallest tensor.
+        let h = h.affine(self.scale, 0.0)?;
+        let term = match &self.kind {
+            TermKind::Linear { up, .. } => up.forward(&h)?,
+            TermKind::Conv { up, .. } => up.forward(&h)?,
+        };
+        y + term
     }
 }
 
@@ -227,7 +240,7 @@ impl LoraSlot {
         let guard = self.terms.read().unwrap_or_else(|e| e.into_inner());
         let mut y = y;
         for term in guard.iter() {
-            y = (y + term.forward(x)?)?;
+            y = term.add_to(x, y)?;
         }
         Ok(y)
     }

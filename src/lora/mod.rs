@@ -16,6 +16,7 @@
 
 pub mod adapter;
 mod error;
+mod fused;
 pub mod header;
 pub mod keys;
 pub mod layers;
@@ -29,4 +30,4 @@ pub use keys::{Component, Format};
 pub use layers::{LoraConv2d, LoraLinear, LoraSlot, LowRankTerm, SlotShape};
 pub use library::{Family, LoraInfo};
 pub use prompt::LoraSpec;
-pub use stack::{AdapterSettings, ApplyReport, LoraStack};
+pub use stack::{AdapterSettings, ApplyReport, LoraChoice, LoraStack};

@@ -58,6 +58,27 @@ impl AdapterSettings {
     }
 }
 
+/// An adapter chosen by path, with its settings, in a form that can be saved (the studio keeps
+/// its LoRA panel's toggles and weights between runs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraChoice {
+    pub path: PathBuf,
+    pub enabled: bool,
+    pub weight: f64,
+    #[serde(default)]
+    pub te_weight: Option<f64>,
+}
+
+impl LoraChoice {
+    pub fn settings(&self) -> AdapterSettings {
+        AdapterSettings {
+            enabled: self.enabled,
+            weight: self.weight,
+            te_weight: self.te_weight,
+        }
+    }
+}
+
 /// What an [`LoraStack::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ApplyReport {

@@ -13,6 +13,7 @@
 //! ids let the UI ignore events from a job it has already given up on.
 
 mod io;
+mod lora;
 mod queue;
 pub mod restore;
 mod thread;
@@ -29,6 +30,7 @@ use crate::diffusion::schedulers::Sampler;
 use crate::gallery::png_meta::GenerationMetadata;
 
 pub use io::{library_file_name, model_short_hash};
+pub use lora::LoraRecipe;
 pub use restore::Restored;
 
 /// Identifies one generation from queueing to its last event.
@@ -49,6 +51,8 @@ pub struct Recipe {
     pub width: usize,
     pub height: usize,
     pub sampler: Sampler,
+    /// The LoRA adapters, applied from memory before the first step.
+    pub loras: LoraRecipe,
 }
 
 /// The studio's defaults (20 steps, CFG 7.5, 512×512, DPM++ 2M Karras); tests and callers
@@ -64,6 +68,7 @@ impl Default for Recipe {
             width: 512,
             height: 512,
             sampler: Sampler::DpmPp2mKarras,
+            loras: Default::default(),
         }
     }
 }

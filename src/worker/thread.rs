@@ -25,6 +25,8 @@ use crate::gallery::png_meta::GenerationMetadata;
 /// A model in memory, with its hash computed once in the background for the PNGs' metadata.
 struct Loaded {
     pipeline: Pipeline,
+    /// Adapters read for this model; a job re-applies them from memory.
+    loras: std::cell::RefCell<crate::lora::LoraStack>,
     hash: Arc<OnceCell<String>>,
     unet_files: Arc<Vec<PathBuf>>,
 }
@@ -168,6 +170,7 @@ impl Control {
             load_duration: start.elapsed(),
         }));
         let loaded = Loaded {
+            loras: Default::default(),
             hash: Arc::new(OnceCell::new()),
             unet_files: Arc::new(model.unet_files.clone()),
             pipeline,
@@ -196,6 +199,13 @@ impl Control {
         req.sampler = r.sampler;
 
         let job = p.job;
+        let loras = {
+            let mut stack = loaded.loras.borrow_mut();
+            match super::lora::apply(&mut stack, &pipeline.model, &r.loras, &r.prompt) {
+                Ok(l) => l,
+                Err(error) => return self.sink.send(Event::Failed { job, error }),
+            }
+        };
         let mut on_step = |s: &StepProgress| {
             let computed_at = Instant::now();
             self.sink.send(Event::Progress {
@@ -222,7 +232,7 @@ impl Control {
         match result {
             Ok(Ok(Outcome::Finished(image))) => {
                 let metadata = GenerationMetadata {
-                    prompt: r.prompt.clone(),
+                    prompt: loras.recorded_prompt.clone(),
                     negative_prompt: r.negative_prompt.clone(),
                     steps: r.steps,
                     cfg_scale: r.cfg_scale,
@@ -234,7 +244,7 @@ impl Control {
                     model_name: pipeline.model.name.clone(),
                     // Filled in by the save task once the background hash is ready.
                     model_hash: String::new(),
-                    loras: Vec::new(),
+                    loras: loras.uses.clone(),
                     init_noise: None,
                     easel_version: env!("CARGO_PKG_VERSION").to_string(),
                     extra: Default::default(),
