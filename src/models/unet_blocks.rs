@@ -174,8 +174,11 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
+        // Scaling q (tokens × head_dim) instead of the scores (tokens × tokens) saves a full
+        // pass over the largest tensor of the step: 4096² per head at 512×512.
+        let q = (split(q)? * (hd as f64).powf(-0.5))?;
+        let (k, v) = (split(k)?, split(v)?);
+        let scores = q.matmul(&k.t()?)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, inner))?;
         self.to_out.forward(&out)
