@@ -27,8 +27,16 @@ pub struct BenchConfig {
 enum Phase {
     Starting,
     WaitModel,
-    Generating { run: usize },
-    Cancelling { sent: bool },
+    /// Frames with nothing running, for comparison with frames while generating.
+    Idle {
+        frames: usize,
+    },
+    Generating {
+        run: usize,
+    },
+    Cancelling {
+        sent: bool,
+    },
     Done,
 }
 
@@ -42,11 +50,15 @@ pub struct BenchRun {
     busy_frames: Vec<Duration>,
     /// Time between frame starts while a job runs (includes painting and presenting).
     busy_intervals: Vec<Duration>,
+    idle_intervals: Vec<Duration>,
     last_frame_start: Option<Instant>,
     history_seen: usize,
     cancel_tries: usize,
     load_time: Option<Duration>,
 }
+
+/// Idle frames measured before the first generation.
+const IDLE_FRAMES: usize = 60;
 
 /// Jobs started for the cancel measurement before giving up.
 const MAX_CANCEL_TRIES: usize = 20;
@@ -61,6 +73,7 @@ impl BenchRun {
             phase: Phase::Starting,
             busy_frames: Vec::new(),
             busy_intervals: Vec::new(),
+            idle_intervals: Vec::new(),
             last_frame_start: None,
             history_seen: 0,
             cancel_tries: 0,
@@ -75,9 +88,11 @@ impl BenchRun {
         if self.frames == 2 {
             self.first_drawn = Some(self.started.elapsed());
         }
-        if studio.running.is_some() {
-            if let Some(last) = self.last_frame_start {
+        if let Some(last) = self.last_frame_start {
+            if studio.running.is_some() {
                 self.busy_intervals.push(now - last);
+            } else if matches!(self.phase, Phase::Idle { .. }) {
+                self.idle_intervals.push(now - last);
             }
         }
         self.last_frame_start = Some(now);
@@ -86,7 +101,7 @@ impl BenchRun {
         ctx.request_repaint();
         let before = self.phase;
         self.advance(ctx, studio);
-        if self.phase != before {
+        if std::mem::discriminant(&self.phase) != std::mem::discriminant(&before) {
             eprintln!("bench-ui: {:?}", self.phase);
         }
     }
@@ -110,23 +125,29 @@ impl BenchRun {
             Phase::WaitModel => {
                 if let super::state::ModelState::Ready(info) = &studio.model {
                     self.load_time = Some(info.load_duration);
-                    let s = &mut studio.settings;
-                    s.prompt = "a red circle on a blue background".into();
-                    s.negative_prompt.clear();
-                    s.steps = self.config.steps;
-                    s.width = self.config.size;
-                    s.height = self.config.size;
-                    s.seed = 42;
-                    s.seed_locked = true;
-                    s.batch_count = 1;
-                    s.live = false;
-                    self.history_seen = studio.history.len();
-                    studio.push(Action::Generate);
-                    self.phase = Phase::Generating { run: 0 };
+                    self.phase = Phase::Idle { frames: 0 };
                 } else if let super::state::ModelState::Failed { error, .. } = &studio.model {
                     eprintln!("bench-ui: the model failed to load: {error}");
                     self.phase = self.finish(ctx, studio);
                 }
+            }
+            Phase::Idle { frames } if frames < IDLE_FRAMES => {
+                self.phase = Phase::Idle { frames: frames + 1 };
+            }
+            Phase::Idle { .. } => {
+                let s = &mut studio.settings;
+                s.prompt = "a red circle on a blue background".into();
+                s.negative_prompt.clear();
+                s.steps = self.config.steps;
+                s.width = self.config.size;
+                s.height = self.config.size;
+                s.seed = 42;
+                s.seed_locked = true;
+                s.batch_count = 1;
+                s.live = false;
+                self.history_seen = studio.history.len();
+                studio.push(Action::Generate);
+                self.phase = Phase::Generating { run: 0 };
             }
             Phase::Generating { run } => {
                 if studio.running.is_none()
@@ -206,6 +227,7 @@ impl BenchRun {
             "step_ms_last": ms(m.last_step_duration),
             "ui_frame_ms_while_generating": stats(&self.busy_frames),
             "frame_interval_ms_while_generating": stats(&self.busy_intervals),
+            "frame_interval_ms_idle": stats(&self.idle_intervals),
             "preview_latency_ms": stats(&previews),
             "preview_latency_steps_max": preview_steps.iter().cloned().fold(0.0, f64::max),
             "cancel_latency_ms": stats(&m.cancel_latency.iter().map(|c| c.0).collect::<Vec<_>>()),

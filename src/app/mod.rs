@@ -265,7 +265,11 @@ fn run_with_storage(options: StudioOptions, storage: Option<PathBuf>) -> Result<
 /// A window that cannot open is almost always a missing graphics driver: say so in words.
 fn explain_start_failure(e: &eframe::Error) -> String {
     let detail = e.to_string();
-    let text = if detail.to_lowercase().contains("adapter") || detail.contains("wgpu") {
+    let lower = detail.to_lowercase();
+    let text = if ["wgpu", "adapter", "surface", "vulkan"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
         format!(
             "the studio window could not start: no usable graphics adapter was found ({detail}). \
              Easel draws with Vulkan, Metal or DirectX 12; install or update the GPU driver. \
