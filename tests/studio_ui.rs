@@ -131,7 +131,13 @@ fn type_prompt_generate_see_progress_and_final_image_saved() {
         "Cancel became Generate again"
     );
 
-    // The history strip: one click restores the image's settings.
+    // The history strip: a click shows the image, one more click restores its settings.
+    h.get_by_label("Image #1").click();
+    h.run_steps(2);
+    assert!(matches!(
+        h.state().studio.showing,
+        easel::app::Showing::History(0)
+    ));
     h.state_mut().studio.settings.prompt = "something else".into();
     h.get_by_label("Restore #1").click();
     h.step();

@@ -24,7 +24,8 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
                         let aspect =
                             item.metadata.width as f32 / item.metadata.height.max(1) as f32;
                         let size = egui::vec2(THUMB * aspect.clamp(0.5, 2.0), THUMB);
-                        let image = egui::Image::new((item.texture.id(), size));
+                        let image = egui::Image::new((item.texture.id(), size))
+                            .alt_text(format!("Image #{}", item_number(i)));
                         let r = ui
                             .add(egui::Button::image(image).selected(selected))
                             .on_hover_text(format!(

@@ -32,7 +32,7 @@ use anyhow::{anyhow, Result};
 pub use actions::Action;
 pub use bench::BenchConfig;
 pub use gallery_panel::GalleryPanel;
-pub use state::{HistoryItem, ModelState, RunningJob, Studio};
+pub use state::{HistoryItem, ModelState, RunningJob, Showing, Studio};
 
 use crate::settings::{startup_model, Settings};
 use crate::worker::Worker;
