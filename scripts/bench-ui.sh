@@ -16,13 +16,15 @@ steps=${3:-30}
 bin=${EASEL_BIN:-target/release/easel}
 [ -x "$bin" ] || cargo build --release --bin easel
 scratch=$(mktemp -d)
-display=:$((90 + RANDOM % 100))
-Xvfb "$display" -screen 0 1400x900x24 -nolisten tcp >"$scratch/xvfb.log" 2>&1 &
+# -displayfd: Xvfb picks a free display number and writes it once it accepts connections.
+Xvfb -displayfd 3 -screen 0 1400x900x24 -nolisten tcp 3>"$scratch/display" >"$scratch/xvfb.log" 2>&1 &
 xvfb=$!
+for _ in $(seq 100); do [ -s "$scratch/display" ] && break; sleep 0.1; done
+[ -s "$scratch/display" ] || { echo "Xvfb did not start:" >&2; cat "$scratch/xvfb.log" >&2; exit 1; }
+display=:$(head -n1 "$scratch/display")
 trap 'kill $xvfb 2>/dev/null || true; rm -rf "$scratch"' EXIT
 export DISPLAY=$display HOME=$scratch/home XDG_RUNTIME_DIR=$scratch/runtime
 mkdir -p "$HOME" && mkdir -m 700 "$XDG_RUNTIME_DIR"
-sleep 1
 
 echo "# cold start, no model (wall = exec to process exit, includes closing the window)"
 for i in $(seq "${RUNS:-5}"); do

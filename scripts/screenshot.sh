@@ -23,9 +23,12 @@ done
 
 # A private home: the studio's settings and library go to a scratch folder, not the user's.
 scratch=$(mktemp -d)
-display=:$((90 + RANDOM % 100))
-Xvfb "$display" -screen 0 1400x900x24 -nolisten tcp >"$scratch/xvfb.log" 2>&1 &
+# -displayfd: Xvfb picks a free display number and writes it once it accepts connections.
+Xvfb -displayfd 3 -screen 0 1400x900x24 -nolisten tcp 3>"$scratch/display" >"$scratch/xvfb.log" 2>&1 &
 xvfb=$!
+for _ in $(seq 100); do [ -s "$scratch/display" ] && break; sleep 0.1; done
+[ -s "$scratch/display" ] || { echo "Xvfb did not start:" >&2; cat "$scratch/xvfb.log" >&2; exit 1; }
+display=:$(head -n1 "$scratch/display")
 app=
 cleanup() {
   [ -n "$app" ] && kill "$app" 2>/dev/null || true
@@ -36,7 +39,6 @@ trap cleanup EXIT
 export DISPLAY=$display HOME=$scratch/home XDG_DATA_HOME=$scratch/data XDG_CONFIG_HOME=$scratch/config
 export XDG_RUNTIME_DIR=$scratch/runtime
 mkdir -p "$HOME" && mkdir -m 700 "$XDG_RUNTIME_DIR"
-for _ in $(seq 50); do xdotool getmouselocation >/dev/null 2>&1 && break; sleep 0.1; done
 
 "$bin" studio --fresh --model "$model" >"$scratch/easel.log" 2>&1 &
 app=$!
