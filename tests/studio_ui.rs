@@ -353,7 +353,7 @@ fn dropping_on_the_gallery_area_is_the_search_gesture() {
         .map(|n| n.0.text.clone())
         .collect();
     assert!(
-        h.query_by_label_contains("Image search arrives with the gallery")
+        h.query_by_label_contains("searching by image needs a CLIP model")
             .is_some(),
         "{notices:?}"
     );

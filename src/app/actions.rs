@@ -35,7 +35,7 @@ pub enum Action {
     PickLibraryFolder,
     /// Read generation settings from a dropped PNG.
     RestoreFromFile(PathBuf),
-    /// The image-search gesture: an image dropped on the gallery area. The gallery issue
-    /// wires this to CLIP search; until then the studio says so.
+    /// The image-search gesture, when the gallery panel cannot search itself (no CLIP model):
+    /// the studio says what is missing.
     SearchByImage(PathBuf),
 }

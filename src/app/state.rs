@@ -254,9 +254,11 @@ impl Studio {
             Action::LoadModel(dir) => self.load_model(dir),
             Action::OpenModelPath(dir) => self.worker.check_model_dir(dir),
             Action::RestoreFromFile(path) => self.worker.read_settings(path),
+            // The gallery panel searches itself when it has a CLIP model; this is the
+            // fallback when it has none.
             Action::SearchByImage(path) => self.info(format!(
-                "Image search arrives with the gallery: {} was not searched. \
-                 Drop a PNG on the canvas to restore its settings instead.",
+                "{} was not searched: searching by image needs a CLIP model, chosen in the \
+                 Gallery panel. Drop a PNG on the canvas to restore its settings instead.",
                 path.display()
             )),
         }
