@@ -137,6 +137,9 @@ impl Control {
     }
 
     fn load(&self, dir: PathBuf) -> Option<Loaded> {
+        // Remembered as an absolute path: a relative one (`--model models/x`) would not be
+        // found again when the app is next started from elsewhere (a desktop launcher).
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         self.sink.send(Event::ModelLoading { dir: dir.clone() });
         let start = Instant::now();
         let result = catch_unwind(|| Pipeline::load(&dir, &Device::Cpu));
