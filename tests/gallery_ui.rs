@@ -173,3 +173,46 @@ fn only_visible_cells_request_thumbnails() {
         "{asked} of {n} thumbnails requested"
     );
 }
+
+#[test]
+fn a_typed_folder_is_added_and_indexed_and_a_wrong_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let library = tmp.path().join("library");
+    std::fs::create_dir_all(&library).unwrap();
+    let mine = tmp.path().join("my pictures");
+    common::copy_dir(&common::fixtures().join("refs/clip/images"), &mine);
+    let n_mine = std::fs::read_dir(&mine).unwrap().count();
+    let panel = GalleryPanel::with_paths(
+        Some(tmp.path().join("index.sqlite")),
+        Some(common::fixtures().join("clip-tiny")),
+        Some(tmp.path().join("thumbs")),
+    );
+    let worker = Worker::spawn(Arc::new(|| {})).unwrap();
+    let settings = Settings {
+        library_dir: Some(library),
+        ..Settings::default()
+    };
+    let mut h = Harness::builder().with_size([700.0, 900.0]).build_ui_state(
+        |ui, (panel, studio): &mut State| panel.ui(ui, studio),
+        (panel, Studio::new(settings, worker)),
+    );
+    h.run();
+
+    // A folder of the user's own images, typed: indexed beside the (empty) library.
+    h.get_by_label("Folder to add").focus();
+    h.get_by_label("Folder to add")
+        .type_text(&mine.display().to_string());
+    h.get_by_label("Add folder").click();
+    drive(&mut h, "added folder indexed", |(p, _)| {
+        p.entries().len() == n_mine
+    });
+
+    // A path that is not a folder is refused in the panel, and nothing changes.
+    h.get_by_label("Folder to add").focus();
+    h.get_by_label("Folder to add")
+        .type_text(&tmp.path().join("no such folder").display().to_string());
+    h.get_by_label("Add folder").click();
+    h.run();
+    h.get_by_label_contains("not a folder");
+    assert_eq!(h.state().0.entries().len(), n_mine);
+}

@@ -45,6 +45,8 @@ pub struct GalleryPanel {
     full: Option<(String, Option<(TextureHandle, String)>)>,
     confirm_delete: Option<String>,
     last_error: Option<String>,
+    /// A folder typed (or picked with Browse…) to add to the gallery.
+    add_folder: String,
 }
 
 impl GalleryPanel {
@@ -76,6 +78,7 @@ impl GalleryPanel {
             full: None,
             confirm_delete: None,
             last_error: None,
+            add_folder: String::new(),
         }
     }
 
@@ -225,9 +228,50 @@ impl GalleryPanel {
                 self.send(ServiceCommand::Index(Vec::new()));
             }
         });
+        self.add_folder_row(ui);
         if let Some(e) = &self.last_error {
             ui.colored_label(ui.visuals().error_fg_color, e);
         }
+    }
+
+    /// Adds a folder of the user's own images: typed (works everywhere) or picked in the native
+    /// dialog (needs a desktop portal). The service indexes it with every folder indexed before.
+    fn add_folder_row(&mut self, ui: &mut egui::Ui) {
+        let picked = Id::new("easel-gallery-add-folder");
+        if let Some(dir) = ui.ctx().data_mut(|d| d.remove_temp::<PathBuf>(picked)) {
+            self.add_folder = dir.display().to_string();
+        }
+        ui.horizontal(|ui| {
+            let field = ui.add(
+                egui::TextEdit::singleline(&mut self.add_folder)
+                    .hint_text("a folder of images to add")
+                    .desired_width(220.0),
+            );
+            field.widget_info(|| WidgetInfo::labeled(Role::TextInput, true, "Folder to add"));
+            if ui.small_button("Browse…").clicked() {
+                // The native dialog blocks its thread; not this one.
+                let ctx = ui.ctx().clone();
+                std::thread::spawn(move || {
+                    if let Some(dir) = rfd::FileDialog::new()
+                        .set_title("Add a folder of images to the gallery")
+                        .pick_folder()
+                    {
+                        ctx.data_mut(|d| d.insert_temp(picked, dir));
+                        ctx.request_repaint();
+                    }
+                });
+            }
+            if ui.small_button("Add folder").clicked() {
+                let dir = PathBuf::from(self.add_folder.trim());
+                if dir.is_dir() {
+                    self.last_error = None;
+                    self.add_folder.clear();
+                    self.send(ServiceCommand::Index(vec![dir]));
+                } else {
+                    self.last_error = Some(format!("{}: not a folder", dir.display()));
+                }
+            }
+        });
     }
 
     fn grid(&mut self, ui: &mut egui::Ui) {
