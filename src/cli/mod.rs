@@ -46,7 +46,10 @@ pub enum Command {
 
 /// Parses the command line and runs it; errors are printed as one line on stderr.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
     let result = match cli.command {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Bench(args)) => bench::run(args),
@@ -64,6 +67,28 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go out as clap prints them; a usage error becomes one `error: …` line like
+/// every other error (clap's own spreads it over a usage block and a tip), keeping clap's
+/// exit status (2).
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit()
+    }
+    let text = e.to_string();
+    // The first paragraph is the message; the rest is usage and tips.
+    let message = text.split("\n\n").next().unwrap_or_default();
+    let message = message.trim().trim_start_matches("error:");
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    eprintln!("error: {message} (see --help)");
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
 
 /// The error and its causes on one line, skipping causes already quoted by their parent.
