@@ -23,7 +23,10 @@ fn request(p: &Pipeline, seed: u64, sampler: Sampler) -> GenerateRequest {
 }
 
 fn finish(p: &Pipeline, req: &GenerateRequest) -> easel::diffusion::GeneratedImage {
-    match p.generate(req, &AtomicBool::new(false), &mut |_| {}).unwrap() {
+    match p
+        .generate(req, &AtomicBool::new(false), &mut |_| {})
+        .unwrap()
+    {
         Outcome::Finished(img) => img,
         Outcome::Cancelled { .. } => panic!("cancelled"),
     }
@@ -38,9 +41,15 @@ fn the_same_seed_gives_the_same_image_bit_for_bit() {
         assert_eq!(a.rgb, b.rgb, "{sampler}: same seed, different pixels");
         let fa: Vec<f32> = a.pixels.flatten_all().unwrap().to_vec1().unwrap();
         let fb: Vec<f32> = b.pixels.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(fa.iter().zip(&fb).all(|(x, y)| x.to_bits() == y.to_bits()), "{sampler}: not bit-identical");
+        assert!(
+            fa.iter().zip(&fb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{sampler}: not bit-identical"
+        );
         let c = finish(&p, &request(&p, 8, sampler));
-        assert_ne!(a.rgb, c.rgb, "{sampler}: different seeds gave the same image");
+        assert_ne!(
+            a.rgb, c.rgb,
+            "{sampler}: different seeds gave the same image"
+        );
     }
 }
 
@@ -62,7 +71,10 @@ fn every_step_reports_progress_and_a_latent_sized_preview() {
         })
         .unwrap();
     assert!(matches!(out, Outcome::Finished(_)));
-    assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
     // The preview follows the denoising: it changes from step to step.
     assert_ne!(seen[0].1, seen[4].1);
 }
@@ -89,7 +101,9 @@ fn cancelling_ends_the_job_within_one_step() {
 
     // Cancelled before the first step: no UNet work at all.
     let cancel = AtomicBool::new(true);
-    let out = p.generate(&req, &cancel, &mut |_| panic!("a step ran")).unwrap();
+    let out = p
+        .generate(&req, &cancel, &mut |_| panic!("a step ran"))
+        .unwrap();
     assert!(matches!(out, Outcome::Cancelled { completed_steps: 0 }));
 }
 
@@ -98,11 +112,17 @@ fn the_models_own_scheduler_is_the_default_sampler() {
     // sd-tiny-a ships SD 1.5's PNDM config (not implemented) → DPM++ 2M Karras;
     // sd-tiny-b ships DDIMScheduler → DDIM.
     let a = tiny();
-    assert_eq!(GenerateRequest::new(&a.model, "x", 0).sampler, Sampler::DpmPp2mKarras);
+    assert_eq!(
+        GenerateRequest::new(&a.model, "x", 0).sampler,
+        Sampler::DpmPp2mKarras
+    );
     let b = Pipeline::load(&fixtures().join("sd-tiny-b"), &Device::Cpu).unwrap();
     let req = GenerateRequest::new(&b.model, "x", 0);
     assert_eq!(req.sampler, Sampler::Ddim);
     // Native size from the configs: UNet sample_size × VAE factor.
-    assert_eq!((req.width, req.height), (b.model.native_size(), b.model.native_size()));
+    assert_eq!(
+        (req.width, req.height),
+        (b.model.native_size(), b.model.native_size())
+    );
     assert_eq!(a.model.native_size(), 32);
 }
