@@ -237,7 +237,7 @@ impl GalleryPanel {
     /// Adds a folder of the user's own images: typed (works everywhere) or picked in the native
     /// dialog (needs a desktop portal). The service indexes it with every folder indexed before.
     fn add_folder_row(&mut self, ui: &mut egui::Ui) {
-        let picked = Id::new("easel-gallery-add-folder");
+        let picked = Id::unique("easel-gallery-add-folder");
         if let Some(dir) = ui.ctx().data_mut(|d| d.remove_temp::<PathBuf>(picked)) {
             self.add_folder = dir.display().to_string();
         }
