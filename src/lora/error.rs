@@ -119,7 +119,8 @@ fn split_role(key: &str) -> (&str, &str) {
 
 fn describe_dirs(dirs: &[PathBuf]) -> String {
     if dirs.is_empty() {
-        return "any folder (give --lora-dir DIR or set EASEL_LORA_DIR, or pass a file path)"
+        return "any LoRA folder (add one in the studio's LoRA tab, or pass --lora-dir DIR, or \
+                set EASEL_LORA_DIR)"
             .into();
     }
     dirs.iter()

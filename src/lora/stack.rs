@@ -94,7 +94,16 @@ pub struct ApplyReport {
 #[derive(Default)]
 pub struct LoraStack {
     entries: Vec<(Arc<Adapter>, AdapterSettings)>,
-    cache: HashMap<PathBuf, Arc<Adapter>>,
+    /// By path, remembering the file's length and modification time so that a file replaced
+    /// on disk (a re-download, a new training epoch) is read again.
+    cache: HashMap<PathBuf, (FileStamp, Arc<Adapter>)>,
+}
+
+type FileStamp = Option<(u64, std::time::SystemTime)>;
+
+fn stamp(path: &Path) -> FileStamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
 }
 
 impl LoraStack {
@@ -108,11 +117,15 @@ impl LoraStack {
         model: &StableDiffusion,
         path: &Path,
     ) -> Result<Arc<Adapter>, LoraError> {
-        if let Some(a) = self.cache.get(path) {
-            return Ok(a.clone());
+        let now = stamp(path);
+        if let Some((seen, a)) = self.cache.get(path) {
+            if *seen == now && now.is_some() {
+                return Ok(a.clone());
+            }
         }
         let adapter = Arc::new(Adapter::load(path, model)?);
-        self.cache.insert(path.to_path_buf(), adapter.clone());
+        self.cache
+            .insert(path.to_path_buf(), (now, adapter.clone()));
         Ok(adapter)
     }
 
@@ -209,7 +222,7 @@ impl LoraStack {
 
     /// Bytes held by cached adapters' factors.
     pub fn cached_bytes(&self) -> usize {
-        self.cache.values().map(|a| a.bytes).sum()
+        self.cache.values().map(|(_, a)| a.bytes).sum()
     }
 }
 
