@@ -355,6 +355,40 @@ pub struct BlockParams {
     pub attention: Option<(usize, usize)>,
 }
 
+impl BlockParams {
+    /// Layer `i` of a down or up block: a resnet, followed by attention in cross-attn blocks.
+    fn layer(
+        &self,
+        vb: &VarBuilder,
+        i: usize,
+        cin: usize,
+        cout: usize,
+    ) -> Result<(ResnetBlock, Option<SpatialTransformer>)> {
+        let resnet = ResnetBlock::new(
+            vb.pp("resnets").pp(i),
+            cin,
+            cout,
+            self.temb,
+            self.groups,
+            self.eps,
+            1.0,
+        )?;
+        let attention = match self.attention {
+            Some((heads, depth)) => Some(SpatialTransformer::new(
+                vb.pp("attentions").pp(i),
+                cout,
+                heads,
+                depth,
+                self.context_dim,
+                self.groups,
+                self.linear_proj,
+            )?),
+            None => None,
+        };
+        Ok((resnet, attention))
+    }
+}
+
 impl DownBlock {
     pub fn new(
         vb: VarBuilder,
@@ -368,26 +402,9 @@ impl DownBlock {
         let mut attentions = Vec::new();
         for i in 0..layers {
             let c = if i == 0 { cin } else { cout };
-            resnets.push(ResnetBlock::new(
-                vb.pp("resnets").pp(i),
-                c,
-                cout,
-                p.temb,
-                p.groups,
-                p.eps,
-                1.0,
-            )?);
-            if let Some((heads, depth)) = p.attention {
-                attentions.push(SpatialTransformer::new(
-                    vb.pp("attentions").pp(i),
-                    cout,
-                    heads,
-                    depth,
-                    p.context_dim,
-                    p.groups,
-                    p.linear_proj,
-                )?);
-            }
+            let (resnet, attention) = p.layer(&vb, i, c, cout)?;
+            resnets.push(resnet);
+            attentions.extend(attention);
         }
         let downsample = if downsample {
             Some(conv3x3(
@@ -509,26 +526,9 @@ impl UpBlock {
         for i in 0..layers {
             let skip = if i == layers - 1 { skip_in } else { cout };
             let cin = if i == 0 { prev } else { cout };
-            resnets.push(ResnetBlock::new(
-                vb.pp("resnets").pp(i),
-                cin + skip,
-                cout,
-                p.temb,
-                p.groups,
-                p.eps,
-                1.0,
-            )?);
-            if let Some((heads, depth)) = p.attention {
-                attentions.push(SpatialTransformer::new(
-                    vb.pp("attentions").pp(i),
-                    cout,
-                    heads,
-                    depth,
-                    p.context_dim,
-                    p.groups,
-                    p.linear_proj,
-                )?);
-            }
+            let (resnet, attention) = p.layer(&vb, i, cin + skip, cout)?;
+            resnets.push(resnet);
+            attentions.extend(attention);
         }
         let upsample = if upsample {
             Some(conv3x3(
