@@ -31,7 +31,40 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
             ModelError::io(path, e)
         }
     })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::bad_config(path, e.to_string()))
+    serde_json::from_str(&python_json(&text))
+        .map_err(|e| ModelError::bad_config(path, e.to_string()))
+}
+
+/// Python's `json` module writes `NaN`, `Infinity` and `-Infinity`, which JSON does not have;
+/// diffusers' configs contain them (DPMSolverMultistepScheduler's `lambda_min_clipped` is
+/// `-Infinity`). They become `null` here, which every config field reads as "use the default".
+pub fn python_json(text: &str) -> std::borrow::Cow<'_, str> {
+    const WORDS: [&str; 3] = ["-Infinity", "Infinity", "NaN"];
+    if !WORDS.iter().any(|w| text.contains(w)) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if !in_string {
+            if let Some(w) = WORDS.iter().find(|w| rest.starts_with(**w)) {
+                out.push_str("null");
+                rest = &rest[w.len()..];
+                continue;
+            }
+        }
+        if in_string && escaped {
+            escaped = false;
+        } else if in_string && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            in_string = !in_string;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out.into()
 }
 
 /// Picks the weight files in `dir`: `<stem>.safetensors`, else the `fp16` variant
@@ -143,5 +176,18 @@ pub fn mismatch(weights: &ComponentWeights, config: &Path, e: candle_core::Error
         weights: weights.files.first().cloned().unwrap_or_default(),
         config: config.to_path_buf(),
         msg: without_backtrace(e).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn python_json_extensions_become_null_outside_strings() {
+        let text =
+            r#"{"a": -Infinity, "b": [NaN, Infinity], "c": "NaN -Infinity \" Infinity", "d": 1}"#;
+        let v: serde_json::Value = serde_json::from_str(&super::python_json(text)).unwrap();
+        assert!(v["a"].is_null() && v["b"][0].is_null() && v["b"][1].is_null());
+        assert_eq!(v["c"], "NaN -Infinity \" Infinity");
+        assert_eq!(v["d"], 1);
     }
 }

@@ -89,8 +89,8 @@ impl SchedulerConfig {
 
     /// Parses the text of a scheduler config; `path` is only used to name it in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self, SchedulerError> {
-        let raw: RawConfig =
-            serde_json::from_str(text).map_err(|source| SchedulerError::Parse {
+        let raw: RawConfig = serde_json::from_str(&crate::models::weights::python_json(text))
+            .map_err(|source| SchedulerError::Parse {
                 path: path.to_path_buf(),
                 source,
             })?;
