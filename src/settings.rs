@@ -23,6 +23,37 @@ pub fn default_library_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("easel-library"))
 }
 
+/// Where a bundled model folder `models/<name>` may be, in the order looked at: beside the
+/// executable (portable layout), `../share/easel/models` (installed layout), then the source
+/// tree (`cargo run`).
+pub fn bundled_candidates(name: &str) -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("models").join(name));
+            candidates.push(dir.join("../share/easel/models").join(name));
+        }
+    }
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name),
+    );
+    candidates
+}
+
+/// The bundled default model (`models/default`, trained by `training/train_default_model.py`).
+pub fn default_model_dir() -> Option<PathBuf> {
+    bundled_candidates("default")
+        .into_iter()
+        .find(|p| is_model_dir(p))
+}
+
+/// The bundled LoRA adapters made for the default model (`models/loras`).
+pub fn bundled_lora_dir() -> Option<PathBuf> {
+    bundled_candidates("loras").into_iter().find(|p| p.is_dir())
+}
+
 /// True when `dir` looks like a diffusers model folder.
 pub fn is_model_dir(dir: &Path) -> bool {
     dir.join("model_index.json").is_file()

@@ -18,7 +18,7 @@ use egui::{Response, RichText, Slider};
 use super::actions::Action;
 use super::state::Studio;
 use super::Panel;
-use crate::lora::library::{env_lora_dirs, scan, LoraInfo};
+use crate::lora::library::{default_lora_dirs, scan, LoraInfo};
 use crate::lora::LoraChoice;
 use crate::settings::Settings;
 use crate::worker::LoraRecipe;
@@ -42,10 +42,10 @@ pub struct LoraPanel {
     picked_folder: Option<Arc<Mutex<Option<PathBuf>>>>,
 }
 
-/// The folders the panel lists: the chosen ones, else $EASEL_LORA_DIR.
+/// The folders the panel lists: the chosen ones, else $EASEL_LORA_DIR and the bundled adapters.
 pub fn lora_dirs(settings: &Settings) -> Vec<PathBuf> {
     if settings.lora_dirs.is_empty() {
-        env_lora_dirs()
+        default_lora_dirs()
     } else {
         settings.lora_dirs.clone()
     }
@@ -248,8 +248,8 @@ fn add_folder(studio: &mut Studio, dir: PathBuf) {
         return;
     }
     if studio.settings.lora_dirs.is_empty() {
-        // Keep what was listed from $EASEL_LORA_DIR alongside the new folder.
-        studio.settings.lora_dirs = env_lora_dirs();
+        // Keep what was listed by default ($EASEL_LORA_DIR, bundled) alongside the new folder.
+        studio.settings.lora_dirs = default_lora_dirs();
     }
     if !studio.settings.lora_dirs.contains(&dir) {
         studio.settings.lora_dirs.push(dir);

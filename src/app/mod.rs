@@ -224,7 +224,7 @@ pub struct StudioArgs {
 pub fn run(args: StudioArgs) -> Result<()> {
     let options = StudioOptions {
         model: args.model,
-        bundled_model: crate::cli::default_model_dir(),
+        bundled_model: crate::settings::default_model_dir(),
         fresh: args.fresh,
         started: Some(Instant::now()),
         ..Default::default()

@@ -68,7 +68,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     check_output_path(&args.output)?;
     let model_dir = match &args.model {
         Some(m) => m.clone(),
-        None => super::default_model_dir().ok_or_else(|| {
+        None => crate::settings::default_model_dir().ok_or_else(|| {
             anyhow!("--model: no model given and the bundled default model (models/default) is not installed")
         })?,
     };

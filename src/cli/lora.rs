@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use crate::diffusion::Pipeline;
-use crate::lora::library::{self, env_lora_dirs, LoraInfo};
+use crate::lora::library::{self, default_lora_dirs, LoraInfo};
 use crate::lora::prompt::{parse_spec, prompt_loras, LoraSpec};
 use crate::lora::{Adapter, AdapterSettings, LoraStack};
 
@@ -51,7 +51,7 @@ pub fn run(args: LoraArgs) -> Result<()> {
 fn list(dir: Option<PathBuf>, filter: Option<&str>, json: bool) -> Result<()> {
     let dirs = match dir {
         Some(d) => vec![d],
-        None => env_lora_dirs(),
+        None => default_lora_dirs(),
     };
     if dirs.is_empty() {
         bail!("no folder given: pass one, or set EASEL_LORA_DIR");
@@ -230,7 +230,7 @@ pub struct GenerateLoras {
 }
 
 /// Resolves `--lora` arguments and the prompt's `<lora:…>` tags (names are looked up in
-/// `dirs`, then $EASEL_LORA_DIR), reads each adapter once and applies them to the model.
+/// `dirs`, then $EASEL_LORA_DIR, then the bundled adapters), reads each adapter once and applies them to the model.
 pub fn apply_for_generate(
     pipeline: &Pipeline,
     args: &[String],
@@ -238,7 +238,7 @@ pub fn apply_for_generate(
     prompt: &str,
 ) -> Result<GenerateLoras> {
     let mut dirs = dirs.to_vec();
-    dirs.extend(env_lora_dirs());
+    dirs.extend(default_lora_dirs());
     let tagged = prompt_loras(prompt).map_err(|e| anyhow!("--prompt: {e}"))?;
     let flagged = args
         .iter()

@@ -402,12 +402,15 @@ pub fn short_hash(path: &Path) -> Result<String, LoraError> {
         .collect())
 }
 
-/// The folders searched for adapters named without a path: `EASEL_LORA_DIR` (a path list, like
-/// `PATH`).
-pub fn env_lora_dirs() -> Vec<PathBuf> {
-    std::env::var_os("EASEL_LORA_DIR")
+/// The folders searched for adapters named without a path when none are configured:
+/// `EASEL_LORA_DIR` (a path list, like `PATH`), then the bundled `models/loras` (the default
+/// model's demo adapter).
+pub fn default_lora_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("EASEL_LORA_DIR")
         .map(|v| std::env::split_paths(&v).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    dirs.extend(crate::settings::bundled_lora_dir());
+    dirs
 }
 
 #[cfg(test)]
