@@ -10,6 +10,7 @@
 //! - [`cli`]: the headless subcommands.
 //! - [`worker`]: the inference thread the studio talks to (typed commands and events).
 //! - [`app`]: the studio window (egui); the only module that knows egui.
+//! - [`scenes`]: the bundled model's procedural scenes and a checker that reads them from pixels.
 //! - [`settings`]: folders and the preferences that survive a restart.
 
 pub mod app;
@@ -18,5 +19,6 @@ pub mod diffusion;
 pub mod gallery;
 pub mod lora;
 pub mod models;
+pub mod scenes;
 pub mod settings;
 pub mod worker;

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_gallery;
 mod bench_lora;
+mod bench_model;
 mod generate;
 mod index;
 mod lora;
@@ -31,6 +32,9 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure text encoding, a UNet step, VAE decode and a preview on SD 1.5-sized weights.
     Bench(bench::BenchArgs),
+    /// Measure the bundled default model: scene prompts read back from pixels at several CFG
+    /// scales, the striped LoRA on and off, CLIP retrieval on held-out scenes, time per image.
+    BenchModel(bench_model::BenchModelArgs),
     /// Index image folders for CLIP search (incremental; safe to interrupt and re-run).
     Index(index::IndexArgs),
     /// Search the gallery index by text, by image, or both (`red car - night`, `2:sunset + ./ref.png`).
@@ -53,6 +57,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::BenchModel(args)) => bench_model::run(args),
         Some(Command::Index(args)) => index::run(args),
         Some(Command::Search(args)) => search::run(args),
         Some(Command::Lora(args)) => lora::run(args),
@@ -105,24 +110,4 @@ fn one_line(e: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out.replace('\n', " ")
-}
-
-/// Where the bundled default model lives: `models/default` beside the executable's package
-/// (installed layout) or in the source tree (cargo run).
-pub fn default_model_dir() -> Option<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("models").join("default"));
-            candidates.push(dir.join("../share/easel/models/default"));
-        }
-    }
-    candidates.push(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("models")
-            .join("default"),
-    );
-    candidates
-        .into_iter()
-        .find(|p| p.join("model_index.json").is_file())
 }
