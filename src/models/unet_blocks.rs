@@ -30,6 +30,26 @@ fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<LoraLinear>
     LoraLinear::new(cin, cout, false, vb)
 }
 
+// candle's fused softmax and layer-norm kernels have no backward (`apply_op*_no_bwd`): their
+// output silently stops gradients. When a tensor tracks gradients (training on `Var`s), the same
+// functions built from differentiable ops are used instead; inference keeps the fused kernels.
+fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
+fn norm_tokens(norm: &LayerNorm, xs: &Tensor) -> Result<Tensor> {
+    match norm.bias() {
+        Some(bias) if xs.track_op() || norm.weight().track_op() => {
+            candle_nn::ops::layer_norm_slow(xs, norm.weight(), bias, norm.eps() as f32)
+        }
+        _ => norm.forward(xs),
+    }
+}
+
 /// Sinusoidal embedding of the timestep (diffusers' `get_timestep_embedding`).
 pub fn timestep_embedding(
     t: f64,
@@ -179,7 +199,7 @@ impl Attention {
         let q = (split(q)? * (hd as f64).powf(-0.5))?;
         let (k, v) = (split(k)?, split(v)?);
         let scores = q.matmul(&k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, inner))?;
         self.to_out.forward(&out)
     }
@@ -240,12 +260,12 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let xs = (self.attn1.forward(&norm_tokens(&self.norm1, xs)?, None)? + xs)?;
         let xs = (self
             .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
+            .forward(&norm_tokens(&self.norm2, &xs)?, Some(context))?
             + xs)?;
-        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+        self.ff.forward(&norm_tokens(&self.norm3, &xs)?)? + xs
     }
 }
 
