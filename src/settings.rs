@@ -24,14 +24,21 @@ pub fn default_library_dir() -> PathBuf {
 }
 
 /// Where a bundled model folder `models/<name>` may be, in the order looked at: beside the
-/// executable (portable layout), `../share/easel/models` (installed layout), then the source
-/// tree (`cargo run`).
+/// executable (portable zip, Windows installers), `../lib/easel/models` (cargo-packager's .deb
+/// and AppImage resources), `../share/easel/models` (distribution packages),
+/// `../Resources/models` (macOS .app), then the source tree (`cargo run`).
 pub fn bundled_candidates(name: &str) -> Vec<PathBuf> {
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("models").join(name));
-            candidates.push(dir.join("../share/easel/models").join(name));
+            for base in [
+                "models",
+                "../lib/easel/models",
+                "../share/easel/models",
+                "../Resources/models",
+            ] {
+                candidates.push(dir.join(base).join(name));
+            }
         }
     }
     candidates.push(

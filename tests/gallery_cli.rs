@@ -130,22 +130,19 @@ fn index_then_search_by_text_image_and_combination() {
 fn missing_clip_model_and_bad_queries_are_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = fixture_folder(tmp.path());
+    let missing = tmp.path().join("no-such-clip");
     let out = easel()
         .args(["index", "--db"])
         .arg(tmp.path().join("x.sqlite"))
+        .arg("--clip-model")
+        .arg(&missing)
         .arg(&dir)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // No CLIP model ships yet (issue 6): the error says what to pass.
-    if !Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/default-clip/config.json")
-        .is_file()
-    {
-        assert!(!out.status.success());
-        assert!(stderr.contains("--clip-model"), "{stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    }
+    assert!(!out.status.success());
+    assert!(stderr.contains("no-such-clip"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let out = easel()
         .args(["search", "--clip-model"])
         .arg(clip_dir())

@@ -10,7 +10,6 @@ mod index;
 mod lora;
 mod search;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -2,7 +2,7 @@
 //! largest connected region that differs clearly from the background; its colour = the most
 //! common named colour in it; its kind = the shape template (drawn with the generator's own
 //! geometry, fitted around the region's bounding box) that overlaps it best (intersection over
-//! union); striped = enough of it is the stripe colour.
+//! union); striped = enough of it is darker than both the shape's colour and the background.
 
 use image::RgbImage;
 
@@ -11,7 +11,7 @@ use super::{spec, SceneSpec};
 /// A pixel this far (RGB distance) from the background colour belongs to the foreground: half
 /// the distance between the two closest named colours (yellow and orange, 82).
 const FOREGROUND_DISTANCE: f32 = 40.0;
-/// Share of the shape's pixels in the stripe colour that makes it striped.
+/// Share of the shape's pixels that must be stripes (see `check`) for it to read as striped.
 const STRIPED_SHARE: f32 = 0.15;
 
 /// What the checker saw. `None` where it found nothing (e.g. no foreground region at all).
@@ -47,6 +47,11 @@ fn nearest(spec: &SceneSpec, p: [u8; 3]) -> usize {
 fn dist(a: [u8; 3], b: [u8; 3]) -> f32 {
     let d = |i: usize| a[i] as f32 - b[i] as f32;
     (d(0) * d(0) + d(1) * d(1) + d(2) * d(2)).sqrt()
+}
+
+/// Rec. 601 luma.
+fn luma(p: [u8; 3]) -> f32 {
+    0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32
 }
 
 fn mode(counts: &[usize]) -> Option<usize> {
@@ -86,12 +91,25 @@ pub fn check(img: &RgbImage) -> Reading {
     if region.len() < 4 {
         return reading;
     }
-    let mut in_region = vec![0usize; n + 1];
-    for &i in &region {
-        in_region[classes[i]] += 1;
+    // Stripes are whatever is clearly darker than both the shape's colour and the background:
+    // an anti-aliased edge blends the two and so is never darker than both. (A generated stripe
+    // is a dark shade of the shape's colour, not exactly the training stripes' black.)
+    let vote = |skip: &dyn Fn(usize) -> bool| {
+        let mut counts = vec![0usize; n];
+        for &i in region.iter().filter(|&&i| !skip(i) && classes[i] < n) {
+            counts[classes[i]] += 1;
+        }
+        mode(&counts)
+    };
+    let pixels: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    if let Some(first) = vote(&|_| false) {
+        let dark_below = 0.75 * luma(spec.colours[first].1).min(luma(bg_rgb));
+        let dark = |i: usize| luma(pixels[i]) < dark_below;
+        let n_dark = region.iter().filter(|&&i| dark(i)).count();
+        reading.striped = n_dark as f32 >= STRIPED_SHARE * region.len() as f32;
+        let colour = vote(&dark).unwrap_or(first);
+        reading.colour = Some(spec.colours[colour].0.clone());
     }
-    reading.striped = in_region[n] as f32 >= STRIPED_SHARE * region.len() as f32;
-    reading.colour = mode(&in_region[..n]).map(|c| spec.colours[c].0.clone());
 
     let mut mask = vec![false; fg.len()];
     for &i in &region {
