@@ -8,6 +8,9 @@ after an interruption and it goes on where it stopped; finished stages are skipp
   1. tokenizer  word-level BPE over the caption vocabulary, in OpenAI CLIP's file layout
   2. vae        AutoencoderKL, 64x64 RGB <-> 16x16x4 latents (L1 + MSE + a small KL term)
   3. clip       CLIPModel (text + vision towers), contrastive loss on scene/caption pairs
+     clip_vision  more contrastive training with the text tower locked (vision tower, projections
+                and temperature only): retrieval improves while the text encoder the UNet is
+                conditioned on stays exactly as it is
   4. unet       UNet2DConditionModel on the VAE's latents, conditioned on the CLIP text tower's
                 hidden states, epsilon prediction, 10% caption dropout (for classifier-free
                 guidance), offset noise (so flat backgrounds follow the prompt, not the noise mean)
@@ -57,12 +60,12 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # Steps per stage. The UNet gets most of the 2-hour budget.
-STEPS = {"vae": 2200, "clip": 1000, "unet": 6500, "lora": 600}
-BATCH = {"vae": 32, "clip": 128, "unet": 64, "lora": 16}
+STEPS = {"vae": 2200, "clip": 1000, "clip_vision": 1500, "unet": 6500, "lora": 1500}
+BATCH = {"vae": 32, "clip": 128, "clip_vision": 128, "unet": 64, "lora": 16}
 # Cosine cycles (steps, peak-lr factor). The VAE's second cycle is a warm restart: after its first
 # 1200 steps its reconstructions were still blurry and still improving.
 CYCLES = {"vae": [(1200, 1.0), (1000, 0.5)]}
-LR = {"vae": 1e-3, "clip": 5e-4, "unet": 1e-3, "lora": 1e-3}
+LR = {"vae": 1e-3, "clip": 5e-4, "clip_vision": 3e-4, "unet": 1e-3, "lora": 2e-3}
 CKPT_EVERY = 200
 
 VAE_CONFIG = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
@@ -255,19 +258,37 @@ def train_clip(work, pool, tok):
         return clip
     st.resume(clip)
 
-    def loss_fn(rng):
-        idx, caps = pool.batch(rng, BATCH["clip"])
-        out = clip(input_ids=tokenize(tok, caps), pixel_values=clip_pixels(pool.images[idx]))
-        # scenes that share every attribute are not negatives of each other: soft targets over
-        # identical (shape, colour, background) pairs instead of the identity
-        keys = [(pool.scenes[i].shape, pool.scenes[i].colour, pool.scenes[i].background) for i in idx]
-        same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
-        target = same / same.sum(1, keepdim=True)
-        li = out.logits_per_image
-        return 0.5 * (-(target * li.log_softmax(1)).sum(1).mean() - (target * li.t().log_softmax(1)).sum(1).mean())
-
     clip.train()
-    st.run(clip, loss_fn)
+    st.run(clip, lambda rng: clip_loss(clip, pool, tok, rng, BATCH["clip"]))
+    return clip
+
+
+def clip_loss(clip, pool, tok, rng, n):
+    idx, caps = pool.batch(rng, n)
+    out = clip(input_ids=tokenize(tok, caps), pixel_values=clip_pixels(pool.images[idx]))
+    # scenes that share every attribute are not negatives of each other: soft targets over
+    # identical (shape, colour, background) pairs instead of the identity
+    keys = [(pool.scenes[i].shape, pool.scenes[i].colour, pool.scenes[i].background) for i in idx]
+    same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32)
+    target = same / same.sum(1, keepdim=True)
+    li = out.logits_per_image
+    return 0.5 * (-(target * li.log_softmax(1)).sum(1).mean() - (target * li.t().log_softmax(1)).sum(1).mean())
+
+
+def train_clip_vision(work, pool, tok, clip):
+    locked = ("text_model.", "text_projection.")
+    for n, p in clip.named_parameters():
+        p.requires_grad_(not n.startswith(locked))
+    st = Stage(work, "clip_vision", [p for p in clip.parameters() if p.requires_grad])
+    if st.done():
+        clip.load_state_dict(torch.load(st.dir / "ckpt.pt", weights_only=True)["model"])
+        return clip
+    text_before = {k: v.clone() for k, v in clip.text_model.state_dict().items()}
+    st.resume(clip)
+    clip.train()
+    st.run(clip, lambda rng: clip_loss(clip, pool, tok, rng, BATCH["clip_vision"]))
+    # weight decay skips frozen parameters; check the UNet's text encoder really did not move
+    assert all(torch.equal(v, clip.text_model.state_dict()[k]) for k, v in text_before.items())
     return clip
 
 
@@ -418,6 +439,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=ROOT / "training" / "work", help="checkpoints and caches")
     ap.add_argument("--out", type=Path, default=ROOT / "models", help="where the finished models go")
+    ap.add_argument("--until", choices=["clip_vision"], help="stop after this stage")
     ap.add_argument("--smoke", action="store_true", help="3 steps per stage and a small pool (checks the script)")
     args = ap.parse_args()
     if args.smoke:
@@ -439,9 +461,12 @@ def main():
     lat = encode_pool(args.work, vae, pool.images, "latents")
     scale = float(1.0 / lat["mean"].std())
     log(f"latent scaling factor {scale:.4f}")
-    clip = train_clip(args.work, pool, tok).eval()
+    clip = train_clip(args.work, pool, tok)
+    clip = train_clip_vision(args.work, pool, tok, clip).eval()
     for p in clip.parameters():
         p.requires_grad_(False)
+    if args.until == "clip_vision":
+        return
     unet = train_unet(args.work, pool, lat, clip.text_model, tok, scale)
     unet_state = {k: v.clone() for k, v in unet.state_dict().items()}
     lora_config = train_lora(args.work, unet, vae, clip.text_model, tok, scale)
