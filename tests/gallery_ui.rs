@@ -216,3 +216,85 @@ fn a_typed_folder_is_added_and_indexed_and_a_wrong_one_is_refused() {
     h.get_by_label_contains("not a folder");
     assert_eq!(h.state().0.entries().len(), n_mine);
 }
+
+/// 10k images cost what one screenful does: at the top, mid-way through a wheel scroll and at
+/// the very end, each frame lays out only the rows in view (egui adds one beyond each edge) and
+/// touches only their cells, whatever the library's size.
+#[test]
+fn a_10k_grid_lays_out_only_the_rows_in_view() {
+    let n = 10_000;
+    let entries = (0..n)
+        .map(|i| easel::gallery::search::Entry {
+            path: format!("/nowhere/img_{i:05}.png"),
+            width: 64,
+            height: 64,
+            mtime_ns: i as i64,
+            gen_model: None,
+            prompt: None,
+        })
+        .collect();
+    let worker = Worker::spawn(Arc::new(|| {})).unwrap();
+    let (width, height) = (500.0, 400.0);
+    let mut h = Harness::builder()
+        .with_size([width, height])
+        .build_ui_state(
+            |ui, (panel, studio): &mut State| panel.ui(ui, studio),
+            (
+                GalleryPanel::showing(entries),
+                Studio::new(Settings::default(), worker),
+            ),
+        );
+    h.run_steps(2);
+    let top = h.state().0.last_frame();
+    assert_eq!(top.items, n);
+    assert_eq!(top.rows, n.div_ceil(top.columns));
+    // 96 px cells: a 400 px window shows at most 5 rows (fewer under the search header), and
+    // egui lays out one more beyond each edge.
+    let in_view = (height / 96.0_f32).ceil() as usize + 2;
+    assert_eq!(top.first_row, 0);
+    assert!(top.rows_shown > 0 && top.rows_shown <= in_view, "{top:?}");
+    assert!(top.cells_waiting <= in_view * top.columns, "{top:?}");
+
+    // The mouse wheel, over the grid: rows further down are laid out instead, never more.
+    h.hover_at(egui::pos2(width / 2.0, height - 60.0));
+    let mut most = 0;
+    let mut seen_first_rows = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        h.event(egui::Event::MouseWheel {
+            unit: egui::MouseWheelUnit::Point,
+            delta: egui::vec2(0.0, -2_000.0),
+            phase: egui::TouchPhase::Move,
+            source: egui::MouseWheelSource::Unknown,
+            modifiers: egui::Modifiers::NONE,
+        });
+        h.step();
+        let f = h.state().0.last_frame();
+        most = most.max(f.rows_shown);
+        assert!(f.cells_waiting <= in_view * f.columns, "{f:?}");
+        seen_first_rows.insert(f.first_row);
+    }
+    let mid = h.state().0.last_frame();
+    assert!(mid.first_row > 100, "the wheel scrolled: {mid:?}");
+    assert!(seen_first_rows.len() > 10, "it moved frame by frame");
+    assert!(most <= in_view, "{most} rows laid out in one frame");
+
+    // The end of the library: the last row is laid out, and still only a screenful.
+    for _ in 0..200 {
+        h.event(egui::Event::MouseWheel {
+            unit: egui::MouseWheelUnit::Page,
+            delta: egui::vec2(0.0, -1_000.0),
+            phase: egui::TouchPhase::Move,
+            source: egui::MouseWheelSource::Unknown,
+            modifiers: egui::Modifiers::NONE,
+        });
+        h.step();
+        if h.state().0.last_frame().first_row + h.state().0.last_frame().rows_shown == top.rows {
+            break;
+        }
+    }
+    let end = h.state().0.last_frame();
+    assert_eq!(end.first_row + end.rows_shown, end.rows, "{end:?}");
+    assert!(end.rows_shown <= in_view, "{end:?}");
+    // Every cell is a placeholder here (no decoder): the cells touched are the cells laid out.
+    assert!(end.cells_waiting <= in_view * end.columns, "{end:?}");
+}

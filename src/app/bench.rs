@@ -3,12 +3,20 @@
 //! generating, how late each preview is shown, how long a cancel takes — then closes.
 //!
 //! Without a model it measures the cold start alone (model load excluded by construction).
+//! With `--gallery-images N` it measures the gallery grid of an N-image library instead
+//! ([`gallery`]).
+
+mod gallery;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::actions::Action;
 use super::state::Studio;
+pub use gallery::{GalleryBench, GalleryBenchArgs};
+
+/// One frame at 60 Hz: what a smooth UI has to stay under.
+const FRAME_BUDGET: Duration = Duration::from_micros(16_667);
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -21,6 +29,8 @@ pub struct BenchConfig {
     pub runs: usize,
     /// Also write the report here (JSON).
     pub out: Option<PathBuf>,
+    /// Measure the gallery grid of this library instead of generating.
+    pub gallery: Option<GalleryBench>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,6 +65,7 @@ pub struct BenchRun {
     history_seen: usize,
     cancel_tries: usize,
     load_time: Option<Duration>,
+    gallery: Option<gallery::GalleryRun>,
 }
 
 /// Idle frames measured before the first generation.
@@ -65,9 +76,14 @@ const MAX_CANCEL_TRIES: usize = 20;
 
 impl BenchRun {
     pub fn new(config: BenchConfig, started: Option<Instant>) -> Self {
+        let started = started.unwrap_or_else(Instant::now);
+        let gallery = config
+            .gallery
+            .clone()
+            .map(|g| gallery::GalleryRun::new(g, config.out.clone(), started));
         Self {
             config,
-            started: started.unwrap_or_else(Instant::now),
+            started,
             frames: 0,
             first_drawn: None,
             phase: Phase::Starting,
@@ -78,10 +94,19 @@ impl BenchRun {
             history_seen: 0,
             cancel_tries: 0,
             load_time: None,
+            gallery,
         }
     }
 
+    /// The gallery panel to show in place of the user's, for a gallery measurement.
+    pub fn gallery_panel(&self) -> Option<super::GalleryPanel> {
+        self.gallery.as_ref().map(gallery::GalleryRun::panel)
+    }
+
     pub fn before_frame(&mut self, ctx: &egui::Context, studio: &mut Studio) {
+        if let Some(g) = &mut self.gallery {
+            return g.before_frame(ctx, studio);
+        }
         let now = Instant::now();
         self.frames += 1;
         // Frame 1 has been painted and presented by the time frame 2 starts.
@@ -106,7 +131,10 @@ impl BenchRun {
         }
     }
 
-    pub fn after_frame(&mut self, _ctx: &egui::Context, studio: &mut Studio) {
+    pub fn after_frame(&mut self, ctx: &egui::Context, studio: &mut Studio) {
+        if let Some(g) = &mut self.gallery {
+            return g.after_frame(ctx, studio);
+        }
         if studio.running.is_some() {
             if let Some(d) = studio.metrics.frame_times.last() {
                 self.busy_frames.push(*d);

@@ -28,6 +28,47 @@ const CELL: f32 = 96.0;
 const MAX_TEXTURES: usize = 1500;
 /// Where the chosen CLIP folder is remembered (egui's persisted memory).
 const CLIP_MEMORY: &str = "easel-gallery-clip-model";
+/// egui memory slots: a programmatic scroll request, and the grid's last frame.
+const SCROLL_TO_ROW: &str = "easel-gallery-scroll-to-row";
+const GRID_FRAME: &str = "easel-gallery-grid-frame";
+
+/// What the grid did in the last frame it was drawn. `easel bench-ui --gallery-images` reads
+/// it from egui's memory ([`GridFrame::take`]): the panel lives among the studio's tool panels,
+/// out of the bench's reach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GridFrame {
+    /// Images in the grid (library entries, or search hits).
+    pub items: usize,
+    pub columns: usize,
+    pub rows: usize,
+    /// Rows laid out this frame (only the visible ones, however many `rows` there are).
+    pub rows_shown: usize,
+    pub first_row: usize,
+    /// Cells laid out this frame still waiting for their thumbnail.
+    pub cells_waiting: usize,
+    /// Thumbnails that arrived this frame and were uploaded as textures.
+    pub thumbs_uploaded: usize,
+    /// Thumbnail textures held now.
+    pub textures: usize,
+    /// Thumbnails asked of the decoder and not yet arrived.
+    pub thumbs_pending: usize,
+    /// An index run of the library has finished (the grid holds everything there is).
+    pub indexed: bool,
+}
+
+impl GridFrame {
+    /// The numbers of the last frame the grid was drawn in, taken: `None` until it is drawn
+    /// again.
+    pub fn take(ctx: &egui::Context) -> Option<Self> {
+        ctx.data_mut(|d| d.remove_temp(Id::unique(GRID_FRAME)))
+    }
+}
+
+/// Puts `row` at the top of the grid the next time it is drawn (programmatic scrolling, as
+/// `easel bench-ui` does; users scroll with the wheel or the bar).
+pub fn scroll_grid_to_row(ctx: &egui::Context, row: usize) {
+    ctx.data_mut(|d| d.insert_temp(Id::unique(SCROLL_TO_ROW), row));
+}
 
 pub struct GalleryPanel {
     db: Option<PathBuf>,
@@ -47,6 +88,11 @@ pub struct GalleryPanel {
     last_error: Option<String>,
     /// A folder typed (or picked with Browse…) to add to the gallery.
     add_folder: String,
+    /// This frame's numbers, published at the end of [`Panel::ui`].
+    frame: GridFrame,
+    /// Thumbnails asked for and received, for `GridFrame::thumbs_pending`.
+    thumbs_asked: usize,
+    thumbs_arrived: usize,
 }
 
 impl GalleryPanel {
@@ -79,7 +125,18 @@ impl GalleryPanel {
             confirm_delete: None,
             last_error: None,
             add_folder: String::new(),
+            frame: GridFrame::default(),
+            thumbs_asked: 0,
+            thumbs_arrived: 0,
         }
+    }
+
+    /// A grid of `entries` with nothing behind it: no index, no search, no thumbnail decoder
+    /// (every cell stays a placeholder). Tests of the grid itself use it.
+    pub fn showing(entries: Vec<Entry>) -> Self {
+        let mut panel = Self::with_paths(None, None, None);
+        panel.entries = entries;
+        panel
     }
 
     /// Every indexed image, newest first.
@@ -103,6 +160,11 @@ impl GalleryPanel {
 
     pub fn status(&self) -> &str {
         &self.status
+    }
+
+    /// What the grid did in the last frame drawn.
+    pub fn last_frame(&self) -> GridFrame {
+        self.frame
     }
 
     fn start(&mut self, ctx: &egui::Context, studio: &Studio) {
@@ -150,6 +212,7 @@ impl GalleryPanel {
                 ServiceEvent::Index(_) => {}
                 ServiceEvent::Indexed(s) => {
                     self.progress = None;
+                    self.frame.indexed = true;
                     let skipped = s.skipped.total();
                     self.status = format!(
                         "{} images; {} new, {} skipped{}",
@@ -165,6 +228,8 @@ impl GalleryPanel {
                     self.results = Some((query, hits));
                 }
                 ServiceEvent::Thumb(p) => {
+                    self.thumbs_arrived += 1;
+                    self.frame.thumbs_uploaded += 1;
                     if self.textures.len() >= MAX_TEXTURES {
                         self.textures.clear();
                         self.requested.clear();
@@ -292,22 +357,32 @@ impl GalleryPanel {
             .floor()
             .max(1.0) as usize;
         let rows = len.div_ceil(columns);
-        egui::ScrollArea::vertical()
-            .auto_shrink([false, false])
-            .show_rows(ui, CELL, rows, |ui, range| {
-                for row in range {
-                    // Only the visible rows' items are touched, whatever the library's size.
-                    let visible: Vec<(String, Option<f32>)> = (row * columns
-                        ..((row + 1) * columns).min(len))
-                        .map(|i| self.item(i))
-                        .collect();
-                    ui.horizontal(|ui| {
-                        for (path, score) in &visible {
-                            self.cell(ui, path, *score);
-                        }
-                    });
-                }
-            });
+        self.frame.items = len;
+        self.frame.columns = columns;
+        self.frame.rows = rows;
+        let mut area = egui::ScrollArea::vertical().auto_shrink([false, false]);
+        if let Some(row) = ui
+            .ctx()
+            .data_mut(|d| d.remove_temp::<usize>(Id::unique(SCROLL_TO_ROW)))
+        {
+            area = area.vertical_scroll_offset(row as f32 * (CELL + ui.spacing().item_spacing.y));
+        }
+        area.show_rows(ui, CELL, rows, |ui, range| {
+            self.frame.first_row = range.start;
+            self.frame.rows_shown = range.len();
+            for row in range {
+                // Only the visible rows' items are touched, whatever the library's size.
+                let visible: Vec<(String, Option<f32>)> = (row * columns
+                    ..((row + 1) * columns).min(len))
+                    .map(|i| self.item(i))
+                    .collect();
+                ui.horizontal(|ui| {
+                    for (path, score) in &visible {
+                        self.cell(ui, path, *score);
+                    }
+                });
+            }
+        });
     }
 
     /// Item `i` of the grid: a search hit (with its score) or a library entry.
@@ -334,9 +409,11 @@ impl GalleryPanel {
                     .max_size(Vec2::splat(CELL)),
             ),
             None => {
+                self.frame.cells_waiting += 1;
                 if self.requested.insert(path.to_string()) {
                     if let Some(s) = &self.service {
                         s.request_picture(path, false);
+                        self.thumbs_asked += 1;
                     }
                 }
                 let (rect, response) = ui.allocate_exact_size(Vec2::splat(CELL), Sense::click());
@@ -493,6 +570,10 @@ impl Panel for GalleryPanel {
         if self.service.is_none() && self.clip_missing.is_none() {
             self.start(&ctx, studio);
         }
+        self.frame = GridFrame {
+            indexed: self.frame.indexed,
+            ..GridFrame::default()
+        };
         self.drain(&ctx);
         self.choose_clip(ui);
         self.header(ui);
@@ -500,6 +581,10 @@ impl Panel for GalleryPanel {
         self.grid(ui);
         self.full_view(&ctx, studio);
         self.confirm(&ctx);
+        self.frame.textures = self.textures.len();
+        self.frame.thumbs_pending = self.thumbs_asked.saturating_sub(self.thumbs_arrived);
+        let frame = self.frame;
+        ctx.data_mut(|d| d.insert_temp(Id::unique(GRID_FRAME), frame));
     }
 
     /// The search gesture: an image dropped here finds similar ones. Without a CLIP model the

@@ -112,9 +112,15 @@ impl StudioApp {
         let bench = options
             .bench
             .map(|config| bench::BenchRun::new(config, options.started));
+        let mut tools = tool_panels();
+        if let Some(panel) = bench.as_ref().and_then(bench::BenchRun::gallery_panel) {
+            // The gallery bench's own index and thumbnail cache, not the user's.
+            tools.retain(|p| p.id() != "gallery");
+            tools.insert(tools.len().min(2), Box::new(panel));
+        }
         Ok(Self {
             studio,
-            tools: tool_panels(),
+            tools,
             bench,
         })
     }
@@ -311,6 +317,8 @@ pub struct BenchUiArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub gallery: bench::GalleryBenchArgs,
 }
 
 /// Opens the real window, runs the measurement, prints a JSON report and closes. Uses a
@@ -318,10 +326,15 @@ pub struct BenchUiArgs {
 pub fn run_bench(args: BenchUiArgs) -> Result<()> {
     let started = Instant::now();
     let scratch = std::env::temp_dir().join(format!("easel-bench-ui-{}", std::process::id()));
+    let gallery = bench::GalleryBench::prepare(&args.gallery)?;
+    let library = gallery
+        .as_ref()
+        .map_or(scratch.join("library"), |g| g.library());
     let options = StudioOptions {
-        model: args.model.clone(),
+        // The gallery measurement generates nothing: no model to load.
+        model: args.model.clone().filter(|_| gallery.is_none()),
         bundled_model: None,
-        library_dir: Some(scratch.join("library")),
+        library_dir: Some(library),
         fresh: true,
         bench: Some(BenchConfig {
             model: args.model,
@@ -329,6 +342,7 @@ pub fn run_bench(args: BenchUiArgs) -> Result<()> {
             size: args.size,
             runs: args.runs.max(1),
             out: args.out,
+            gallery,
         }),
         started: Some(started),
     };
