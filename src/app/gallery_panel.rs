@@ -24,7 +24,8 @@ use crate::gallery::service::{
 use crate::gallery::{paths, IndexEvent};
 
 const CELL: f32 = 96.0;
-/// Textures kept before the cache is emptied (the disk cache refills it cheaply).
+/// Textures held at most: past this, those far from the view are dropped (the disk cache
+/// refills them cheaply).
 const MAX_TEXTURES: usize = 1500;
 /// Where the chosen CLIP folder is remembered (egui's persisted memory).
 const CLIP_MEMORY: &str = "easel-gallery-clip-model";
@@ -230,10 +231,6 @@ impl GalleryPanel {
                 ServiceEvent::Thumb(p) => {
                     self.thumbs_arrived += 1;
                     self.frame.thumbs_uploaded += 1;
-                    if self.textures.len() >= MAX_TEXTURES {
-                        self.textures.clear();
-                        self.requested.clear();
-                    }
                     let tex = texture(ctx, &p);
                     self.textures.insert(p.path, tex);
                 }
@@ -383,6 +380,27 @@ impl GalleryPanel {
                 });
             }
         });
+        let first = self.frame.first_row * columns;
+        self.evict_far(
+            first..(first + self.frame.rows_shown * columns).min(len),
+            len,
+        );
+    }
+
+    /// Keeps texture memory bounded: past [`MAX_TEXTURES`], drops the textures (and forgets
+    /// the requests) of all but the items around `view`. Emptying the whole cache instead
+    /// blanked the screen's own thumbnails for a few frames every ~1500 images scrolled.
+    fn evict_far(&mut self, view: std::ops::Range<usize>, len: usize) {
+        if self.textures.len() <= MAX_TEXTURES {
+            return;
+        }
+        let margin = MAX_TEXTURES / 4;
+        let near: HashSet<String> = (view.start.saturating_sub(margin)
+            ..(view.end + margin).min(len))
+            .map(|i| self.item(i).0)
+            .collect();
+        self.textures.retain(|p, _| near.contains(p));
+        self.requested.retain(|p| near.contains(p));
     }
 
     /// Item `i` of the grid: a search hit (with its score) or a library entry.
