@@ -21,7 +21,7 @@ pub enum LoraCommand {
     /// List the adapters in a folder (sub-folders included): rank, alpha, family, what they
     /// touch, trigger words. Reads headers only.
     List {
-        /// Default: the folders in $EASEL_LORA_DIR.
+        /// Default: the folders in $EASEL_LORA_DIR, then the bundled adapters (models/loras).
         dir: Option<PathBuf>,
         /// Only adapters whose name, base model, family or trigger words contain every word.
         #[arg(long)]
