@@ -117,7 +117,8 @@ impl GalleryService {
         std::thread::Builder::new()
             .name("easel-thumbnails".into())
             .spawn(move || {
-                for (path, full) in picture_rx {
+                let mut pending = Vec::new();
+                while let Some((path, full)) = next_picture(&picture_rx, &mut pending) {
                     match picture(&path, full, &thumbs) {
                         Ok(e) => send_pictures(e),
                         Err(e) => send_pictures(ServiceEvent::Error(e)),
@@ -309,6 +310,24 @@ fn newest_first(library: &Library) -> Vec<Entry> {
     entries
 }
 
+/// The next picture to make: a full view (a click) first, else the newest thumbnail asked for.
+/// Newest first because after a fast scroll the screen the user stopped at must not wait behind
+/// every thumbnail asked for on the way (those still follow, and fill the disk cache). `None`
+/// once the panel is gone and nothing is left.
+fn next_picture(
+    requests: &Receiver<(String, bool)>,
+    pending: &mut Vec<(String, bool)>,
+) -> Option<(String, bool)> {
+    if pending.is_empty() {
+        pending.push(requests.recv().ok()?);
+    }
+    pending.extend(requests.try_iter());
+    match pending.iter().rposition(|(_, full)| *full) {
+        Some(i) => Some(pending.remove(i)),
+        None => pending.pop(),
+    }
+}
+
 /// A thumbnail (from the disk cache when fresh) or the full view, with its settings text.
 fn picture(path: &str, full: bool, thumbs: &Path) -> Result<ServiceEvent, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
@@ -379,5 +398,30 @@ fn settings_text(path: &Path) -> String {
             (None, None) => "No generation settings in this image.".into(),
         },
         Err(_) => "No generation settings in this image.".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a scroll the newest thumbnail asked for comes first; a full view (a click) comes
+    /// before any thumbnail; nothing is lost.
+    #[test]
+    fn full_views_then_newest_thumbnails_first() {
+        let (tx, rx) = mpsc::channel();
+        for (path, full) in [("a", false), ("b", false), ("big", true), ("c", false)] {
+            tx.send((path.to_string(), full)).unwrap();
+        }
+        let mut pending = Vec::new();
+        let mut order = Vec::new();
+        let first = next_picture(&rx, &mut pending).unwrap();
+        order.push(first.0);
+        tx.send(("d".to_string(), false)).unwrap();
+        drop(tx);
+        while let Some((path, _)) = next_picture(&rx, &mut pending) {
+            order.push(path);
+        }
+        assert_eq!(order, ["big", "d", "c", "b", "a"]);
     }
 }

@@ -16,8 +16,9 @@
 //!   empty (every thumbnail decoded from its image and written to the cache);
 //! - `scroll_warm`: back to the top and down again, thumbnails from the disk cache.
 //!
-//! After each pass the grid stays at the bottom until every visible thumbnail is shown
-//! (`settle_*`: how long the last screen waits behind the thumbnails asked for on the way).
+//! After each pass the grid stays at the bottom until every visible thumbnail is shown and
+//! every one asked for has arrived (`after_pass`: how long the screen the scroll stopped at
+//! waited for its thumbnails, and how long the decoder took to catch up).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -196,11 +197,14 @@ enum Phase {
         pass: usize,
         row: usize,
     },
-    /// At the bottom after a pass, until every visible thumbnail is shown.
+    /// At the bottom after a pass, until every visible thumbnail is shown and every one asked
+    /// for has arrived.
     Settle {
         pass: usize,
         since: Instant,
         frames: usize,
+        /// When (and after how many frames) no visible cell was waiting any more.
+        shown: Option<(Duration, usize)>,
     },
     Done,
 }
@@ -275,6 +279,8 @@ pub struct GalleryRun {
     update_start: Option<(Instant, Option<Duration>)>,
     last: GridFrame,
     indexed_after: Option<Duration>,
+    /// Thumbnails still to come when the scrolling stopped.
+    pending_at_stop: usize,
     settled: Vec<serde_json::Value>,
     last_note: Instant,
 }
@@ -303,6 +309,7 @@ impl GalleryRun {
             update_start: None,
             last: GridFrame::default(),
             indexed_after: None,
+            pending_at_stop: 0,
             settled: Vec::new(),
             last_note: Instant::now(),
         }
@@ -420,10 +427,12 @@ impl GalleryRun {
                 // The last row has reached the bottom edge: the grid cannot scroll further.
                 let bottom = f.rows.saturating_sub(f.rows_shown.saturating_sub(1).max(1));
                 self.phase = if row >= bottom {
+                    self.pending_at_stop = f.thumbs_pending;
                     Phase::Settle {
                         pass,
                         since: Instant::now(),
                         frames: 0,
+                        shown: None,
                     }
                 } else {
                     Phase::Scroll {
@@ -436,13 +445,17 @@ impl GalleryRun {
                 pass,
                 since,
                 frames,
+                shown,
             } => {
-                let done = f.cells_waiting == 0 && f.thumbs_pending == 0;
-                if done || since.elapsed() > SETTLE_LIMIT {
+                let shown = shown.or((f.cells_waiting == 0).then(|| (since.elapsed(), frames)));
+                let drained = f.thumbs_pending == 0;
+                if (shown.is_some() && drained) || since.elapsed() > SETTLE_LIMIT {
                     self.settled.push(serde_json::json!({
-                        "all_visible_shown": done,
-                        "ms": ms(since.elapsed()),
-                        "frames": frames,
+                        "visible_shown_ms": shown.map(|s| ms(s.0)),
+                        "visible_shown_frames": shown.map(|s| s.1),
+                        "pending_drained": drained,
+                        "pending_drained_ms": ms(since.elapsed()),
+                        "pending_at_stop": self.pending_at_stop,
                     }));
                     self.phase = if pass + 1 < PASSES.len() {
                         Phase::Scroll {
@@ -457,6 +470,7 @@ impl GalleryRun {
                         pass,
                         since,
                         frames: frames + 1,
+                        shown,
                     };
                 }
             }
