@@ -87,6 +87,17 @@ fn clip_finds_held_out_scenes_by_colour_and_shape() {
     assert!(hits as f64 >= 0.80 * n as f64, "top-1 {hits}/{n}");
 }
 
+/// Runs `cmd`, failing the test with its stderr unless it succeeds.
+fn succeeds(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn easel() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_easel"));
     // keep the user's real data folder, and any configured adapters, out of the test
@@ -99,22 +110,17 @@ fn easel() -> Command {
 fn a_fresh_checkout_generates_searches_and_finds_the_lora_with_no_setup() {
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("x.png");
-    let out = easel()
-        .args([
-            "generate",
-            "--prompt",
-            "a large red circle on a blue background",
-            "--seed",
-            "7",
-            "-o",
-        ])
-        .arg(&png)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        easel()
+            .args([
+                "generate",
+                "--prompt",
+                "a large red circle on a blue background",
+                "--seed",
+                "7",
+                "-o",
+            ])
+            .arg(&png),
     );
     let img = image::open(&png).unwrap().to_rgb8();
     let r = scenes::check(&img);
@@ -128,28 +134,13 @@ fn a_fresh_checkout_generates_searches_and_finds_the_lora_with_no_setup() {
     let db = tmp.path().join("library.sqlite");
     let pictures = tmp.path().join("pictures");
     common::copy_dir(&common::fixtures().join("scenes/heldout"), &pictures);
-    let out = easel()
-        .args(["index", "--db"])
-        .arg(&db)
-        .arg(&pictures)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = easel()
-        .args(["search", "--db"])
-        .arg(&db)
-        .args(["--top", "1", "--json", "a green triangle"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(easel().args(["index", "--db"]).arg(&db).arg(&pictures));
+    let out = succeeds(easel().args(["search", "--db"]).arg(&db).args([
+        "--top",
+        "1",
+        "--json",
+        "a green triangle",
+    ]));
     let hits: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let best = scenes::check(
         &image::open(hits[0]["path"].as_str().unwrap())

@@ -260,13 +260,7 @@ fn a_10k_grid_lays_out_only_the_rows_in_view() {
     let mut most = 0;
     let mut seen_first_rows = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        h.event(egui::Event::MouseWheel {
-            unit: egui::MouseWheelUnit::Point,
-            delta: egui::vec2(0.0, -2_000.0),
-            phase: egui::TouchPhase::Move,
-            source: egui::MouseWheelSource::Unknown,
-            modifiers: egui::Modifiers::NONE,
-        });
+        wheel(&mut h, egui::MouseWheelUnit::Point, -2_000.0);
         h.step();
         let f = h.state().0.last_frame();
         most = most.max(f.rows_shown);
@@ -280,13 +274,7 @@ fn a_10k_grid_lays_out_only_the_rows_in_view() {
 
     // The end of the library: the last row is laid out, and still only a screenful.
     for _ in 0..200 {
-        h.event(egui::Event::MouseWheel {
-            unit: egui::MouseWheelUnit::Page,
-            delta: egui::vec2(0.0, -1_000.0),
-            phase: egui::TouchPhase::Move,
-            source: egui::MouseWheelSource::Unknown,
-            modifiers: egui::Modifiers::NONE,
-        });
+        wheel(&mut h, egui::MouseWheelUnit::Page, -1_000.0);
         h.step();
         if h.state().0.last_frame().first_row + h.state().0.last_frame().rows_shown == top.rows {
             break;
@@ -297,4 +285,15 @@ fn a_10k_grid_lays_out_only_the_rows_in_view() {
     assert!(end.rows_shown <= in_view, "{end:?}");
     // Every cell is a placeholder here (no decoder): the cells touched are the cells laid out.
     assert!(end.cells_waiting <= in_view * end.columns, "{end:?}");
+}
+
+/// One mouse-wheel step down by `dy` (negative) in `unit`s, where the pointer is.
+fn wheel(h: &mut Harness<'_, State>, unit: egui::MouseWheelUnit, dy: f32) {
+    h.event(egui::Event::MouseWheel {
+        unit,
+        delta: egui::vec2(0.0, dy),
+        phase: egui::TouchPhase::Move,
+        source: egui::MouseWheelSource::Unknown,
+        modifiers: egui::Modifiers::NONE,
+    });
 }
