@@ -5,10 +5,14 @@
 //! serde struct: the studio stores it in eframe's storage, and everything has a default so a
 //! newer or older Easel reads whatever it finds (`#[serde(default)]`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use directories::ProjectDirs;
 use serde::{Deserialize, Serialize};
+
+use crate::diffusion::schedulers::PredictionType;
+use crate::models::checkpoint::LoadOptions;
 
 /// The app's folders; `None` on a system with no home directory.
 pub fn project_dirs() -> Option<ProjectDirs> {
@@ -95,6 +99,41 @@ pub struct Settings {
     pub lora_dirs: Vec<PathBuf>,
     /// The LoRA panel's adapters: toggles and weights.
     pub loras: Vec<crate::lora::LoraChoice>,
+    /// Folders the model library lists (A1111's models/Stable-diffusion and models/VAE,
+    /// ComfyUI's models/checkpoints and models/vae, the Hugging Face cache, …).
+    pub model_dirs: Vec<PathBuf>,
+    /// Per-model choices (VAE, prediction type), by the model's path.
+    pub model_choices: BTreeMap<PathBuf, ModelChoice>,
+    /// A1111's "Clip skip": 1 uses the text encoder's last layer, 2 the one before, …
+    pub clip_skip: usize,
+}
+
+/// What the user chose for one model, overriding what its files say.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelChoice {
+    /// A VAE file or folder to use instead of the model's own.
+    pub vae: Option<PathBuf>,
+    /// "epsilon" or "v"; `None` = as the model's files say.
+    pub prediction: Option<String>,
+}
+
+impl ModelChoice {
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            vae: self.vae.clone(),
+            prediction: self.prediction.as_deref().and_then(parse_prediction),
+        }
+    }
+}
+
+/// `epsilon` / `eps` or `v` / `v_prediction`, as the CLI and settings spell them.
+pub fn parse_prediction(s: &str) -> Option<PredictionType> {
+    match s {
+        "epsilon" | "eps" => Some(PredictionType::Epsilon),
+        "v" | "v_prediction" | "v-prediction" => Some(PredictionType::VPrediction),
+        _ => None,
+    }
 }
 
 impl Default for Settings {
@@ -116,11 +155,22 @@ impl Default for Settings {
             tool_tab: String::new(),
             lora_dirs: Vec::new(),
             loras: Vec::new(),
+            model_dirs: Vec::new(),
+            model_choices: BTreeMap::new(),
+            clip_skip: 1,
         }
     }
 }
 
 impl Settings {
+    /// The remembered choices for the model at `path`, as load options.
+    pub fn model_options(&self, path: &Path) -> LoadOptions {
+        self.model_choices
+            .get(path)
+            .map(ModelChoice::options)
+            .unwrap_or_default()
+    }
+
     pub fn library_dir(&self) -> PathBuf {
         self.library_dir.clone().unwrap_or_else(default_library_dir)
     }
@@ -139,7 +189,7 @@ pub fn startup_model(
     settings
         .last_model
         .clone()
-        .filter(|d| is_model_dir(d))
+        .filter(|d| is_model_dir(d) || d.is_file())
         .or(bundled)
 }
 

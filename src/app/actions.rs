@@ -25,11 +25,16 @@ pub enum Action {
     Restore(usize),
     /// Copy a history image somewhere else, through the native save dialog.
     SaveAs(usize),
-    /// Open the native folder dialog to choose a model.
+    /// Open the native folder dialog to choose a diffusers model folder.
     PickModelFolder,
-    /// Load this model folder.
+    /// Open the native file dialog to choose a checkpoint file.
+    PickModelFile,
+    /// Open the native folder dialog to add a folder to the model library.
+    PickModelLibraryFolder,
+    /// Load this model (folder or checkpoint file).
     LoadModel(PathBuf),
-    /// A folder the user typed or picked: checked to be a model folder, then loaded.
+    /// A model the user typed, picked, dropped or clicked in the library: checked (off the
+    /// UI thread, from its header) to be one Easel runs, then loaded.
     OpenModelPath(PathBuf),
     /// Open the native folder dialog to choose the library folder.
     PickLibraryFolder,

@@ -44,7 +44,15 @@ pub fn handle(
     }
     let mut files = dropped.into_iter();
     if let Some(first) = files.next() {
-        studio.push(Action::RestoreFromFile(first));
+        // A checkpoint or model folder opens; an image gives back its settings.
+        let is_model = first.is_dir()
+            || crate::models::tensor_file::extension(&first)
+                .is_some_and(|e| ["safetensors", "ckpt", "pt", "pth"].contains(&e.as_str()));
+        studio.push(if is_model {
+            Action::OpenModelPath(first)
+        } else {
+            Action::RestoreFromFile(first)
+        });
     }
     let ignored = files.count();
     if ignored > 0 {
@@ -61,7 +69,7 @@ fn paint_hint(ctx: &egui::Context, tools_rect: Rect) {
     painter.text(
         screen.center(),
         Align2::CENTER_CENTER,
-        "Drop a PNG to restore its settings",
+        "Drop a PNG to restore its settings, or a model to open it",
         FontId::proportional(24.0),
         Color32::WHITE,
     );

@@ -8,16 +8,16 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
     ui.vertical_centered(|ui| {
         ui.add_space((ui.available_height() * 0.2).min(120.0));
         match &studio.model {
-            ModelState::Loading { dir, .. } => {
+            ModelState::Loading { path, .. } => {
                 ui.spinner();
                 ui.heading("Loading the model…");
-                ui.label(dir.display().to_string());
+                ui.label(path.display().to_string());
                 ui.weak("The window stays usable: write your prompt meanwhile.");
                 return;
             }
-            ModelState::Failed { dir, error } => {
+            ModelState::Failed { path, error } => {
                 ui.heading("That model could not be loaded");
-                ui.label(dir.display().to_string());
+                ui.label(path.display().to_string());
                 ui.colored_label(ui.visuals().error_fg_color, error);
                 ui.add_space(8.0);
             }

@@ -21,16 +21,16 @@ impl Studio {
 
     fn on_event(&mut self, event: Event, ctx: &egui::Context) {
         match event {
-            Event::ModelLoading { dir } => {
-                if !matches!(&self.model, ModelState::Loading { dir: d, .. } if *d == dir) {
+            Event::ModelLoading { path } => {
+                if !matches!(&self.model, ModelState::Loading { path: p, .. } if *p == path) {
                     self.model = ModelState::Loading {
-                        dir,
+                        path,
                         since: Instant::now(),
                     };
                 }
             }
             Event::ModelLoaded(info) => {
-                let switched = self.settings.last_model.as_deref() != Some(info.dir.as_path());
+                let switched = self.settings.last_model.as_deref() != Some(info.path.as_path());
                 let m = info.size_multiple.max(1);
                 if switched {
                     // A different model: start from its native size.
@@ -40,7 +40,7 @@ impl Studio {
                     self.settings.width = snap(self.settings.width, m);
                     self.settings.height = snap(self.settings.height, m);
                 }
-                self.settings.last_model = Some(info.dir.clone());
+                self.settings.last_model = Some(info.path.clone());
                 self.info(format!(
                     "Loaded {} in {:.1} s",
                     info.name,
@@ -48,9 +48,15 @@ impl Studio {
                 ));
                 self.model = ModelState::Ready(info);
             }
-            Event::ModelFailed { dir, error } => {
+            Event::ModelFailed { path, error, kept } => {
                 self.error(format!("Could not load the model: {error}"));
-                self.model = ModelState::Failed { dir, error };
+                self.model = match kept {
+                    Some(info) => {
+                        self.info(format!("Still using {}.", info.name));
+                        ModelState::Ready(info)
+                    }
+                    None => ModelState::Failed { path, error },
+                };
             }
             Event::Queue(queue) => self.queue = queue,
             Event::Started { job, recipe } => {
@@ -154,15 +160,21 @@ impl Studio {
                     path.file_name().unwrap_or_default().to_string_lossy()
                 )),
             },
-            Event::ModelFolderChosen { dir, is_model } => {
-                if is_model {
-                    self.load_model(dir);
-                } else {
-                    self.error(format!(
-                        "{} is not a diffusers model folder (it has no model_index.json).",
-                        dir.display()
-                    ));
+            Event::ModelPathChosen { path, verdict } => match verdict {
+                Ok(()) => self.load_model(path),
+                Err(why) => self.error(why),
+            },
+            Event::LibraryScanned(entries) => {
+                self.library = entries;
+                self.library_scanning = false;
+            }
+            Event::LibraryHashed { path, hash } => {
+                for e in self.library.iter_mut().filter(|e| e.path == path) {
+                    e.hash = Some(hash.clone());
                 }
+            }
+            Event::ModelLibraryFolderPicked(dir) => {
+                super::models_panel::add_model_dir(&mut self.settings, dir);
             }
             Event::LibraryFolderPicked(dir) => {
                 self.info(format!("New images go to {}", dir.display()));
@@ -182,6 +194,7 @@ impl Studio {
     }
 
     fn apply_restored(&mut self, r: Restored) {
+        self.offer_model_switch(&r);
         let m = self.size_multiple();
         let s = &mut self.settings;
         if let Some(v) = &r.prompt {
@@ -209,7 +222,28 @@ impl Studio {
         if let Some(v) = r.sampler {
             s.sampler = Some(v.cli_name().to_string());
         }
+        if let Some(v) = r.clip_skip {
+            s.clip_skip = v.clamp(1, 12);
+        }
         self.info(r.summary());
+    }
+
+    /// When the image was made with a library model other than the one in use (by A1111's
+    /// hash, else by name), the prompt panel offers to switch to it.
+    fn offer_model_switch(&mut self, r: &Restored) {
+        self.switch_offer = None;
+        let found = crate::models::library::find_model(
+            &self.library,
+            r.model_hash.as_deref(),
+            r.model_name.as_deref(),
+        );
+        let current = match &self.model {
+            ModelState::Ready(info) => Some(info.path.as_path()),
+            _ => None,
+        };
+        if let Some(e) = found.filter(|e| Some(e.path.as_path()) != current) {
+            self.switch_offer = Some(e.clone());
+        }
     }
 }
 
@@ -258,31 +292,67 @@ pub fn save_as(studio: &mut Studio, i: usize) {
     });
 }
 
-/// The native folder dialog, for a model (`model`) or the library folder.
-pub fn pick_folder(studio: &mut Studio, model: bool) {
+/// What a folder is picked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folder {
+    /// A diffusers model to load.
+    Model,
+    /// Where finished images are written.
+    ImageLibrary,
+    /// A folder of models for the model library.
+    ModelLibrary,
+}
+
+/// The native folder dialog.
+pub fn pick_folder(studio: &mut Studio, purpose: Folder) {
     let sink = studio.worker.sink();
-    let start = if model {
-        studio.settings.last_model.clone()
-    } else {
-        Some(studio.settings.library_dir())
+    let start = match purpose {
+        Folder::Model => studio.settings.last_model.clone(),
+        Folder::ImageLibrary => Some(studio.settings.library_dir()),
+        Folder::ModelLibrary => studio.settings.model_dirs.last().cloned(),
     };
     studio.worker.spawn_io(async move {
-        let mut dialog = rfd::AsyncFileDialog::new().set_title(if model {
-            "Choose a diffusers model folder"
-        } else {
-            "Choose the library folder"
+        let mut dialog = rfd::AsyncFileDialog::new().set_title(match purpose {
+            Folder::Model => "Choose a diffusers model folder",
+            Folder::ImageLibrary => "Choose the library folder",
+            Folder::ModelLibrary => "Add a folder of models",
         });
         if let Some(dir) = start.filter(|d| d.is_dir()) {
             dialog = dialog.set_directory(dir);
         }
         if let Some(folder) = dialog.pick_folder().await {
             let dir = folder.path().to_path_buf();
-            sink.send(if model {
-                let is_model = crate::settings::is_model_dir(&dir);
-                Event::ModelFolderChosen { dir, is_model }
-            } else {
-                Event::LibraryFolderPicked(dir)
+            sink.send(match purpose {
+                Folder::Model => {
+                    let verdict = crate::models::library::check_model_path(&dir);
+                    Event::ModelPathChosen { path: dir, verdict }
+                }
+                Folder::ImageLibrary => Event::LibraryFolderPicked(dir),
+                Folder::ModelLibrary => Event::ModelLibraryFolderPicked(dir),
             });
+        }
+    });
+}
+
+/// The native file dialog for a single-file checkpoint.
+pub fn pick_model_file(studio: &mut Studio) {
+    let sink = studio.worker.sink();
+    let start = studio
+        .settings
+        .last_model
+        .as_ref()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    studio.worker.spawn_io(async move {
+        let mut dialog = rfd::AsyncFileDialog::new()
+            .set_title("Choose a Stable Diffusion checkpoint")
+            .add_filter("Checkpoints", &["safetensors", "ckpt", "pt", "pth"]);
+        if let Some(dir) = start.filter(|d| d.is_dir()) {
+            dialog = dialog.set_directory(dir);
+        }
+        if let Some(file) = dialog.pick_file().await {
+            let path = file.path().to_path_buf();
+            let verdict = crate::models::library::check_model_path(&path);
+            sink.send(Event::ModelPathChosen { path, verdict });
         }
     });
 }

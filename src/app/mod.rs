@@ -17,6 +17,7 @@ mod events;
 mod gallery_panel;
 mod history;
 mod lora_panel;
+mod models_panel;
 mod progress;
 mod prompt_panel;
 mod queue;
@@ -54,6 +55,7 @@ pub trait Panel {
 fn tool_panels() -> Vec<Box<dyn Panel>> {
     vec![
         Box::new(queue::QueuePanel),
+        Box::new(models_panel::ModelsPanel::default()),
         Box::new(lora_panel::LoraPanel::default()),
         Box::new(gallery_panel::GalleryPanel::new()),
         Box::new(settings_panel::SettingsPanel),

@@ -3,7 +3,7 @@
 use super::state::{ModelState, Studio};
 
 pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
-    if let ModelState::Loading { dir, since } = &studio.model {
+    if let ModelState::Loading { path: dir, since } = &studio.model {
         ui.horizontal(|ui| {
             ui.spinner();
             ui.label(format!(

@@ -28,23 +28,47 @@ fn model_line(ui: &mut egui::Ui, studio: &mut Studio) {
     ui.horizontal(|ui| {
         let text = match &studio.model {
             ModelState::None => "No model".to_string(),
-            ModelState::Loading { dir, .. } => format!("Loading {}…", folder_name(dir)),
+            ModelState::Loading { path: dir, .. } => format!("Loading {}…", folder_name(dir)),
             ModelState::Ready(info) => info.name.clone(),
-            ModelState::Failed { dir, .. } => format!("{} (failed)", folder_name(dir)),
+            ModelState::Failed { path: dir, .. } => format!("{} (failed)", folder_name(dir)),
         };
         ui.label(RichText::new("Model").strong());
         ui.label(text).on_hover_text(match &studio.model {
-            ModelState::Ready(info) => info.dir.display().to_string(),
+            ModelState::Ready(info) => info.path.display().to_string(),
             _ => String::new(),
         });
-        if ui
-            .small_button("Open…")
-            .on_hover_text("Choose a diffusers model folder")
-            .clicked()
-        {
-            studio.push(Action::PickModelFolder);
-        }
+        ui.menu_button("Open…", |ui| {
+            if ui.button("Checkpoint file…").clicked() {
+                studio.push(Action::PickModelFile);
+                ui.close();
+            }
+            if ui.button("Diffusers folder…").clicked() {
+                studio.push(Action::PickModelFolder);
+                ui.close();
+            }
+        })
+        .response
+        .on_hover_text("A .safetensors/.ckpt checkpoint or a diffusers folder; the Models tab lists your library");
     });
+    let mut dismiss = false;
+    if let Some(offer) = &studio.switch_offer {
+        let offer = offer.clone();
+        super::theme::notice_frame(ui, false).show(ui, |ui| {
+            ui.label(format!("This image was made with {}.", offer.name));
+            ui.horizontal(|ui| {
+                if ui.button("Switch to it").clicked() {
+                    studio.push(Action::OpenModelPath(offer.path.clone()));
+                    dismiss = true;
+                }
+                if ui.small_button("Keep this model").clicked() {
+                    dismiss = true;
+                }
+            });
+        });
+    }
+    if dismiss {
+        studio.switch_offer = None;
+    }
 }
 
 fn folder_name(dir: &std::path::Path) -> String {
@@ -114,6 +138,12 @@ fn sliders(ui: &mut egui::Ui, studio: &mut Studio) {
         );
     });
     sampler_combo(ui, s);
+    requeue |= released(
+        &ui.add(Slider::new(&mut s.clip_skip, 1..=12).text("Clip skip"))
+            .on_hover_text(
+                "Which text-encoder layer the prompt is read from: 1 = the last; 2 = the one                  before, which many anime SD 1.x models were trained with",
+            ),
+    );
     ui.add(Slider::new(&mut s.batch_count, 1..=16).text("Batch count"))
         .on_hover_text("Images per Generate, with consecutive seeds");
     ui.add_space(4.0);

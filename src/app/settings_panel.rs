@@ -35,7 +35,7 @@ impl Panel for SettingsPanel {
                     "{} · native {} px · sizes in steps of {} px",
                     info.name, info.native_size, info.size_multiple
                 ));
-                ui.monospace(info.dir.display().to_string());
+                ui.monospace(info.path.display().to_string());
             }
             _ => {
                 ui.weak("No model loaded.");

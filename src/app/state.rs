@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 use egui::{Key, KeyboardShortcut, Modifiers, TextureHandle};
 
 use super::actions::Action;
+use super::events::Folder;
 use crate::diffusion::schedulers::Sampler;
 use crate::gallery::png_meta::GenerationMetadata;
+use crate::models::library::LibraryEntry;
 use crate::settings::Settings;
 use crate::worker::{JobId, ModelInfo, Notice, QueuedJob, Recipe, Worker};
 
@@ -17,12 +19,12 @@ pub enum ModelState {
     /// No model chosen: the empty state explains how to add one.
     None,
     Loading {
-        dir: PathBuf,
+        path: PathBuf,
         since: Instant,
     },
     Ready(ModelInfo),
     Failed {
-        dir: PathBuf,
+        path: PathBuf,
         error: String,
     },
 }
@@ -106,6 +108,11 @@ pub struct Studio {
     pub notices: Vec<(Notice, Instant)>,
     pub actions: Vec<Action>,
     pub metrics: Metrics,
+    /// The model library as last scanned (the Models panel shows it).
+    pub library: Vec<LibraryEntry>,
+    pub library_scanning: bool,
+    /// A library model a dropped image was made with, offered as a switch.
+    pub switch_offer: Option<LibraryEntry>,
 }
 
 impl Studio {
@@ -126,7 +133,16 @@ impl Studio {
             notices: Vec::new(),
             actions: Vec::new(),
             metrics: Metrics::default(),
+            library: Vec::new(),
+            library_scanning: false,
+            switch_offer: None,
         }
+    }
+
+    /// Re-reads the model library in the background.
+    pub fn scan_library(&mut self, dirs: Vec<PathBuf>) {
+        self.library_scanning = true;
+        self.worker.scan_library(dirs);
     }
 
     pub fn push(&mut self, action: Action) {
@@ -153,12 +169,18 @@ impl Studio {
         ));
     }
 
-    pub fn load_model(&mut self, dir: PathBuf) {
-        self.model = ModelState::Loading {
-            dir: dir.clone(),
-            since: Instant::now(),
-        };
-        self.worker.load_model(dir);
+    /// Loads a model (folder or checkpoint file) with the choices remembered for it.
+    pub fn load_model(&mut self, path: PathBuf) {
+        let options = self.settings.model_options(&path);
+        // A change of VAE or prediction type for the model in use keeps it usable meanwhile.
+        let same = matches!(&self.model, ModelState::Ready(info) if info.path == path);
+        if !same {
+            self.model = ModelState::Loading {
+                path: path.clone(),
+                since: Instant::now(),
+            };
+        }
+        self.worker.load_model(path, options);
     }
 
     /// Work is under way (running or queued).
@@ -199,6 +221,7 @@ impl Studio {
             width: s.width,
             height: s.height,
             sampler: self.sampler(),
+            clip_skip: s.clip_skip.max(1),
             loras: super::lora_panel::recipe_loras(s),
         }
     }
@@ -249,10 +272,14 @@ impl Studio {
             }
             Action::Restore(i) => self.restore_history(i),
             Action::SaveAs(i) => super::events::save_as(self, i),
-            Action::PickModelFolder => super::events::pick_folder(self, true),
-            Action::PickLibraryFolder => super::events::pick_folder(self, false),
+            Action::PickModelFolder => super::events::pick_folder(self, Folder::Model),
+            Action::PickLibraryFolder => super::events::pick_folder(self, Folder::ImageLibrary),
+            Action::PickModelLibraryFolder => {
+                super::events::pick_folder(self, Folder::ModelLibrary)
+            }
+            Action::PickModelFile => super::events::pick_model_file(self),
             Action::LoadModel(dir) => self.load_model(dir),
-            Action::OpenModelPath(dir) => self.worker.check_model_dir(dir),
+            Action::OpenModelPath(path) => self.worker.check_model_path(path),
             Action::RestoreFromFile(path) => self.worker.read_settings(path),
             // The gallery panel searches itself when it has a CLIP model; this is the
             // fallback when it has none.
@@ -317,6 +344,7 @@ impl Studio {
         s.width = m.width;
         s.height = m.height;
         s.sampler = Some(m.sampler);
+        s.clip_skip = m.clip_skip.max(1);
         s.seed_locked = true;
         self.info(format!(
             "Restored the settings of image #{}",

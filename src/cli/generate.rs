@@ -9,16 +9,31 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 
+use crate::diffusion::schedulers::PredictionType;
 use crate::diffusion::schedulers::Sampler;
 use crate::diffusion::{GenerateRequest, Outcome, Pipeline};
-use crate::gallery::png_meta::{self, GenerationMetadata};
+use crate::gallery::png_meta::{self, GenerationMetadata, VaeUse};
+use crate::models::checkpoint::LoadOptions;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
-    /// Default: the bundled model.
+    /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, …) or a
+    /// single-file checkpoint (.safetensors, .ckpt, .pt, .pth) of SD 1.x/2.x. Default: the
+    /// bundled model.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// A VAE to use instead of the model's own: a single file (LDM or diffusers names) or a
+    /// diffusers vae/ folder. A1111's `<checkpoint>.vae.safetensors` beside a checkpoint is
+    /// used without asking.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// What the model predicts, when its files do not say: epsilon | v.
+    #[arg(long, value_parser = parse_prediction_arg)]
+    pub prediction: Option<PredictionType>,
+    /// A1111's "Clip skip": 1 = the text encoder's last layer, 2 = the one before (many
+    /// anime SD 1.x models want 2).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub clip_skip: usize,
     #[arg(long)]
     pub prompt: String,
     /// What the image should not show; empty = unconditional.
@@ -74,18 +89,31 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let device = Device::Cpu;
     let load_start = Instant::now();
-    let pipeline = Pipeline::load(&model_dir, &device)?;
+    let options = LoadOptions {
+        vae: args.vae.clone(),
+        prediction: args.prediction,
+    };
+    let pipeline = Pipeline::load_with(&model_dir, &options, &device)?;
+    let model = &pipeline.model;
     eprintln!(
-        "loaded {} in {:.2}s",
+        "loaded {} ({}) in {:.2}s",
         model_dir.display(),
+        model.description,
         load_start.elapsed().as_secs_f64()
     );
+    for note in &model.notes {
+        eprintln!("  {note}");
+    }
+    if let Some(vae) = &model.vae_file {
+        eprintln!("  VAE: {}", vae.display());
+    }
 
     let seed = args.seed.unwrap_or_else(rand::random);
     let mut req = GenerateRequest::new(&pipeline.model, &args.prompt, seed);
     req.negative_prompt = args.negative.clone();
     req.steps = args.steps;
     req.cfg_scale = args.cfg;
+    req.clip_skip = args.clip_skip;
     req.width = args.width.unwrap_or(req.width);
     req.height = args.height.unwrap_or(req.height);
     if let Some(s) = args.sampler {
@@ -164,6 +192,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         model_name: pipeline.model.name.clone(),
         model_hash: pipeline.model.short_hash()?,
         loras: loras.stack.uses(),
+        clip_skip: req.clip_skip,
+        vae: match &pipeline.model.vae_file {
+            Some(f) => Some(VaeUse {
+                hash: crate::models::hash::short_hash(std::slice::from_ref(f))
+                    .with_context(|| format!("hashing {}", f.display()))?,
+                ..VaeUse::named(f)
+            }),
+            None => None,
+        },
         init_noise: args.init_noise.as_ref().map(|p| p.display().to_string()),
         easel_version: env!("CARGO_PKG_VERSION").to_string(),
         extra: Default::default(),
@@ -171,6 +208,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     png_meta::write_png(&args.output, image.width, image.height, &image.rgb, &meta)?;
     eprintln!("wrote {}", args.output.display());
     Ok(())
+}
+
+/// `--prediction epsilon|v`.
+pub fn parse_prediction_arg(s: &str) -> Result<PredictionType, String> {
+    crate::settings::parse_prediction(s).ok_or_else(|| format!("{s:?}: use epsilon or v"))
 }
 
 /// Fails before any work when the output cannot be written where asked.

@@ -8,6 +8,7 @@ mod bench_model;
 mod generate;
 mod index;
 mod lora;
+mod models;
 mod search;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ pub enum Command {
     Search(search::SearchArgs),
     /// List a folder of LoRA adapters, or describe one (`easel lora list [DIR]`, `easel lora info FILE`).
     Lora(lora::LoraArgs),
+    /// The model library: every model and VAE in a set of folders
+    /// (`easel models list [DIR…] [--json] [--hash]`).
+    Models(models::ModelsArgs),
     /// Open the studio window (what `easel` with no subcommand does).
     Studio(crate::app::StudioArgs),
     /// Measure the studio window: cold start, UI frame time while generating, preview and
@@ -60,6 +64,7 @@ pub fn main() -> ExitCode {
         Some(Command::Index(args)) => index::run(args),
         Some(Command::Search(args)) => search::run(args),
         Some(Command::Lora(args)) => lora::run(args),
+        Some(Command::Models(args)) => models::run(args),
         Some(Command::Studio(args)) => crate::app::run(args),
         Some(Command::BenchUi(args)) => crate::app::run_bench(args),
         None => crate::app::run(crate::app::StudioArgs::default()),

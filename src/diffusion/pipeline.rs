@@ -15,6 +15,7 @@ use super::guidance;
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, Preview};
 use super::schedulers::{self, Sampler};
+use crate::models::checkpoint::LoadOptions;
 use crate::models::error::without_backtrace;
 use crate::models::{ModelError, StableDiffusion};
 
@@ -37,6 +38,8 @@ pub struct GenerateRequest {
     pub width: usize,
     pub height: usize,
     pub sampler: Sampler,
+    /// A1111's "Clip skip": 1 = the text encoder's last layer, 2 = the one before, …
+    pub clip_skip: usize,
     /// Replaces the seeded initial noise: [1, C, H/f, W/f], before init-sigma scaling
     /// (diffusers' `latents=` argument).
     pub init_noise: Option<Tensor>,
@@ -55,6 +58,7 @@ impl GenerateRequest {
             width: size,
             height: size,
             sampler: default_sampler(model),
+            clip_skip: 1,
             init_noise: None,
         }
     }
@@ -128,15 +132,30 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Loads a diffusers folder; F32 compute (the right choice on CPUs).
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+    /// Loads a diffusers folder or a single-file checkpoint; F32 compute (the right choice on
+    /// CPUs).
+    pub fn load(path: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::load_with(path, &LoadOptions::default(), device)
+    }
+
+    /// [`Self::load`] with a VAE or prediction type chosen by the user.
+    pub fn load_with(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Self, ModelError> {
         Ok(Self {
-            model: StableDiffusion::load(dir, device, DType::F32)?,
+            model: StableDiffusion::load_with(path, opts, device, DType::F32)?,
         })
     }
 
     /// Tokenises and encodes one prompt: [1, 77, hidden]. Returns a warning when it was truncated.
     pub fn encode_prompt(&self, text: &str) -> Result<(Tensor, Option<String>), PipelineError> {
+        self.encode_prompt_skipping(text, 1)
+    }
+
+    /// [`Self::encode_prompt`] with A1111's clip skip.
+    pub fn encode_prompt_skipping(
+        &self,
+        text: &str,
+        clip_skip: usize,
+    ) -> Result<(Tensor, Option<String>), PipelineError> {
         // `<lora:name:w>` tags choose adapters (see `crate::lora`); CLIP must not read them.
         let text = crate::lora::prompt::strip_tags(text);
         let enc = self.model.tokenizer.encode(&text);
@@ -150,7 +169,7 @@ impl Pipeline {
         let states = self
             .model
             .text_encoder
-            .encode_ids(&enc.ids, &self.model.device)
+            .encode_ids(&enc.ids, &self.model.device, clip_skip)
             .map_err(compute("text encoding"))?;
         Ok((states, warning))
     }
@@ -165,6 +184,16 @@ impl Pipeline {
                     "{} is outside 1..={}",
                     req.steps,
                     MAX_STEPS.min(self.model.scheduler.num_train_timesteps)
+                ),
+            );
+        }
+        let layers = self.model.text_encoder.num_layers();
+        if req.clip_skip == 0 || req.clip_skip > layers {
+            return invalid(
+                "clip-skip",
+                format!(
+                    "{} is outside 1..={layers} (this text encoder's layers)",
+                    req.clip_skip
                 ),
             );
         }
@@ -242,11 +271,12 @@ impl Pipeline {
         let device = &self.model.device;
         let mut warnings = Vec::new();
 
-        let (cond, warning) = self.encode_prompt(&req.prompt)?;
+        let (cond, warning) = self.encode_prompt_skipping(&req.prompt, req.clip_skip)?;
         warnings.extend(warning);
         let cfg = guidance::uses_uncond(req.cfg_scale);
         let context = if cfg {
-            let (uncond, warning) = self.encode_prompt(&req.negative_prompt)?;
+            let (uncond, warning) =
+                self.encode_prompt_skipping(&req.negative_prompt, req.clip_skip)?;
             warnings.extend(warning.map(|w| format!("negative {w}")));
             Tensor::cat(&[&uncond, &cond], 0).map_err(compute("text encoding"))?
         } else {

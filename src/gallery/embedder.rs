@@ -254,6 +254,7 @@ impl ClipEmbedder {
             vb.pp("visual_projection"),
         )
         .map_err(mismatch)?;
+        weights::check_complete(&w, &config_path)?;
         let tokenizer = if dir.join("vocab.json").is_file() {
             ClipTokenizer::from_dir(dir)?
         } else {

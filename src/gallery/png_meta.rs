@@ -54,6 +54,12 @@ pub struct GenerationMetadata {
     pub model_hash: String,
     /// LoRAs applied, in order (empty until LoRA support lands).
     pub loras: Vec<LoraUse>,
+    /// A1111's "Clip skip" (1 = the text encoder's last layer).
+    #[serde(default = "one")]
+    pub clip_skip: usize,
+    /// A VAE used instead of the model's own (A1111's `VAE` and `VAE hash`).
+    #[serde(default)]
+    pub vae: Option<VaeUse>,
     /// Path of an `--init-noise` file if one replaced the seeded noise: the seed alone
     /// would not reproduce the image then.
     pub init_noise: Option<String>,
@@ -62,6 +68,32 @@ pub struct GenerationMetadata {
     /// lose them.
     #[serde(default)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// An external VAE used for a generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaeUse {
+    /// The file name, as A1111 writes it (`vae-ft-mse-840000-ema-pruned.safetensors`).
+    pub name: String,
+    /// A1111's short hash of the file (10 hex digits).
+    pub hash: String,
+}
+
+impl VaeUse {
+    /// The VAE at `path`, its hash still to be computed.
+    pub fn named(path: &std::path::Path) -> Self {
+        Self {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            hash: String::new(),
+        }
+    }
 }
 
 /// One LoRA applied to a generation.

@@ -242,6 +242,13 @@ impl ClipTextModel {
     }
 
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.forward_skipping(ids, 1)
+    }
+
+    /// The hidden states after layer `len - (clip_skip - 1)`, through the final layer norm:
+    /// A1111's "Clip skip" (1 = the last layer; 2 = the one before, which many SD 1.x
+    /// fine-tunes were trained on), the same as diffusers' `clip_skip = clip_skip - 1`.
+    pub fn forward_skipping(&self, ids: &Tensor, clip_skip: usize) -> Result<Tensor> {
         let (_, seq) = ids.dims2()?;
         let device = ids.device();
         let positions = Tensor::arange(0u32, seq as u32, device)?;
@@ -252,16 +259,22 @@ impl ClipTextModel {
         let dtype = xs.dtype();
         let mask = causal_mask(seq, device)?.to_dtype(dtype)?;
         let mut xs = xs;
-        for layer in &self.layers {
+        let used = self.layers.len() + 1 - clip_skip.clamp(1, self.layers.len());
+        for layer in &self.layers[..used] {
             xs = layer.forward(&xs, &mask)?;
         }
         self.final_layer_norm.forward(&xs)
     }
 
     /// Encodes one tokenised prompt: ids → [1, seq, hidden].
-    pub fn encode_ids(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+    pub fn encode_ids(&self, ids: &[u32], device: &Device, clip_skip: usize) -> Result<Tensor> {
         let ids = Tensor::new(ids, device)?.unsqueeze(0)?;
-        self.forward(&ids)
+        self.forward_skipping(&ids, clip_skip)
+    }
+
+    /// The number of transformer layers (the largest useful clip skip).
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
     }
 }
 

@@ -23,6 +23,10 @@ pub enum ModelError {
     #[error("{path}: not a readable safetensors file: {msg}")]
     BadWeights { path: PathBuf, msg: String },
 
+    /// A single-file checkpoint Easel cannot run, or a damaged one; `msg` says which and why.
+    #[error("{path}: {msg}")]
+    BadCheckpoint { path: PathBuf, msg: String },
+
     #[error("{weights}: does not match {config}: {msg}")]
     Mismatch {
         weights: PathBuf,
@@ -51,6 +55,13 @@ impl ModelError {
 
     pub(crate) fn bad_config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Self::BadConfig {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Self::BadCheckpoint {
             path: path.into(),
             msg: msg.into(),
         }

@@ -1,8 +1,12 @@
 //! Model files on disk and the candle modules built from them.
 
+pub mod checkpoint;
 pub mod clip_text;
 pub mod error;
+pub mod hash;
+pub mod library;
 pub mod stable_diffusion;
+pub mod tensor_file;
 pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;

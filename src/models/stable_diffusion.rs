@@ -1,48 +1,175 @@
-//! A Stable Diffusion model in diffusers' folder layout, loaded once into memory.
+//! A Stable Diffusion model, loaded once into memory from a diffusers folder or a single-file
+//! checkpoint.
 //!
 //! ```text
 //! model_index.json  unet/  vae/  text_encoder/  tokenizer/  scheduler/
 //! ```
-//! Every architecture number comes from the components' own `config.json`. Weights are
-//! memory-mapped safetensors (fp32 or the `fp16` variant), converted to the compute dtype once.
+//! In a folder every architecture number comes from the components' own `config.json`;
+//! a single file is described by [`super::checkpoint::detect`]. Weights (fp32, fp16 or bf16)
+//! are converted to the compute dtype as each tensor is read.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use sha2::{Digest, Sha256};
 
+use super::checkpoint::{self, LoadOptions};
 use super::clip_text::{ClipTextConfig, ClipTextModel};
 use super::error::{BuildError, ModelError};
 use super::tokenizer::ClipTokenizer;
 use super::unet::{UNet, UNetConfig};
 use super::vae::{Vae, VaeConfig};
 use super::weights::{self, ComponentWeights};
-use crate::diffusion::schedulers::SchedulerConfig;
+use crate::diffusion::schedulers::{PredictionType, SchedulerConfig};
 
 /// Everything a text-to-image run needs, resident in memory.
 pub struct StableDiffusion {
-    pub dir: PathBuf,
+    /// The folder or file the model was loaded from.
+    pub path: PathBuf,
     pub name: String,
+    /// What it is, for people: "SD 1.x · fp16 · single file", "diffusers folder".
+    pub description: String,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
     pub unet: UNet,
     pub vae: Vae,
     pub scheduler: SchedulerConfig,
-    /// The UNet weight files, hashed on demand for the PNG's `Model hash`.
-    pub unet_files: Vec<PathBuf>,
+    /// The files hashed for the PNG's `Model hash`: a checkpoint file, or a folder's UNet
+    /// weights.
+    pub hash_files: Vec<PathBuf>,
+    /// A VAE used instead of the model's own (`--vae`, or A1111's `<stem>.vae.*` beside a
+    /// checkpoint); the PNG names it.
+    pub vae_file: Option<PathBuf>,
+    /// How a setting the files do not state was decided ("v-prediction: the .yaml beside it").
+    pub notes: Vec<String>,
+    /// The user's choices it was loaded with.
+    pub options: LoadOptions,
+    /// The prediction type the files imply (what "automatic" means for this model).
+    pub auto_prediction: PredictionType,
     pub device: Device,
     pub dtype: DType,
 }
 
 impl StableDiffusion {
-    /// Loads the model in `dir` onto `device`, computing in `dtype` (F32 on the CPU).
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+    /// Loads the model at `path` (a diffusers folder or a single-file checkpoint) onto
+    /// `device`, computing in `dtype` (F32 on the CPU).
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        Self::load_with(path, &LoadOptions::default(), device, dtype)
+    }
+
+    /// [`Self::load`] with choices that override the files (VAE, prediction type).
+    pub fn load_with(
+        path: &Path,
+        opts: &LoadOptions,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        Self::load_inner(path, opts, device, dtype, false)
+    }
+
+    /// Everything [`Self::load_with`] checks (files, configs, every tensor's name and shape),
+    /// without reading the weights: a model that passes loads, barring I/O errors.
+    pub fn validate(path: &Path, opts: &LoadOptions) -> Result<(), ModelError> {
+        Self::load_inner(path, opts, &Device::Cpu, DType::F32, true).map(|_| ())
+    }
+
+    fn load_inner(
+        path: &Path,
+        opts: &LoadOptions,
+        device: &Device,
+        dtype: DType,
+        shapes_only: bool,
+    ) -> Result<Self, ModelError> {
+        if path.is_file() {
+            return Self::load_single_file(path, opts, device, dtype, shapes_only);
+        }
+        let mut model = Self::load_folder(path, device, dtype, shapes_only)?;
+        if let Some(vae) = &opts.vae {
+            let channels = model.latent_channels();
+            model.vae = checkpoint::load_vae(vae, channels, device, dtype, shapes_only)?;
+            model.vae_file = Some(vae.clone());
+        }
+        if let Some(p) = opts.prediction {
+            model.scheduler.prediction_type = p;
+            model.notes = vec![format!("{}: your setting", prediction_name(p))];
+        }
+        model.options = opts.clone();
+        Ok(model)
+    }
+
+    fn load_single_file(
+        path: &Path,
+        opts: &LoadOptions,
+        device: &Device,
+        dtype: DType,
+        shapes_only: bool,
+    ) -> Result<Self, ModelError> {
+        let f = checkpoint::load(path, opts, device, dtype, shapes_only)?;
+        let te = &f.layout.text_config;
+        let pad = if te.hidden_act == "gelu" {
+            "!"
+        } else {
+            "<|endoftext|>"
+        };
+        let tokenizer = ClipTokenizer::bundled_openai(pad).map_err(|e| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
+        if tokenizer.max_len() > te.max_position_embeddings {
+            return Err(ModelError::checkpoint(
+                path,
+                format!(
+                    "the text encoder has {} positions, fewer than CLIP's {} tokens",
+                    te.max_position_embeddings,
+                    tokenizer.max_len()
+                ),
+            ));
+        }
+        let mut notes = vec![format!(
+            "{}: {}",
+            prediction_name(f.scheduler.prediction_type),
+            f.prediction_source
+        )];
+        if f.scheduler.rescale_betas_zero_snr {
+            notes.push("zero terminal SNR".into());
+        }
+        let name = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        Ok(Self {
+            path: path.to_path_buf(),
+            name,
+            description: format!(
+                "{} · {} · single file",
+                f.layout.family.label(),
+                f.layout.precision.precision_name()
+            ),
+            tokenizer,
+            text_encoder: f.text_encoder,
+            unet: f.unet,
+            vae: f.vae,
+            scheduler: f.scheduler,
+            hash_files: vec![path.to_path_buf()],
+            vae_file: f.vae_file,
+            notes,
+            options: opts.clone(),
+            auto_prediction: f.auto_prediction,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    fn load_folder(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        shapes_only: bool,
+    ) -> Result<Self, ModelError> {
         let index = dir.join("model_index.json");
         if !dir.is_dir() {
             return Err(ModelError::Missing {
                 path: dir.to_path_buf(),
-                what: "model folder".into(),
+                what: "no model folder or checkpoint file there".into(),
             });
         }
         if !index.is_file() {
@@ -79,7 +206,7 @@ impl StableDiffusion {
                 ),
             ));
         }
-        let te_w = open_component(dir, "text_encoder", "model", dtype, device)?;
+        let te_w = open_component(dir, "text_encoder", "model", dtype, device, shapes_only)?;
         let text_encoder = build(
             ClipTextModel::new(te_w.vb.clone(), te_cfg, &te_cfg_path),
             &te_w,
@@ -88,7 +215,14 @@ impl StableDiffusion {
 
         let unet_cfg_path = dir.join("unet").join("config.json");
         let unet_cfg = UNetConfig::from_file(&unet_cfg_path)?;
-        let unet_w = open_component(dir, "unet", "diffusion_pytorch_model", dtype, device)?;
+        let unet_w = open_component(
+            dir,
+            "unet",
+            "diffusion_pytorch_model",
+            dtype,
+            device,
+            shapes_only,
+        )?;
         // Built before the cross-check so that a config contradicting its own weights is
         // reported against both files, not as a disagreement with the text encoder.
         let unet = build(
@@ -120,7 +254,14 @@ impl StableDiffusion {
                 ),
             ));
         }
-        let vae_w = open_component(dir, "vae", "diffusion_pytorch_model", dtype, device)?;
+        let vae_w = open_component(
+            dir,
+            "vae",
+            "diffusion_pytorch_model",
+            dtype,
+            device,
+            shapes_only,
+        )?;
         let vae = build(
             Vae::new(vae_w.vb.clone(), vae_cfg, &vae_cfg_path),
             &vae_w,
@@ -133,18 +274,67 @@ impl StableDiffusion {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
+        let auto_prediction = scheduler.prediction_type;
         Ok(Self {
-            dir: dir.to_path_buf(),
+            path: dir.to_path_buf(),
             name,
+            description: "diffusers folder".into(),
             tokenizer,
             text_encoder,
             unet,
             vae,
             scheduler,
-            unet_files: unet_w.files,
+            hash_files: unet_w.files,
+            vae_file: None,
+            auto_prediction,
+            notes: Vec::new(),
+            options: LoadOptions::default(),
             device: device.clone(),
             dtype,
         })
+    }
+
+    /// Applies new choices to the model in memory: another VAE (only the VAE is read) or
+    /// another prediction type (nothing is read). On error the model is unchanged.
+    pub fn reconfigure(&mut self, opts: &LoadOptions) -> Result<(), ModelError> {
+        if opts.vae != self.options.vae {
+            let source = match &opts.vae {
+                Some(v) => v.clone(),
+                None => self.own_vae_source(),
+            };
+            let vae = checkpoint::load_vae(
+                &source,
+                self.latent_channels(),
+                &self.device,
+                self.dtype,
+                false,
+            )?;
+            self.vae = vae;
+            self.vae_file =
+                (source != self.path && source != self.path.join("vae")).then_some(source);
+        }
+        let prediction = opts.prediction.unwrap_or(self.auto_prediction);
+        if prediction != self.scheduler.prediction_type {
+            self.scheduler.prediction_type = prediction;
+            let how = if opts.prediction.is_some() {
+                "your setting"
+            } else {
+                "as the model's files say"
+            };
+            self.notes = vec![format!("{}: {how}", prediction_name(prediction))];
+        }
+        self.options = opts.clone();
+        Ok(())
+    }
+
+    /// Where the model's own VAE comes from: A1111's `<stem>.vae.*` beside a checkpoint, the
+    /// checkpoint itself, or a folder's `vae/`.
+    fn own_vae_source(&self) -> PathBuf {
+        if self.path.is_dir() {
+            self.path.join("vae")
+        } else {
+            checkpoint::sidecar::vae_beside(&self.path).unwrap_or_else(|| self.path.clone())
+        }
     }
 
     /// Pixels per latent along each axis (8 for SD 1.x).
@@ -166,22 +356,18 @@ impl StableDiffusion {
         self.unet.config.in_channels
     }
 
-    /// A1111-style short hash: the first 10 hex digits of the SHA-256 of the UNet weights.
+    /// A1111's short hash (AutoV2) of the checkpoint file, or of a folder's UNet weights.
     pub fn short_hash(&self) -> Result<String, ModelError> {
-        let mut hasher = Sha256::new();
-        for f in &self.unet_files {
-            let mut file = std::fs::File::open(f).map_err(|e| ModelError::io(f, e))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf).map_err(|e| ModelError::io(f, e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
-        }
-        let digest = hasher.finalize();
-        Ok(digest.iter().take(5).map(|b| format!("{b:02x}")).collect())
+        super::hash::short_hash(&self.hash_files)
+            .map_err(|e| ModelError::io(self.hash_files.first().cloned().unwrap_or_default(), e))
+    }
+}
+
+/// How the prediction type is named to people.
+pub fn prediction_name(p: crate::diffusion::schedulers::PredictionType) -> &'static str {
+    match p {
+        crate::diffusion::schedulers::PredictionType::Epsilon => "epsilon prediction",
+        crate::diffusion::schedulers::PredictionType::VPrediction => "v-prediction",
     }
 }
 
@@ -191,9 +377,10 @@ fn open_component(
     stem: &str,
     dtype: DType,
     device: &Device,
+    shapes_only: bool,
 ) -> Result<ComponentWeights, ModelError> {
     let files = weights::find_weight_files(&dir.join(component), stem)?;
-    weights::open(files, dtype, device)
+    weights::open_with(files, dtype, device, shapes_only)
 }
 
 fn build<T>(
@@ -201,10 +388,12 @@ fn build<T>(
     w: &ComponentWeights,
     config: &Path,
 ) -> Result<T, ModelError> {
-    result.map_err(|e| match e {
+    let built = result.map_err(|e| match e {
         BuildError::Config(e) => e,
         BuildError::Weights(e) => weights::mismatch(w, config, e),
-    })
+    })?;
+    weights::check_complete(w, config)?;
+    Ok(built)
 }
 
 /// The model's own tokenizer, or OpenAI's bundled vocabulary when the folder has none

@@ -1,22 +1,43 @@
-//! Finding and opening a component's weight files.
+//! Finding a component's weight files and reading them into modules.
 //!
-//! Weights are memory-mapped (candle copies each tensor once, into its own storage, when a
-//! module asks for it). Only safetensors are read: a pickle `.bin` can execute code, so it is
-//! refused with a message that says how to convert it.
+//! Every model Easel loads, folder or single file, is built through [`WeightMap`]: a
+//! `VarBuilder` backend that reads each tensor from its file when a module asks for it
+//! (see [`super::tensor_file`]) under the name the module asks with. In a diffusers folder
+//! those are the file's own names; a single-file checkpoint maps its own names onto them.
+//! Nothing stays mapped after loading. In folders only safetensors are read: a pickle `.bin`
+//! is refused with a message that says how to convert it.
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
 use super::error::{without_backtrace, ModelError};
+use super::tensor_file::{TensorFile, TensorFileError, TensorInfo};
 
 /// The weight files of one component (`unet/`, `vae/`, `text_encoder/`), opened and checked.
 pub struct ComponentWeights {
     /// The files, in the order they were found (one file, or a sharded set).
     pub files: Vec<PathBuf>,
     pub vb: VarBuilder<'static>,
+    /// Tensors the modules asked for that the files lack (see [`check_complete`]).
+    pub missing: Arc<Mutex<Vec<String>>>,
+}
+
+impl ComponentWeights {
+    /// The weights of a component whose names `map` provides.
+    pub fn from_map(files: Vec<PathBuf>, map: WeightMap, dtype: DType, device: &Device) -> Self {
+        let missing = map.missing.clone();
+        Self {
+            files,
+            vb: map.var_builder(dtype, device),
+            missing,
+        }
+    }
 }
 
 /// Reads and parses a component's `config.json` (or any JSON file) with the file named in errors.
@@ -114,69 +135,243 @@ pub fn find_weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>, ModelEr
     })
 }
 
-/// Memory-maps `files` and checks each is a complete safetensors file before any module reads it,
-/// so a truncated download is reported against its file name.
+/// Opens `files` (one component's safetensors, possibly sharded) and checks every header
+/// before any module reads a tensor, so a truncated download is reported against its file name.
 pub fn open(
     files: Vec<PathBuf>,
     dtype: DType,
     device: &Device,
 ) -> Result<ComponentWeights, ModelError> {
-    for f in &files {
-        check_safetensors(f)?;
-    }
-    // SAFETY: the files are mapped read-only; like every mmap user we rely on nobody truncating
-    // them while Easel runs. candle copies each tensor out of the map when a module is built.
-    let vb =
-        unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| {
-            ModelError::BadWeights {
-                path: files.first().cloned().unwrap_or_default(),
-                msg: without_backtrace(e).to_string(),
-            }
-        })?;
-    Ok(ComponentWeights { files, vb })
+    open_with(files, dtype, device, false)
 }
 
-/// Validates the header and data extent of one safetensors file without reading the tensors.
-pub fn check_safetensors(path: &Path) -> Result<(), ModelError> {
-    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-    let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
-    if len == 0 {
-        return Err(ModelError::BadWeights {
-            path: path.to_path_buf(),
-            msg: "the file is empty (0 bytes)".into(),
-        });
+/// [`open`]; with `shapes_only`, no tensor is read (see [`WeightMap::shapes_only`]).
+pub fn open_with(
+    files: Vec<PathBuf>,
+    dtype: DType,
+    device: &Device,
+    shapes_only: bool,
+) -> Result<ComponentWeights, ModelError> {
+    let mut entries = HashMap::new();
+    let mut opened = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        let file = TensorFile::open(f).map_err(|e| file_error(f, e))?;
+        for (name, info) in &file.tensors {
+            entries.insert(
+                name.clone(),
+                Entry {
+                    file: i,
+                    source: name.clone(),
+                    info: info.clone(),
+                },
+            );
+        }
+        opened.push(Arc::new(file));
     }
-    // SAFETY: read-only map of a file we just opened; see `open`.
-    let mmap =
-        unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    safetensors::SafeTensors::deserialize(&mmap).map_err(|e| ModelError::BadWeights {
-        path: path.to_path_buf(),
-        msg: describe_safetensors_error(&e),
-    })?;
+    let mut map = WeightMap::new(opened, entries, Arc::default());
+    map.shapes_only = shapes_only;
+    Ok(ComponentWeights::from_map(files, map, dtype, device))
+}
+
+/// A weight-file error as a [`ModelError`] naming the file.
+pub fn file_error(path: &Path, e: TensorFileError) -> ModelError {
+    match e {
+        TensorFileError::Io { source } => ModelError::io(path, source),
+        TensorFileError::Pickle(e) => ModelError::BadCheckpoint {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        },
+        TensorFileError::BadHeader(m) => ModelError::BadWeights {
+            path: path.to_path_buf(),
+            msg: format!("truncated, damaged, or another format under this name ({m})"),
+        },
+        e => ModelError::BadWeights {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        },
+    }
+}
+
+/// Checks the header and data extent of one safetensors file without reading the tensors.
+pub fn check_safetensors(path: &Path) -> Result<(), ModelError> {
+    TensorFile::open(path).map_err(|e| file_error(path, e))?;
     Ok(())
 }
 
-fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {
-    use safetensors::SafeTensorError as E;
-    match e {
-        E::HeaderTooSmall
-        | E::HeaderTooLarge
-        | E::MetadataIncompleteBuffer
-        | E::InvalidHeaderLength
-        | E::InvalidHeader(_) => {
-            format!("truncated, damaged, or another format under this name ({e})")
+/// Where one tensor a module asks for comes from.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Index into the map's files.
+    pub file: usize,
+    /// The tensor's name in that file (a single-file checkpoint names it differently).
+    pub source: String,
+    pub info: TensorInfo,
+}
+
+/// The tensors one component's modules may ask for, by the names they ask with, read from
+/// their files on demand (the `VarBuilder` backend for every model Easel loads).
+///
+/// A tensor that is not there is recorded and stood in for by zeros, so that building a
+/// module lists *every* missing tensor at once; the caller turns a non-empty list into an
+/// error before the model is used. The source names that were read are recorded too, so a
+/// single-file loader can name the tensors nothing asked for.
+pub struct WeightMap {
+    files: Vec<Arc<TensorFile>>,
+    entries: HashMap<String, Entry>,
+    pub used: Arc<Mutex<BTreeSet<String>>>,
+    pub missing: Arc<Mutex<Vec<String>>>,
+    /// Checks names and shapes only: every tensor is a zero-sized stand-in (tests of key
+    /// layouts on full-size architectures without their gigabytes).
+    shapes_only: bool,
+}
+
+impl WeightMap {
+    pub fn new(
+        files: Vec<Arc<TensorFile>>,
+        entries: HashMap<String, Entry>,
+        used: Arc<Mutex<BTreeSet<String>>>,
+    ) -> Self {
+        Self {
+            files,
+            entries,
+            used,
+            missing: Arc::default(),
+            shapes_only: false,
         }
-        _ => e.to_string(),
+    }
+
+    /// Names and shapes are checked and nothing is read: every tensor is a zero stand-in.
+    pub fn shapes_only(mut self, yes: bool) -> Self {
+        self.shapes_only = yes;
+        self
+    }
+
+    pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+
+    /// The names modules asked for that were not there.
+    pub fn take_missing(missing: &Mutex<Vec<String>>) -> Vec<String> {
+        missing
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default()
+    }
+
+    fn read(
+        &self,
+        name: &str,
+        e: &Entry,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Ok(mut used) = self.used.lock() {
+            used.insert(e.source.clone());
+        }
+        if self.shapes_only {
+            return stand_in(&e.info.shape, dtype, dev);
+        }
+        let file = &self.files[e.file];
+        file.read(&e.source, &e.info, dtype, dev).map_err(|err| {
+            candle_core::Error::Msg(format!("{}: {name}: {err}", file.path.display()))
+        })
     }
 }
 
-/// Wraps a candle error raised while building a module from `weights` as a config/weights mismatch.
+/// Zeros of `shape` that take no memory (a broadcast scalar).
+fn stand_in(shape: &[usize], dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
+}
+
+/// Shapes equal up to size-1 axes: a 1×1 convolution stored where a linear layer reads it
+/// (VAE attention in LDM checkpoints) is the same matrix.
+fn same_up_to_unit_axes(a: &[usize], b: &[usize]) -> bool {
+    a.iter()
+        .filter(|&&d| d != 1)
+        .eq(b.iter().filter(|&&d| d != 1))
+        && a.iter().product::<usize>() == b.iter().product::<usize>()
+}
+
+impl SimpleBackend for WeightMap {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let Some(e) = self.entries.get(name) else {
+            if let Ok(mut m) = self.missing.lock() {
+                m.push(name.to_string());
+            }
+            return stand_in(s.dims(), dtype, dev);
+        };
+        if e.info.shape.as_slice() != s.dims() {
+            if !same_up_to_unit_axes(&e.info.shape, s.dims()) {
+                return Err(candle_core::Error::Msg(format!(
+                    "tensor {} has shape {:?}, the model needs shape {:?}",
+                    e.source,
+                    e.info.shape,
+                    s.dims()
+                )));
+            }
+            return self.read(name, e, dtype, dev)?.reshape(s);
+        }
+        self.read(name, e, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
+        self.read(name, e, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
+/// Wraps a candle error raised while building a module from `weights` as a config/weights
+/// mismatch; call [`check_complete`] first so missing tensors are listed, not stood in for.
 pub fn mismatch(weights: &ComponentWeights, config: &Path, e: candle_core::Error) -> ModelError {
     ModelError::Mismatch {
         weights: weights.files.first().cloned().unwrap_or_default(),
         config: config.to_path_buf(),
         msg: without_backtrace(e).to_string(),
     }
+}
+
+/// An error naming the tensors a component's config calls for that its files lack.
+pub fn check_complete(weights: &ComponentWeights, config: &Path) -> Result<(), ModelError> {
+    let missing = WeightMap::take_missing(&weights.missing);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ModelError::Mismatch {
+        weights: weights.files.first().cloned().unwrap_or_default(),
+        config: config.to_path_buf(),
+        msg: missing_list(&missing),
+    })
+}
+
+/// "missing 3 tensors: a, b, c" (the first few named).
+pub fn missing_list(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(6).map(String::as_str).collect();
+    let more = names.len().saturating_sub(shown.len());
+    format!(
+        "missing {} tensor{}: {}{}",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
 }
 
 #[cfg(test)]

@@ -1,12 +1,10 @@
 //! I/O-bound work done on the small tokio runtime: writing every finished image to the
 //! library at once, and hashing the model for the PNGs' `Model hash`.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use super::{Event, EventSink, FinishedImage, JobId};
@@ -19,12 +17,22 @@ pub struct SaveJob {
     pub image: FinishedImage,
     pub metadata: GenerationMetadata,
     pub hash: Arc<OnceCell<String>>,
-    pub unet_files: Arc<Vec<PathBuf>>,
+    pub hash_files: Arc<Vec<PathBuf>>,
+    /// The external VAE whose hash the metadata needs, if any.
+    pub vae_file: Option<PathBuf>,
 }
 
 /// Writes the image (temp file + rename, by `write_png`) and reports `Saved` or `SaveFailed`.
 pub async fn save(mut save: SaveJob, sink: EventSink) {
-    save.metadata.model_hash = cached_hash(&save.hash, save.unet_files.clone()).await;
+    save.metadata.model_hash = cached_hash(&save.hash, save.hash_files.clone()).await;
+    if let (Some(vae), Some(file)) = (save.metadata.vae.as_mut(), save.vae_file.clone()) {
+        // From the on-disk hash cache after the first image: the file is read once.
+        vae.hash = tokio::task::spawn_blocking(move || {
+            crate::models::hash::short_hash(&[file]).unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default();
+    }
     let job = save.job;
     let written = tokio::task::spawn_blocking(move || write_to_library(&save)).await;
     let event = match written {
@@ -81,26 +89,9 @@ pub async fn cached_hash(cell: &OnceCell<String>, files: Arc<Vec<PathBuf>>) -> S
     .clone()
 }
 
-/// The same hash as `StableDiffusion::short_hash` (the first 10 hex digits of the SHA-256 of
-/// the UNet weight files), computed from the paths alone so it can run off the inference
-/// thread. A test keeps the two in step.
+/// The same hash as `StableDiffusion::short_hash` (A1111's AutoV2 of the checkpoint file, or
+/// of a folder's UNet weights), computed from the paths alone so it can run off the inference
+/// thread; from the on-disk hash cache when the files are unchanged.
 pub fn model_short_hash(files: &[PathBuf]) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for f in files {
-        hash_file(f, &mut hasher, &mut buf)?;
-    }
-    let digest = hasher.finalize();
-    Ok(digest.iter().take(5).map(|b| format!("{b:02x}")).collect())
-}
-
-fn hash_file(path: &Path, hasher: &mut Sha256, buf: &mut [u8]) -> std::io::Result<()> {
-    let mut file = std::fs::File::open(path)?;
-    loop {
-        let n = file.read(buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        hasher.update(&buf[..n]);
-    }
+    crate::models::hash::short_hash(files)
 }

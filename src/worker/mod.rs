@@ -51,6 +51,8 @@ pub struct Recipe {
     pub width: usize,
     pub height: usize,
     pub sampler: Sampler,
+    /// A1111's "Clip skip" (1 = the text encoder's last layer).
+    pub clip_skip: usize,
     /// The LoRA adapters, applied from memory before the first step.
     pub loras: LoraRecipe,
 }
@@ -68,6 +70,7 @@ impl Default for Recipe {
             width: 512,
             height: 512,
             sampler: Sampler::DpmPp2mKarras,
+            clip_skip: 1,
             loras: Default::default(),
         }
     }
@@ -76,10 +79,15 @@ impl Default for Recipe {
 /// What the UI asks of the worker thread. Each is answered by [`Event`]s.
 #[derive(Debug)]
 pub enum Command {
-    /// Load a diffusers folder, replacing the current model. A running job finishes first;
-    /// pending jobs then run on the new model. Answered by `ModelLoading`, then `ModelLoaded`
-    /// or `ModelFailed`.
-    LoadModel { dir: PathBuf },
+    /// Load a model (a diffusers folder or a single-file checkpoint), replacing the current
+    /// one. A running job finishes first; pending jobs then run on the new model. The new
+    /// model is vetted before the current one is unloaded, so a bad file keeps the model in
+    /// use. The same path with other `options` (VAE, prediction type) changes the model in
+    /// memory. Answered by `ModelLoading`, then `ModelLoaded` or `ModelFailed`.
+    LoadModel {
+        path: PathBuf,
+        options: crate::models::checkpoint::LoadOptions,
+    },
     /// Queue a job (at the front when `front`, e.g. a live re-queue). Answered by `Queue`, then
     /// `Started`, `Progress`/`Preview` per step, and `Finished` + `Saved`, `Cancelled` or
     /// `Failed`.
@@ -110,8 +118,17 @@ pub struct QueuedJob {
 /// What a loaded model offers the UI.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
-    pub dir: PathBuf,
+    /// The folder or checkpoint file.
+    pub path: PathBuf,
     pub name: String,
+    /// "SD 1.x · fp16 · single file", "diffusers folder".
+    pub description: String,
+    /// How settings the files do not state were decided (prediction type…).
+    pub notes: Vec<String>,
+    /// The VAE used instead of the model's own, if any.
+    pub vae_file: Option<PathBuf>,
+    /// The choices it was loaded with.
+    pub options: crate::models::checkpoint::LoadOptions,
     /// The size the model was trained at (pixels, square).
     pub native_size: usize,
     /// Width and height must be multiples of this.
@@ -140,12 +157,14 @@ pub struct Notice {
 #[derive(Debug)]
 pub enum Event {
     ModelLoading {
-        dir: PathBuf,
+        path: PathBuf,
     },
     ModelLoaded(ModelInfo),
     ModelFailed {
-        dir: PathBuf,
+        path: PathBuf,
         error: String,
+        /// The model still in use (a bad file never unloads the current model).
+        kept: Option<ModelInfo>,
     },
     /// The pending jobs, in run order, after any change.
     Queue(Vec<QueuedJob>),
@@ -200,14 +219,23 @@ pub enum Event {
         path: PathBuf,
         result: Result<Restored, String>,
     },
-    /// The user chose a model folder (dialog or typed path); `is_model` tells whether it has
-    /// a `model_index.json`, checked off the UI thread.
-    ModelFolderChosen {
-        dir: PathBuf,
-        is_model: bool,
+    /// The user chose a model (dialog, typed path or a dropped file): `Ok` when it is one
+    /// Easel runs, else why not, checked off the UI thread from its header.
+    ModelPathChosen {
+        path: PathBuf,
+        verdict: Result<(), String>,
+    },
+    /// The model library as found in its folders (headers only; hashes from the cache).
+    LibraryScanned(Vec<crate::models::library::LibraryEntry>),
+    /// A library entry's A1111 hash, computed in the background.
+    LibraryHashed {
+        path: PathBuf,
+        hash: String,
     },
     /// The user picked a library folder in the native dialog.
     LibraryFolderPicked(PathBuf),
+    /// The user picked a folder to add to the model library.
+    ModelLibraryFolderPicked(PathBuf),
     Notice(Notice),
 }
 
@@ -283,9 +311,9 @@ impl Worker {
         })
     }
 
-    /// Loads a model in the background.
-    pub fn load_model(&self, dir: PathBuf) {
-        self.send(Command::LoadModel { dir });
+    /// Loads a model (folder or checkpoint file) in the background.
+    pub fn load_model(&self, path: PathBuf, options: crate::models::checkpoint::LoadOptions) {
+        self.send(Command::LoadModel { path, options });
     }
 
     /// Queues a generation; returns its id.
@@ -377,14 +405,34 @@ impl Worker {
         });
     }
 
-    /// Checks on the I/O runtime that `dir` is a model folder; answered by
-    /// [`Event::ModelFolderChosen`]. The check comes first so a wrong folder never unloads the
-    /// model in use.
-    pub fn check_model_dir(&self, dir: PathBuf) {
+    /// Checks on the I/O runtime that `path` is a model Easel runs (a diffusers folder, or a
+    /// checkpoint file judged by its header); answered by [`Event::ModelPathChosen`].
+    pub fn check_model_path(&self, path: PathBuf) {
         let sink = self.sink();
         self.spawn_blocking(move || {
-            let is_model = crate::settings::is_model_dir(&dir);
-            sink.send(Event::ModelFolderChosen { dir, is_model });
+            let verdict = crate::models::library::check_model_path(&path);
+            sink.send(Event::ModelPathChosen { path, verdict });
+        });
+    }
+
+    /// Lists the model library on the I/O runtime; answered by [`Event::LibraryScanned`].
+    pub fn scan_library(&self, dirs: Vec<PathBuf>) {
+        let sink = self.sink();
+        self.spawn_blocking(move || {
+            sink.send(Event::LibraryScanned(crate::models::library::scan(&dirs)));
+        });
+    }
+
+    /// Hashes library entries (each file read once, then cached); one
+    /// [`Event::LibraryHashed`] per entry.
+    pub fn hash_library(&self, entries: Vec<crate::models::library::LibraryEntry>) {
+        let sink = self.sink();
+        self.spawn_blocking(move || {
+            for e in entries {
+                if let Ok(hash) = crate::models::hash::short_hash(&e.hash_files()) {
+                    sink.send(Event::LibraryHashed { path: e.path, hash });
+                }
+            }
         });
     }
 

@@ -43,6 +43,9 @@ pub struct Restored {
     pub height: Option<usize>,
     pub sampler: Option<Sampler>,
     pub model_name: Option<String>,
+    /// A1111's short hash of the model, to find it in the model library.
+    pub model_hash: Option<String>,
+    pub clip_skip: Option<usize>,
     /// What was found but could not be used, in words.
     pub notes: Vec<String>,
 }
@@ -60,6 +63,8 @@ impl Restored {
             height: None,
             sampler: None,
             model_name: None,
+            model_hash: None,
+            clip_skip: None,
             notes: Vec::new(),
         }
     }
@@ -91,6 +96,9 @@ impl Restored {
         }
         if let Some(s) = self.sampler {
             found.push(s.a1111_name().to_string());
+        }
+        if let Some(c) = self.clip_skip {
+            found.push(format!("clip skip {c}"));
         }
         let mut text = format!("{}: restored {}", self.source.label(), found.join(", "));
         if let Some(m) = &self.model_name {
@@ -131,6 +139,8 @@ pub fn from_metadata(meta: &PngMetadata) -> Option<Restored> {
                 .push(format!("sampler {} is not available here", e.sampler));
         }
         r.model_name = Some(e.model_name.clone()).filter(|m| !m.is_empty());
+        r.model_hash = Some(e.model_hash.clone()).filter(|m| !m.is_empty());
+        r.clip_skip = Some(e.clip_skip);
         return Some(r);
     }
     if let Some(a) = &meta.a1111 {
@@ -150,6 +160,14 @@ fn from_a1111(a: &ParsedParameters) -> Restored {
     r.width = a.width;
     r.height = a.height;
     r.model_name = a.model_name.clone();
+    r.model_hash = a.model_hash.clone();
+    // A1111 writes the clip skip only when it is not 1.
+    r.clip_skip = Some(
+        a.get("Clip skip")
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&c| c >= 1)
+            .unwrap_or(1),
+    );
     if let Some(name) = &a.sampler {
         // Newer A1111 writes the schedule apart: `Sampler: DPM++ 2M, Schedule type: Karras`.
         let full = match a.get("Schedule type") {

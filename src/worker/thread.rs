@@ -21,14 +21,17 @@ use super::{Command, Event, EventSink, FinishedImage, ModelInfo};
 use crate::diffusion::pipeline::default_sampler;
 use crate::diffusion::{GenerateRequest, Outcome, Pipeline, StepProgress};
 use crate::gallery::png_meta::GenerationMetadata;
+use crate::models::checkpoint::LoadOptions;
+use crate::models::StableDiffusion;
 
 /// A model in memory, with its hash computed once in the background for the PNGs' metadata.
 struct Loaded {
     pipeline: Pipeline,
+    info: ModelInfo,
     /// Adapters read for this model; a job re-applies them from memory.
     loras: std::cell::RefCell<crate::lora::LoraStack>,
     hash: Arc<OnceCell<String>>,
-    unet_files: Arc<Vec<PathBuf>>,
+    hash_files: Arc<Vec<PathBuf>>,
 }
 
 /// Everything commands change; kept apart from the model so commands can be handled while a
@@ -37,7 +40,7 @@ struct Control {
     sink: EventSink,
     io: Handle,
     queue: Queue,
-    load_next: Option<PathBuf>,
+    load_next: Option<(PathBuf, LoadOptions)>,
     shutdown: bool,
 }
 
@@ -55,10 +58,35 @@ pub fn run(commands: Receiver<Command>, sink: EventSink, io: Handle) {
             control.cancel_pending();
             return;
         }
-        if let Some(dir) = control.load_next.take() {
+        if let Some((path, options)) = control.load_next.take() {
+            // Remembered as an absolute path: a relative one (`--model models/x`) would not
+            // be found again when the app is next started from elsewhere (a desktop launcher).
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            if let Some(loaded) = model.as_mut().filter(|m| m.info.path == path) {
+                control.reconfigure(loaded, &options);
+                continue;
+            }
+            control
+                .sink
+                .send(Event::ModelLoading { path: path.clone() });
+            // Vetted before the current model goes: a bad file must not cost the user it.
+            let checked = catch_unwind(|| StableDiffusion::validate(&path, &options));
+            let problem = match checked {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(panic) => Some(format!(
+                    "internal error while checking (a bug): {}",
+                    panic_text(&panic)
+                )),
+            };
+            if let Some(error) = problem {
+                let kept = model.as_ref().map(|m| m.info.clone());
+                control.sink.send(Event::ModelFailed { path, error, kept });
+                continue;
+            }
             // Free the old weights first: two SD models may not fit in memory together.
             drop(model.take());
-            model = control.load(dir);
+            model = control.load(path, options);
             continue;
         }
         if let Some(loaded) = &model {
@@ -85,7 +113,7 @@ pub fn run(commands: Receiver<Command>, sink: EventSink, io: Handle) {
 impl Control {
     fn handle(&mut self, command: Command) {
         match command {
-            Command::LoadModel { dir } => self.load_next = Some(dir),
+            Command::LoadModel { path, options } => self.load_next = Some((path, options)),
             Command::Enqueue {
                 job,
                 recipe,
@@ -136,54 +164,63 @@ impl Control {
         }
     }
 
-    fn load(&self, dir: PathBuf) -> Option<Loaded> {
-        // Remembered as an absolute path: a relative one (`--model models/x`) would not be
-        // found again when the app is next started from elsewhere (a desktop launcher).
-        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-        self.sink.send(Event::ModelLoading { dir: dir.clone() });
+    fn load(&self, path: PathBuf, options: LoadOptions) -> Option<Loaded> {
         let start = Instant::now();
-        let result = catch_unwind(|| Pipeline::load(&dir, &Device::Cpu));
+        let result = catch_unwind(|| Pipeline::load_with(&path, &options, &Device::Cpu));
         let pipeline = match result {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 self.sink.send(Event::ModelFailed {
-                    dir,
+                    path,
                     error: e.to_string(),
+                    kept: None,
                 });
                 return None;
             }
             Err(panic) => {
                 self.sink.send(Event::ModelFailed {
-                    dir,
+                    path,
                     error: format!(
                         "internal error while loading (a bug): {}",
                         panic_text(&panic)
                     ),
+                    kept: None,
                 });
                 return None;
             }
         };
-        let model = &pipeline.model;
-        self.sink.send(Event::ModelLoaded(ModelInfo {
-            dir,
-            name: model.name.clone(),
-            native_size: model.native_size(),
-            size_multiple: model.size_multiple(),
-            default_sampler: default_sampler(model),
-            load_duration: start.elapsed(),
-        }));
+        let info = model_info(&pipeline, path, start.elapsed());
+        self.sink.send(Event::ModelLoaded(info.clone()));
         let loaded = Loaded {
             loras: Default::default(),
             hash: Arc::new(OnceCell::new()),
-            unet_files: Arc::new(model.unet_files.clone()),
+            hash_files: Arc::new(pipeline.model.hash_files.clone()),
+            info,
             pipeline,
         };
         // Hash now, in the background, so the first image's save does not wait for it.
-        let (hash, files) = (loaded.hash.clone(), loaded.unet_files.clone());
+        let (hash, files) = (loaded.hash.clone(), loaded.hash_files.clone());
         self.io.spawn(async move {
             io::cached_hash(&hash, files).await;
         });
         Some(loaded)
+    }
+
+    /// Another VAE or prediction type for the model in memory; the weights stay.
+    fn reconfigure(&self, loaded: &mut Loaded, options: &LoadOptions) {
+        let start = Instant::now();
+        let path = loaded.info.path.clone();
+        match loaded.pipeline.model.reconfigure(options) {
+            Ok(()) => {
+                loaded.info = model_info(&loaded.pipeline, path, start.elapsed());
+                self.sink.send(Event::ModelLoaded(loaded.info.clone()));
+            }
+            Err(e) => self.sink.send(Event::ModelFailed {
+                path,
+                error: e.to_string(),
+                kept: Some(loaded.info.clone()),
+            }),
+        }
     }
 
     fn run_job(&mut self, loaded: &Loaded, p: Pending, commands: &Receiver<Command>) {
@@ -200,6 +237,7 @@ impl Control {
         req.width = r.width;
         req.height = r.height;
         req.sampler = r.sampler;
+        req.clip_skip = r.clip_skip;
 
         let job = p.job;
         let loras = {
@@ -248,6 +286,13 @@ impl Control {
                     // Filled in by the save task once the background hash is ready.
                     model_hash: String::new(),
                     loras: loras.uses.clone(),
+                    clip_skip: r.clip_skip,
+                    // Its hash too is filled in by the save task.
+                    vae: pipeline
+                        .model
+                        .vae_file
+                        .as_deref()
+                        .map(crate::gallery::png_meta::VaeUse::named),
                     init_noise: None,
                     easel_version: env!("CARGO_PKG_VERSION").to_string(),
                     extra: Default::default(),
@@ -270,7 +315,8 @@ impl Control {
                     image: finished,
                     metadata,
                     hash: loaded.hash.clone(),
-                    unet_files: loaded.unet_files.clone(),
+                    hash_files: loaded.hash_files.clone(),
+                    vae_file: pipeline.model.vae_file.clone(),
                 };
                 let sink = self.sink.clone();
                 self.io.spawn(io::save(save, sink));
@@ -287,6 +333,22 @@ impl Control {
                 error: format!("internal error (a bug): {}", panic_text(&panic)),
             }),
         }
+    }
+}
+
+fn model_info(pipeline: &Pipeline, path: PathBuf, took: std::time::Duration) -> ModelInfo {
+    let model = &pipeline.model;
+    ModelInfo {
+        path,
+        name: model.name.clone(),
+        description: model.description.clone(),
+        notes: model.notes.clone(),
+        vae_file: model.vae_file.clone(),
+        options: model.options.clone(),
+        native_size: model.native_size(),
+        size_multiple: model.size_multiple(),
+        default_sampler: default_sampler(model),
+        load_duration: took,
     }
 }
 

@@ -57,6 +57,9 @@ pub struct SchedulerConfig {
     /// SD checkpoints set false, because latents are not confined to [-1, 1]).
     pub clip_sample: bool,
     pub clip_sample_range: f64,
+    /// diffusers' `rescale_betas_zero_snr`: betas rescaled so the last step is pure noise
+    /// (zero terminal SNR), as some v-prediction fine-tunes are trained.
+    pub rescale_betas_zero_snr: bool,
 }
 
 impl SchedulerConfig {
@@ -73,6 +76,7 @@ impl SchedulerConfig {
             set_alpha_to_one: false,
             clip_sample: false,
             clip_sample_range: 1.0,
+            rescale_betas_zero_snr: false,
         }
     }
 
@@ -158,17 +162,10 @@ impl RawConfig {
             }
             return Err(unsupported("trained_betas", value, "null"));
         }
-        // Both change the schedule in ways our samplers do not reproduce; refusing beats
+        // Changes the schedule in a way our samplers do not reproduce; refusing beats
         // silently sampling with the wrong noise levels.
         if self.thresholding == Some(true) {
             return Err(unsupported("thresholding", "true".into(), "false"));
-        }
-        if self.rescale_betas_zero_snr == Some(true) {
-            return Err(unsupported(
-                "rescale_betas_zero_snr",
-                "true".into(),
-                "false",
-            ));
         }
         Ok(SchedulerConfig {
             class_name: self.class_name.unwrap_or_default(),
@@ -181,6 +178,7 @@ impl RawConfig {
             set_alpha_to_one: self.set_alpha_to_one.unwrap_or(true),
             clip_sample: self.clip_sample.unwrap_or(true),
             clip_sample_range: self.clip_sample_range.unwrap_or(1.0),
+            rescale_betas_zero_snr: self.rescale_betas_zero_snr.unwrap_or(false),
         })
     }
 }

@@ -16,7 +16,7 @@
 use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig};
-use super::schedule::{alphas_cumprod, karras_sigmas, sigma_to_t, train_sigmas};
+use super::schedule::{alphas_cumprod_for_sigmas, karras_sigmas, sigma_to_t, train_sigmas};
 use super::{check_step, lincomb, to_f32, NoiseSource, Scheduler, StepOutput};
 
 pub(crate) struct DpmPp2mKarras {
@@ -30,7 +30,7 @@ pub(crate) struct DpmPp2mKarras {
 
 impl DpmPp2mKarras {
     pub(crate) fn new(config: &SchedulerConfig, steps: usize) -> Self {
-        let train_sigmas = train_sigmas(&alphas_cumprod(config));
+        let train_sigmas = train_sigmas(&alphas_cumprod_for_sigmas(config));
         // numpy's np.log over a float32 array stays float32.
         let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
         let sigma_min = train_sigmas.first().copied().map_or(0.0, f64::from);

@@ -13,7 +13,7 @@
 use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig};
-use super::schedule::{alphas_cumprod, np_interp_unit, np_linspace, train_sigmas};
+use super::schedule::{alphas_cumprod_for_sigmas, np_interp_unit, np_linspace, train_sigmas};
 use super::{check_step, lincomb, to_f32, NoiseSource, Scheduler, StepOutput};
 
 pub(crate) struct Euler {
@@ -26,7 +26,7 @@ pub(crate) struct Euler {
 
 impl Euler {
     pub(crate) fn new(config: &SchedulerConfig, steps: usize, ancestral: bool) -> Self {
-        let train_sigmas = train_sigmas(&alphas_cumprod(config));
+        let train_sigmas = train_sigmas(&alphas_cumprod_for_sigmas(config));
         let last_t = config.num_train_timesteps.saturating_sub(1) as f64;
         // np.linspace(..., dtype=np.float32) computes in f64 and rounds once to f32.
         let timesteps_f32: Vec<f32> = np_linspace(0.0, last_t, steps)

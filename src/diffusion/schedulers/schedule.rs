@@ -47,14 +47,55 @@ pub(crate) fn alphas_cumprod(config: &SchedulerConfig) -> Vec<f32> {
                 .collect()
         }
     };
+    let betas = if config.rescale_betas_zero_snr {
+        rescale_zero_terminal_snr(&betas)
+    } else {
+        betas
+    };
+    cumprod_one_minus(&betas)
+}
+
+/// ᾱ as the sigma-space samplers (Euler, Euler a, DPM++) see it: with a zero terminal SNR the
+/// last ᾱ is 0 and its sigma infinite, so diffusers sets it to 2⁻²⁴ (a sigma of ~4096).
+pub(crate) fn alphas_cumprod_for_sigmas(config: &SchedulerConfig) -> Vec<f32> {
+    let mut a = alphas_cumprod(config);
+    if config.rescale_betas_zero_snr {
+        if let Some(last) = a.last_mut() {
+            *last = 2f32.powi(-24);
+        }
+    }
+    a
+}
+
+/// `torch.cumprod(1 - betas)` in float32 (accumulated in f64, each partial rounded to f32).
+fn cumprod_one_minus(betas: &[f32]) -> Vec<f32> {
     let mut acc = 1.0f64;
     betas
-        .into_iter()
-        .map(|beta| {
+        .iter()
+        .map(|&beta| {
             acc *= f64::from(1.0f32 - beta);
             acc as f32
         })
         .collect()
+}
+
+/// diffusers' `rescale_zero_terminal_snr` (Lin et al. 2023, "Common Diffusion Noise Schedules
+/// and Sample Steps are Flawed"): shifts and scales sqrt(ᾱ) so the last step is pure noise,
+/// keeping the first step's value; in float32 like the torch code.
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let mut sqrt_ab: Vec<f32> = cumprod_one_minus(betas).iter().map(|a| a.sqrt()).collect();
+    let (Some(&first), Some(&last)) = (sqrt_ab.first(), sqrt_ab.last()) else {
+        return betas.to_vec();
+    };
+    let scale = first / (first - last);
+    for s in &mut sqrt_ab {
+        *s = (*s - last) * scale;
+    }
+    let ab: Vec<f32> = sqrt_ab.iter().map(|s| s * s).collect();
+    let mut alphas = Vec::with_capacity(ab.len());
+    alphas.push(ab[0]);
+    alphas.extend(ab.windows(2).map(|w| w[1] / w[0]));
+    alphas.into_iter().map(|a| 1.0 - a).collect()
 }
 
 /// The training sigmas `sqrt((1 − ᾱ) / ᾱ)` in f32, ascending with t (diffusers' float32 tensor op).

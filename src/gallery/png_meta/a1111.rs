@@ -82,6 +82,13 @@ impl GenerationMetadata {
             ("Model hash", self.model_hash.clone()),
             ("Model", self.model_name.clone()),
         ];
+        if let Some(vae) = &self.vae {
+            pairs.push(("VAE hash", vae.hash.clone()));
+            pairs.push(("VAE", vae.name.clone()));
+        }
+        if self.clip_skip > 1 {
+            pairs.push(("Clip skip", self.clip_skip.to_string()));
+        }
         if !self.loras.is_empty() {
             // A1111's Lora extension strips `:` and `,` from names so the list splits cleanly.
             let hashes: Vec<String> = self
