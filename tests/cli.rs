@@ -361,7 +361,7 @@ fn fp16_variant_matches_the_fp32_reference() {
     let p = easel::diffusion::Pipeline::load(&dir, &candle_core::Device::Cpu)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.model.name, "sd-tiny-a-fp16");
-    assert!(p.model.unet_files[0].ends_with("unet/diffusion_pytorch_model.fp16.safetensors"));
+    assert!(p.model.hash_files[0].ends_with("unet/diffusion_pytorch_model.fp16.safetensors"));
     drop(p);
 
     let tmp = TempDir::new().unwrap();

@@ -60,7 +60,7 @@ fn run(w: &mut Worker, recipe: Recipe) -> Result<GenerationMetadata, String> {
 #[test]
 fn tags_and_panel_choices_reach_the_model_and_the_metadata() {
     let mut w = Worker::spawn(Arc::new(|| {})).expect("worker");
-    w.load_model(common::fixtures().join("sd-tiny-a"));
+    w.load_model(common::fixtures().join("sd-tiny-a"), Default::default());
     let dirs = LoraRecipe {
         choices: Vec::new(),
         dirs: vec![loras()],
@@ -104,7 +104,7 @@ fn tags_and_panel_choices_reach_the_model_and_the_metadata() {
     // Unknown name, or an adapter for another model: the job fails, the worker carries on.
     let err = run(&mut w, recipe("<lora:nope:1>", dirs.clone())).unwrap_err();
     assert!(err.contains("no LoRA named \"nope\""), "{err}");
-    w.load_model(common::fixtures().join("sd-tiny-b"));
+    w.load_model(common::fixtures().join("sd-tiny-b"), Default::default());
     let other = LoraRecipe {
         choices: vec![choice("tiny-style.safetensors", 1.0)],
         dirs: Vec::new(),

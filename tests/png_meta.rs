@@ -22,6 +22,8 @@ fn meta() -> GenerationMetadata {
         sampler_a1111: "Euler a".to_string(),
         model_name: "v1-5-pruned-emaonly".to_string(),
         model_hash: "6ce0161689".to_string(),
+        clip_skip: 1,
+        vae: None,
         loras: vec![
             LoraUse {
                 name: "detail_tweaker".to_string(),
@@ -103,6 +105,8 @@ fn writes_no_negative_line_when_negative_is_empty() {
         sampler_a1111: "DDIM".to_string(),
         model_name: "sd, v1.5".to_string(),
         model_hash: "0123456789".to_string(),
+        clip_skip: 1,
+        vae: None,
         loras: vec![],
         init_noise: None,
         easel_version: "0.1.0".to_string(),

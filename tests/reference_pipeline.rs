@@ -4,42 +4,9 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
-
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use common::*;
-use easel::diffusion::noise::NoiseSource;
-use easel::diffusion::schedulers::Sampler;
-use easel::diffusion::{GenerateRequest, Outcome, Pipeline};
-
-/// Text states and latents: f32 on both sides, so 1e-4 absolute…
-const TOL: f32 = 1e-4;
-
-/// …except where diffusers' own f32 result is further than that from its f64 run (sigma-space
-/// samplers carry latents of magnitude ~50, where one f32 ulp is ~4e-6): there two correct f32
-/// implementations may each be that far from the exact value, so allow twice diffusers' own error.
-fn step_tolerance(refs: &std::collections::HashMap<String, Tensor>, i: usize) -> f32 {
-    let own = max_abs_diff(
-        &refs[&format!("latents_{i}")],
-        &refs[&format!("latents64_{i}")],
-    );
-    TOL.max(2.0 * own)
-}
-
-/// Replays the noise diffusers drew, in order.
-struct Replay(VecDeque<Tensor>);
-
-impl NoiseSource for Replay {
-    fn randn(&mut self, shape: &[usize], _device: &Device) -> candle_core::Result<Tensor> {
-        let t = self
-            .0
-            .pop_front()
-            .expect("the sampler drew more noise than diffusers did");
-        assert_eq!(t.dims(), shape, "noise shape");
-        Ok(t)
-    }
-}
+use easel::diffusion::Pipeline;
 
 fn pipeline(model: &str) -> Pipeline {
     Pipeline::load(&fixtures().join(model), &Device::Cpu).unwrap_or_else(|e| panic!("{model}: {e}"))
@@ -80,61 +47,8 @@ fn text_encoder_matches_transformers() {
 fn check_case(model: &str, case: &str) {
     let p = pipeline(model);
     let dir = fixtures().join("refs").join(model);
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap())
-            .unwrap();
-    let refs = load(&dir.join(format!("{case}.safetensors")));
     let init = load(&dir.join("init_noise.safetensors"))["noise"].clone();
-    let sampler: Sampler = meta["sampler"].as_str().unwrap().parse().unwrap();
-
-    let mut req = GenerateRequest::new(&p.model, meta["prompt"].as_str().unwrap(), 0);
-    req.negative_prompt = meta["negative_prompt"].as_str().unwrap().to_string();
-    req.steps = meta["steps"].as_u64().unwrap() as usize;
-    req.cfg_scale = meta["guidance_scale"].as_f64().unwrap();
-    req.width = meta["width"].as_u64().unwrap() as usize;
-    req.height = meta["height"].as_u64().unwrap() as usize;
-    req.sampler = sampler;
-    req.init_noise = Some(init);
-
-    let mut noise = Replay(
-        (0..req.steps)
-            .filter_map(|i| refs.get(&format!("noise_{i}")).cloned())
-            .collect(),
-    );
-    let mut worst = 0f32;
-    let mut steps_seen = 0;
-    let outcome = p
-        .generate_with_noise(&req, &mut noise, &AtomicBool::new(false), &mut |s| {
-            let i = s.step - 1;
-            let d = max_abs_diff(s.latents, &refs[&format!("latents_{i}")]);
-            let tol = step_tolerance(&refs, i);
-            assert!(
-                d < tol,
-                "{model}/{case}: latents after step {i} differ by {d} (allowed {tol})"
-            );
-            worst = worst.max(d);
-            steps_seen += 1;
-        })
-        .unwrap();
-    assert_eq!(steps_seen, req.steps);
-    assert!(
-        noise.0.is_empty(),
-        "{model}/{case}: diffusers drew {} more noise tensors",
-        noise.0.len()
-    );
-    let Outcome::Finished(image) = outcome else {
-        panic!("not finished")
-    };
-    let d = max_abs_diff(&image.pixels, &refs["image"]);
-    assert!(
-        d < 2.0 / 255.0,
-        "{model}/{case}: decoded image differs by {d}"
-    );
-    let (w, h, png) = read_rgb(&dir.join(format!("{case}.png")));
-    assert_eq!((w as usize, h as usize), (image.width, image.height));
-    let d8 = max_u8_diff(&image.rgb, &png);
-    assert!(d8 <= 2, "{model}/{case}: 8-bit image differs by {d8}/255");
-    eprintln!("{model}/{case}: worst latent diff {worst:.2e}, image diff {d:.2e}, 8-bit diff {d8}");
+    check_recorded_run(&p, &dir, case, init, 1);
 }
 
 #[test]

@@ -309,6 +309,8 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         sampler_a1111: "DDIM".into(),
         model_name: "sd-tiny-a".into(),
         model_hash: "0123456789".into(),
+        clip_skip: 1,
+        vae: None,
         loras: Vec::new(),
         init_noise: None,
         easel_version: "0.1.0".into(),

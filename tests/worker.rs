@@ -53,7 +53,7 @@ fn collect_until(
 #[test]
 fn background_hash_equals_the_models_own_short_hash() {
     let pipeline = Pipeline::load(&tiny_model(), &candle_core::Device::Cpu).expect("loads");
-    let ours = model_short_hash(&pipeline.model.unet_files).expect("hash");
+    let ours = model_short_hash(&pipeline.model.hash_files).expect("hash");
     assert_eq!(ours, pipeline.model.short_hash().expect("hash"));
 }
 
@@ -67,7 +67,7 @@ fn queue_reorder_and_remove_decide_the_run_order() {
     let c = w.submit(recipe(3, 2), false, lib.path().to_path_buf());
     w.move_job(c, 0);
     w.cancel(b);
-    w.load_model(tiny_model());
+    w.load_model(tiny_model(), Default::default());
     let mut saved = 0;
     let events = collect_until(&mut w, Duration::from_secs(60), |e| {
         saved += usize::from(matches!(e, Event::Saved { .. }));
@@ -97,7 +97,7 @@ fn queue_reorder_and_remove_decide_the_run_order() {
 fn previews_arrive_every_step_and_errors_are_events() {
     let lib = tempfile::tempdir().expect("tempdir");
     let mut w = Worker::spawn(Arc::new(|| {})).expect("worker");
-    w.load_model(tiny_model());
+    w.load_model(tiny_model(), Default::default());
     let job = w.submit(recipe(7, 5), false, lib.path().to_path_buf());
     let events = collect_until(&mut w, Duration::from_secs(60), |e| {
         matches!(e, Event::Finished { .. })
