@@ -83,10 +83,10 @@ fn print_table(entries: &[LibraryEntry]) {
         .clamp(4, 48);
     let arch_w = entries
         .iter()
-        .map(|e| e.architecture.len())
+        .map(|e| e.architecture.len() + if e.runnable { 0 } else { 15 })
         .max()
-        .unwrap_or(4)
-        .clamp(4, 40);
+        .unwrap_or(0)
+        .clamp(12, 60);
     println!(
         "{:name_w$}  {:arch_w$}  {:9}  {:>9}  {:10}  PATH",
         "NAME", "ARCHITECTURE", "PRECISION", "SIZE", "HASH"

@@ -267,18 +267,15 @@ fn describe_folder(dir: &Path, name: String) -> LibraryEntry {
             }
         }
     }
-    let weights = folder_weights(dir);
-    entry.precision = Some(
-        if weights
-            .iter()
-            .any(|(p, _)| p.to_string_lossy().contains(".fp16."))
-        {
-            "fp16"
-        } else {
-            "fp32"
-        }
-        .into(),
-    );
+    // The UNet's (or a VAE folder's) weights say, from their header.
+    let first = entry
+        .hash_files()
+        .into_iter()
+        .chain(folder_weights(dir).into_iter().map(|(p, _)| p))
+        .next();
+    entry.precision = first
+        .and_then(|f| super::tensor_file::TensorFile::open(&f).ok())
+        .and_then(|f| dominant_precision(&f));
     entry.hash = super::hash::cached_short_hash(&entry.hash_files());
     entry
 }
