@@ -38,6 +38,20 @@ pub struct BenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub gallery: super::bench_gallery::GalleryBenchArgs,
+    /// Cold-load these models (checkpoint files or folders) instead, alternately, each in a
+    /// fresh process with its files dropped from the page cache: load time and peak RSS, with
+    /// ratios to the first. Repeatable.
+    #[arg(long = "load", value_name = "MODEL")]
+    pub load: Vec<PathBuf>,
+    /// Measure the model library over this many checkpoints instead (sparse copies of
+    /// --library-from's header, listed cold).
+    #[arg(long, requires = "library_from")]
+    pub library: Option<usize>,
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub library_from: Option<PathBuf>,
+    /// One load, reported as JSON (what --load runs in each child process).
+    #[arg(long, hide = true)]
+    pub load_child: Option<PathBuf>,
     /// Measure LoRA hot-loading instead: a random adapter of this rank on every attention and
     /// feed-forward projection, against the no-adapter baseline in the same run.
     #[arg(long)]
@@ -67,6 +81,19 @@ const SD15_INDEX: &str = r#"{"_class_name":"StableDiffusionPipeline","unet":["di
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.gallery.gallery {
         return super::bench_gallery::run(&args.gallery, args.work_dir.as_deref(), args.json);
+    }
+    if let Some(path) = &args.load_child {
+        return super::bench_load::child(path);
+    }
+    if !args.load.is_empty() {
+        return super::bench_load::run(&args.load, args.reps, args.json);
+    }
+    if let (Some(n), Some(from)) = (args.library, &args.library_from) {
+        let work = args
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("easel-bench"));
+        return super::bench_load::library(n, from, &work, args.json);
     }
     let device = Device::Cpu;
     let dir = match &args.model {
@@ -156,7 +183,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{:<34}{:>12.3}", "preview (latent → RGB)", preview_ms);
         println!("preview / UNet step = {:.5} ({:.3}%)", ratio, ratio * 100.0);
         println!(
-            "peak RSS MiB (incl. mapped weight files): after load {rss_load:.0}, text {rss_text:.0}, UNet {rss_unet:.0}, VAE {rss_vae:.0}"
+            "peak RSS MiB: after load {rss_load:.0}, text {rss_text:.0}, UNet {rss_unet:.0}, VAE {rss_vae:.0}"
         );
         println!("anonymous RSS MiB at the end (the model's own memory): {anon:.0}");
     }
@@ -180,10 +207,8 @@ pub(super) fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f
     Ok(times[times.len() / 2])
 }
 
-/// Peak resident set size (VmHWM) in MiB; 0 where /proc is not available. It counts the pages
-/// of the memory-mapped weight files touched while loading, so it overstates what the model
-/// holds; [`anon_rss_mib`] is the memory the process itself owns.
-fn peak_rss_mib() -> f64 {
+/// Peak resident set size (VmHWM) in MiB; 0 where /proc is not available.
+pub(super) fn peak_rss_mib() -> f64 {
     proc_status_mib("VmHWM:")
 }
 
