@@ -29,21 +29,25 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
         }
         ui.add_space(8.0);
         ui.label(
-            "Choose a model folder in the diffusers layout: one holding model_index.json and \
-             the unet/, vae/, text_encoder/, tokenizer/ and scheduler/ folders \
-             (safetensors weights, fp32 or fp16).",
-        );
-        ui.label(
-            "Stable Diffusion 1.x and 2.x models work, e.g. a download of \
-             stable-diffusion-v1-5 in diffusers format.",
+            "Choose a Stable Diffusion 1.x or 2.x checkpoint: the .safetensors or .ckpt file \
+             A1111, ComfyUI or Civitai gave you (v1-5-pruned-emaonly.safetensors, a fine-tune, \
+             v2-1_768-ema-pruned.safetensors), or a model folder in the diffusers layout. \
+             Dropping one on the window works too.",
         );
         ui.add_space(12.0);
-        let b = egui::Button::new(egui::RichText::new("Choose model folder…").size(16.0))
-            .fill(super::theme::accent(ui))
-            .min_size(egui::vec2(220.0, 36.0));
-        if ui.add(b).clicked() {
-            studio.push(Action::PickModelFolder);
-        }
+        ui.horizontal(|ui| {
+            let b = egui::Button::new(egui::RichText::new("Choose checkpoint file…").size(16.0))
+                .fill(super::theme::accent(ui))
+                .min_size(egui::vec2(220.0, 36.0));
+            if ui.add(b).clicked() {
+                studio.push(Action::PickModelFile);
+            }
+            let b = egui::Button::new(egui::RichText::new("Choose model folder…").size(16.0))
+                .min_size(egui::vec2(200.0, 36.0));
+            if ui.add(b).clicked() {
+                studio.push(Action::PickModelFolder);
+            }
+        });
         ui.add_space(8.0);
         // Where no native dialog is available (no desktop portal), typing the path works too.
         ui.horizontal(|ui| {
@@ -51,7 +55,7 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
             let field = ui
                 .add(
                     egui::TextEdit::singleline(&mut studio.model_path_input)
-                        .hint_text("/path/to/model")
+                        .hint_text("/path/to/model.safetensors")
                         .desired_width(320.0),
                 )
                 .labelled_by(label.id);

@@ -41,13 +41,20 @@ impl Panel for SettingsPanel {
                 ui.weak("No model loaded.");
             }
         }
-        if ui.button("Open model folder…").clicked() {
-            studio.push(Action::PickModelFolder);
-        }
+        ui.horizontal(|ui| {
+            if ui.button("Open checkpoint file…").clicked() {
+                studio.push(Action::PickModelFile);
+            }
+            if ui.button("Open model folder…").clicked() {
+                studio.push(Action::PickModelFolder);
+            }
+        });
+        ui.weak("The Models tab lists your model folders and sets a model's VAE.");
         ui.separator();
         ui.strong("Shortcuts");
         ui.label("Ctrl+Enter: Generate · Esc: Cancel · Ctrl+scroll: zoom the canvas");
         ui.label("Drop a PNG from Easel, AUTOMATIC1111 or ComfyUI to restore its settings.");
+        ui.label("Drop a checkpoint file or model folder to open it.");
         ui.separator();
         ui.weak("The theme follows the system's dark or light setting.");
     }
