@@ -56,6 +56,19 @@ fn run_ok(args: &[&str]) -> Run {
     run
 }
 
+/// A small, quick `easel generate` of `model` (64×64, one step unless `extra` says otherwise)
+/// that must succeed.
+fn generate_ok(model: &Path, extra: &[&str], out: &Path) -> Run {
+    let (model, out) = (s(model), s(out));
+    let mut args = vec!["generate", "--model", &model, "--prompt", "a red circle"];
+    args.extend(["--width", "64", "--height", "64", "-o", &out]);
+    if !extra.contains(&"--steps") {
+        args.extend(["--steps", "1"]);
+    }
+    args.extend_from_slice(extra);
+    run_ok(&args)
+}
+
 #[test]
 fn generate_from_a_checkpoint_file_records_model_vae_and_clip_skip() {
     let dir = tempfile::tempdir().unwrap();
@@ -69,27 +82,18 @@ fn generate_from_a_checkpoint_file_records_model_vae_and_clip_skip() {
     candle_core::safetensors::save(&vae, &vae_path).unwrap();
 
     let out = dir.path().join("out.png");
-    let run = run_ok(&[
-        "generate",
-        "--model",
-        &s(&ckpt("sd1-tiny.safetensors")),
+    let vae_arg = s(&vae_path);
+    let extra = [
         "--vae",
-        &s(&vae_path),
+        &vae_arg,
         "--clip-skip",
         "2",
-        "--prompt",
-        "a red circle",
         "--steps",
         "2",
-        "--width",
-        "64",
-        "--height",
-        "64",
         "--seed",
         "7",
-        "-o",
-        &s(&out),
-    ]);
+    ];
+    let run = generate_ok(&ckpt("sd1-tiny.safetensors"), &extra, &out);
     assert!(
         run.stderr.contains("SD 1.x · fp16 · single file"),
         "{}",
@@ -113,21 +117,7 @@ fn generate_from_a_checkpoint_file_records_model_vae_and_clip_skip() {
 
     // The default clip skip is not written (A1111 leaves it out too); no VAE line without one.
     let plain = dir.path().join("plain.png");
-    run_ok(&[
-        "generate",
-        "--model",
-        &s(&ckpt("sd1-tiny.ckpt")),
-        "--prompt",
-        "a red circle",
-        "--steps",
-        "1",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "-o",
-        &s(&plain),
-    ]);
+    generate_ok(&ckpt("sd1-tiny.ckpt"), &[], &plain);
     let params = read_png_metadata(&plain)
         .unwrap()
         .text("parameters")
@@ -144,43 +134,14 @@ fn generate_from_a_checkpoint_file_records_model_vae_and_clip_skip() {
 fn prediction_flag_overrides_and_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");
-    let run = run_ok(&[
-        "generate",
-        "--model",
-        &s(&ckpt("sd2-tiny-v.safetensors")),
-        "--prediction",
-        "epsilon",
-        "--prompt",
-        "x",
-        "--steps",
-        "1",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "-o",
-        &s(&out),
-    ]);
+    let sd2 = ckpt("sd2-tiny-v.safetensors");
+    let run = generate_ok(&sd2, &["--prediction", "epsilon"], &out);
     assert!(
         run.stderr.contains("epsilon prediction: your setting"),
         "{}",
         run.stderr
     );
-    let run = run_ok(&[
-        "generate",
-        "--model",
-        &s(&ckpt("sd2-tiny-v.safetensors")),
-        "--prompt",
-        "x",
-        "--steps",
-        "1",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "-o",
-        &s(&out),
-    ]);
+    let run = generate_ok(&sd2, &[], &out);
     assert!(
         run.stderr.contains("v-prediction: the .yaml beside it"),
         "{}",

@@ -4,7 +4,6 @@
 //! `eframe::App`, like tests/studio_ui.rs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easel::app::{ModelState, StudioApp, StudioOptions};
@@ -60,23 +59,6 @@ fn notice_contains(a: &StudioApp, text: &str) -> bool {
     a.studio.notices.iter().any(|(n, _)| n.text.contains(text))
 }
 
-fn drop_file(h: &mut Studio<'_>, path: &Path) {
-    #[derive(Debug)]
-    struct Dropped(PathBuf);
-    impl egui::DroppedFile for Dropped {
-        fn path(&self) -> &Path {
-            &self.0
-        }
-        fn bytes(&self) -> Result<Vec<u8>, String> {
-            std::fs::read(&self.0).map_err(|e| e.to_string())
-        }
-    }
-    h.input_mut()
-        .dropped_files
-        .push(Arc::new(Dropped(path.to_path_buf())));
-    h.step();
-}
-
 #[test]
 fn dropped_checkpoint_opens_and_bad_files_keep_the_model_in_use() {
     let lib = tempfile::tempdir().unwrap();
@@ -84,7 +66,7 @@ fn dropped_checkpoint_opens_and_bad_files_keep_the_model_in_use() {
     let mut h = harness(common::fixtures().join("sd-tiny-a"), lib.path());
     drive(&mut h, "folder model loaded", |a| a.studio.model.is_ready());
 
-    drop_file(&mut h, &ckpt("sd1-tiny.safetensors"));
+    common::drop_file(&mut h, &ckpt("sd1-tiny.safetensors"));
     drive(&mut h, "checkpoint loaded", |a| {
         loaded(a, &ckpt("sd1-tiny.safetensors"))
     });
@@ -95,7 +77,7 @@ fn dropped_checkpoint_opens_and_bad_files_keep_the_model_in_use() {
     assert_eq!(info.native_size, 512);
 
     // Refused from its header, before anything is unloaded.
-    drop_file(&mut h, &ckpt("malicious.ckpt"));
+    common::drop_file(&mut h, &ckpt("malicious.ckpt"));
     drive(&mut h, "malicious pickle refused", |a| {
         notice_contains(a, "posix.system")
     });
@@ -107,7 +89,7 @@ fn dropped_checkpoint_opens_and_bad_files_keep_the_model_in_use() {
     t.remove("model.diffusion_model.out.2.bias");
     let incomplete = dir.path().join("incomplete.safetensors");
     candle_core::safetensors::save(&t, &incomplete).unwrap();
-    drop_file(&mut h, &incomplete);
+    common::drop_file(&mut h, &incomplete);
     drive(&mut h, "incomplete file refused", |a| {
         notice_contains(a, "conv_out.bias")
     });
@@ -117,7 +99,7 @@ fn dropped_checkpoint_opens_and_bad_files_keep_the_model_in_use() {
     assert!(notice_contains(h.state(), "Still using sd1-tiny"));
 
     // A LoRA is not a model: the notice says what it is and where it goes.
-    drop_file(
+    common::drop_file(
         &mut h,
         &common::fixtures().join("loras/tiny-style.safetensors"),
     );
@@ -165,7 +147,8 @@ fn models_tab_lists_the_library_switches_models_and_changes_prediction_in_memory
         .is_some());
 
     // The per-model prediction setting: applied in memory (nothing reloaded) and remembered.
-    h.get_by_role_and_label(Role::ComboBox, "Prediction").click();
+    h.get_by_role_and_label(Role::ComboBox, "Prediction")
+        .click();
     h.run_steps(2);
     h.get_by_label("epsilon").click();
     drive(
@@ -205,7 +188,7 @@ fn models_tab_lists_the_library_switches_models_and_changes_prediction_in_memory
         .unwrap()
         .write_image_data(&[0u8; 192])
         .unwrap();
-    drop_file(&mut h, &png);
+    common::drop_file(&mut h, &png);
     drive(&mut h, "switch offered", |a| {
         a.studio
             .switch_offer

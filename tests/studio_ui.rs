@@ -3,7 +3,6 @@
 //! and then asserts; nothing sleeps and hopes.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use easel::app::{StudioApp, StudioOptions};
@@ -226,23 +225,6 @@ fn write_with_chunks(path: &Path, chunks: &[(&str, &str)]) {
     w.write_image_data(&[128u8; 8 * 8 * 3]).expect("pixels");
 }
 
-fn drop_file(h: &mut Studio<'_>, path: &Path) {
-    #[derive(Debug)]
-    struct Dropped(PathBuf);
-    impl egui::DroppedFile for Dropped {
-        fn path(&self) -> &Path {
-            &self.0
-        }
-        fn bytes(&self) -> Result<Vec<u8>, String> {
-            std::fs::read(&self.0).map_err(|e| e.to_string())
-        }
-    }
-    h.input_mut()
-        .dropped_files
-        .push(Arc::new(Dropped(path.to_path_buf())));
-    h.step();
-}
-
 #[test]
 fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
     let lib = tempfile::tempdir().expect("tempdir");
@@ -260,7 +242,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
              Model hash: abcdef1234, Model: dreamy",
         )],
     );
-    drop_file(&mut h, &a1111);
+    common::drop_file(&mut h, &a1111);
     drive(&mut h, "A1111 settings restored", RUN, |a| {
         a.studio.settings.prompt == "a castle on a hill, golden hour"
     });
@@ -287,7 +269,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}}
     });
     write_with_chunks(&comfy, &[("prompt", &graph.to_string())]);
-    drop_file(&mut h, &comfy);
+    common::drop_file(&mut h, &comfy);
     drive(&mut h, "ComfyUI settings restored", RUN, |a| {
         a.studio.settings.prompt == "a comfy fox"
     });
@@ -317,7 +299,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         extra: Default::default(),
     };
     write_png(&ours, 2, 2, &[0u8; 12], &meta).expect("write");
-    drop_file(&mut h, &ours);
+    common::drop_file(&mut h, &ours);
     drive(&mut h, "Easel settings restored", RUN, |a| {
         a.studio.settings.prompt == "an easel picture"
     });
@@ -326,7 +308,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
     // A file without settings is explained, not ignored.
     let plain = dir.path().join("plain.png");
     write_with_chunks(&plain, &[]);
-    drop_file(&mut h, &plain);
+    common::drop_file(&mut h, &plain);
     drive(&mut h, "no-settings note", RUN, |a| {
         a.studio
             .notices
@@ -347,7 +329,7 @@ fn dropping_on_the_gallery_area_is_the_search_gesture() {
     // Pointer over the right-hand tool area, then the drop.
     h.hover_at(egui::pos2(1200.0, 400.0));
     h.step();
-    drop_file(&mut h, &image);
+    common::drop_file(&mut h, &image);
     // The gallery searches by the image with the bundled CLIP (the studio's canvas would have
     // restored settings instead, and says so when a PNG holds none): its results replace the
     // grid, with "Show all" to go back.
@@ -373,6 +355,7 @@ fn without_a_model_the_empty_state_offers_a_folder_picker() {
     h.run_steps(3);
     assert!(h.query_by_label("Welcome to Easel").is_some());
     assert!(h.query_by_label("Choose model folder…").is_some());
+    assert!(h.query_by_label("Choose checkpoint file…").is_some());
     assert!(h.query_by_label_contains("model_index.json").is_some());
     // Generate is there but disabled until a model is loaded.
     h.get_by_label("Generate").click();

@@ -31,8 +31,9 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
         ui.label(
             "Choose a Stable Diffusion 1.x or 2.x checkpoint: the .safetensors or .ckpt file \
              A1111, ComfyUI or Civitai gave you (v1-5-pruned-emaonly.safetensors, a fine-tune, \
-             v2-1_768-ema-pruned.safetensors), or a model folder in the diffusers layout. \
-             Dropping one on the window works too.",
+             v2-1_768-ema-pruned.safetensors), or a model folder in the diffusers layout \
+             (model_index.json with unet/, vae/, text_encoder/…). Dropping one on the window \
+             works too.",
         );
         ui.add_space(12.0);
         ui.horizontal(|ui| {

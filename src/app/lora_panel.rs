@@ -16,6 +16,7 @@ use std::time::Duration;
 use egui::{Response, RichText, Slider};
 
 use super::actions::Action;
+use super::folder_list::{folder_list, FolderEdit};
 use super::state::Studio;
 use super::Panel;
 use crate::lora::library::{default_lora_dirs, scan, LoraInfo};
@@ -185,46 +186,26 @@ impl LoraPanel {
     }
 
     fn folders_ui(&mut self, ui: &mut egui::Ui, studio: &mut Studio) {
-        ui.strong("LoRA folders");
         let dirs = lora_dirs(&studio.settings);
-        let mut remove = None;
-        for (i, d) in dirs.iter().enumerate() {
-            ui.horizontal(|ui| {
-                ui.monospace(d.display().to_string());
-                if !studio.settings.lora_dirs.is_empty()
-                    && ui
-                        .small_button("x")
-                        .on_hover_text("Stop listing this folder")
-                        .clicked()
-                {
-                    remove = Some(i);
-                }
-            });
-        }
-        if dirs.is_empty() {
-            ui.weak("None yet.");
-        }
-        if let Some(i) = remove {
-            studio.settings.lora_dirs.remove(i);
-        }
-        ui.horizontal(|ui| {
-            let field = ui.add(
-                egui::TextEdit::singleline(&mut self.folder_input)
-                    .hint_text("folder path")
-                    .desired_width(140.0),
-            );
-            let typed = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-            if (ui.button("Add").clicked() || typed) && !self.folder_input.trim().is_empty() {
-                add_folder(studio, PathBuf::from(self.folder_input.trim()));
-                self.folder_input.clear();
+        let removable = !studio.settings.lora_dirs.is_empty();
+        match folder_list(
+            ui,
+            "LoRA folders",
+            &dirs,
+            removable,
+            &mut self.folder_input,
+            "folder path",
+        ) {
+            FolderEdit::None => {}
+            FolderEdit::Remove(i) => {
+                studio.settings.lora_dirs.remove(i);
             }
-            if ui.button("Choose…").clicked() {
-                self.pick_folder(studio);
-            }
-            if ui.button("Rescan").clicked() {
-                self.scanned_dirs = None;
-            }
-        });
+            FolderEdit::Add(dir) => add_folder(studio, dir),
+            FolderEdit::Browse => self.pick_folder(studio),
+        }
+        if ui.button("Rescan").clicked() {
+            self.scanned_dirs = None;
+        }
     }
 
     fn pick_folder(&mut self, studio: &Studio) {

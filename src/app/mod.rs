@@ -14,6 +14,7 @@ mod canvas;
 mod drop;
 mod empty_state;
 mod events;
+mod folder_list;
 mod gallery_panel;
 mod history;
 mod lora_panel;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use egui::RichText;
 
 use super::actions::Action;
+use super::folder_list::{folder_list, FolderEdit};
 use super::state::{ModelState, Studio};
 use super::Panel;
 use crate::models::library::{default_model_dirs, human_size, EntryKind, LibraryEntry};
@@ -246,49 +247,25 @@ fn set_choice(settings: &mut Settings, path: &std::path::Path, choice: ModelChoi
 
 impl ModelsPanel {
     fn folders_ui(&mut self, ui: &mut egui::Ui, studio: &mut Studio) {
-        ui.strong("Model folders");
         let dirs = model_dirs(&studio.settings);
-        let mut remove = None;
-        for (i, d) in dirs.iter().enumerate() {
-            ui.horizontal(|ui| {
-                ui.monospace(d.display().to_string());
-                if !studio.settings.model_dirs.is_empty()
-                    && ui
-                        .small_button("x")
-                        .on_hover_text("Stop listing this folder")
-                        .clicked()
-                {
-                    remove = Some(i);
-                }
-            });
-        }
-        if let Some(i) = remove {
-            studio.settings.model_dirs.remove(i);
-        }
-        ui.horizontal(|ui| {
-            let label = ui.label("Add");
-            let field = ui
-                .add(
-                    egui::TextEdit::singleline(&mut self.folder_input)
-                        .hint_text("/path/to/models/Stable-diffusion")
-                        .desired_width(200.0),
-                )
-                .labelled_by(label.id);
-            let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
-            let typed = self.folder_input.trim().to_string();
-            if (ui.small_button("Add").clicked() || enter) && !typed.is_empty() {
-                let dir = PathBuf::from(typed);
-                if dir.exists() {
-                    add_model_dir(&mut studio.settings, dir);
-                    self.folder_input.clear();
-                } else {
-                    studio.error(format!("{}: no such folder", dir.display()));
-                }
+        let removable = !studio.settings.model_dirs.is_empty();
+        let hint = "models/Stable-diffusion";
+        match folder_list(
+            ui,
+            "Model folders",
+            &dirs,
+            removable,
+            &mut self.folder_input,
+            hint,
+        ) {
+            FolderEdit::None => {}
+            FolderEdit::Remove(i) => {
+                studio.settings.model_dirs.remove(i);
             }
-            if ui.small_button("Browse…").clicked() {
-                studio.push(Action::PickModelLibraryFolder);
-            }
-        });
+            FolderEdit::Add(dir) if dir.exists() => add_model_dir(&mut studio.settings, dir),
+            FolderEdit::Add(dir) => studio.error(format!("{}: no such folder", dir.display())),
+            FolderEdit::Browse => studio.push(Action::PickModelLibraryFolder),
+        }
     }
 }
 

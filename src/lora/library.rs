@@ -379,27 +379,10 @@ pub fn find_by_name(dirs: &[PathBuf], name: &str) -> Result<PathBuf, LoraError> 
 /// AUTOMATIC1111's short hash of an adapter file (see [`super::Adapter::hash`]), streamed so a
 /// large file is not held in memory.
 pub fn short_hash(path: &Path) -> Result<String, LoraError> {
-    use sha2::{Digest, Sha256};
-    use std::io::{Read, Seek, SeekFrom};
     let header = read_header(path)?;
-    let mut file = std::fs::File::open(path).map_err(|e| LoraError::io(path, e))?;
-    file.seek(SeekFrom::Start(8 + header.header_len))
+    let full = crate::models::hash::sha256_hex_from(path, 8 + header.header_len)
         .map_err(|e| LoraError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| LoraError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(full.chars().take(12).collect())
 }
 
 /// The folders searched for adapters named without a path when none are configured:

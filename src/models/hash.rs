@@ -124,22 +124,40 @@ fn write_cache(path: &Path, cache: &BTreeMap<String, Entry>) {
 /// The SHA-256 of the files read one after another, in hex.
 pub fn sha256_hex(files: &[PathBuf]) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     for f in files {
-        let mut file = std::fs::File::open(f)?;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        feed(&mut hasher, std::fs::File::open(f)?)?;
     }
-    Ok(hasher
+    Ok(hex(hasher))
+}
+
+/// The SHA-256 of `path` from byte `offset` on, in hex (the LoRA hash skips the header).
+pub fn sha256_hex_from(path: &Path, offset: u64) -> std::io::Result<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut hasher = Sha256::new();
+    feed(&mut hasher, file)?;
+    Ok(hex(hasher))
+}
+
+/// Hashes a reader in 1 MiB reads, so a large file is never held in memory.
+fn feed(hasher: &mut Sha256, mut reader: impl Read) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn hex(hasher: Sha256) -> String {
+    hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

@@ -78,6 +78,24 @@ pub fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
+/// Drops a file on the studio window, as a file manager would, and draws one frame.
+pub fn drop_file(h: &mut egui_kittest::Harness<'_, easel::app::StudioApp>, path: &Path) {
+    #[derive(Debug)]
+    struct Dropped(PathBuf);
+    impl egui::DroppedFile for Dropped {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+        fn bytes(&self) -> Result<Vec<u8>, String> {
+            std::fs::read(&self.0).map_err(|e| e.to_string())
+        }
+    }
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(path.to_path_buf())));
+    h.step();
+}
+
 /// Text states and latents: f32 on both sides, so 1e-4 absolute…
 pub const TOL: f32 = 1e-4;
 
