@@ -384,6 +384,74 @@ fn external_vae_replaces_the_checkpoints_own() {
 }
 
 #[test]
+fn diffusers_vae_folders_and_scale_mismatches() {
+    let dir = tempfile::tempdir().unwrap();
+    // The checkpoint's own VAE written as a diffusers vae/ folder: the same image.
+    let t = tensors_of(&ckpt("sd1-tiny.safetensors"));
+    let renamed: HashMap<String, Tensor> = t
+        .iter()
+        .filter_map(|(k, v)| {
+            let k = k.strip_prefix("first_stage_model.")?;
+            let (name, _) = easel::models::checkpoint::keymap::vae::map(k, 4)?.remove(0);
+            Some((name, v.clone()))
+        })
+        .collect();
+    let vae_dir = dir.path().join("vae");
+    std::fs::create_dir(&vae_dir).unwrap();
+    candle_core::safetensors::save(
+        &renamed,
+        vae_dir.join("diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        vae_dir.join("config.json"),
+        r#"{"_class_name": "AutoencoderKL", "block_out_channels": [32, 32, 32, 32],
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+            "layers_per_block": 2, "latent_channels": 4, "norm_num_groups": 32}"#,
+    )
+    .unwrap();
+    let opts = LoadOptions {
+        vae: Some(vae_dir.clone()),
+        ..Default::default()
+    };
+    let p = load_with(&ckpt("sd1-tiny.safetensors"), opts);
+    check(&p, "sd1_euler", 1);
+
+    // sd-tiny-a's VAE scales by 2, SD's by 8: refused, for a folder model too.
+    let small = fixtures().join("sd-tiny-a/vae");
+    let opts = LoadOptions {
+        vae: Some(small.clone()),
+        ..Default::default()
+    };
+    let err = load_err(&ckpt("sd1-tiny.safetensors"), opts.clone());
+    assert!(
+        err.contains("scales images by 2") && err.contains("by 8"),
+        "{err}"
+    );
+    let err = load_err(&fixtures().join("sd-tiny-b"), opts);
+    assert!(
+        err.contains("scales images by 2") && err.contains("by 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fp8_weights_are_refused_before_the_model_in_use_is_unloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = tensors_of(&ckpt("sd1-tiny.safetensors"));
+    let key = "model.diffusion_model.out.2.weight";
+    t.insert(key.into(), t[key].to_dtype(DType::F8E4M3).unwrap());
+    let path = dir.path().join("fp8.safetensors");
+    save(&t, &path);
+    // The check the studio runs first (no weights read) already says why.
+    let err = easel::models::StableDiffusion::validate(&path, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fp8") && err.contains(key), "{err}");
+}
+
+#[test]
 fn reconfigure_swaps_the_vae_and_prediction_in_memory() {
     let mut p = load_with(&ckpt("sd2-tiny-v.safetensors"), LoadOptions::default());
     let eps = LoadOptions {

@@ -371,3 +371,44 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod find_tests {
+    use super::*;
+
+    fn entry(name: &str, hash: Option<&str>, kind: EntryKind) -> LibraryEntry {
+        LibraryEntry {
+            path: PathBuf::from(format!("/m/{name}.safetensors")),
+            name: name.into(),
+            kind,
+            architecture: "SD 1.x".into(),
+            runnable: true,
+            precision: None,
+            size_bytes: 0,
+            hash: hash.map(str::to_string),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn an_image_finds_its_model_by_hash_then_by_name() {
+        let lib = vec![
+            entry("dreamy", Some("0123456789"), EntryKind::Checkpoint),
+            entry("renamed", Some("abcdef0123"), EntryKind::Checkpoint),
+            entry("vae", Some("ffffffffff"), EntryKind::Vae),
+        ];
+        // A file renamed since: the hash still finds it.
+        let found = find_model(&lib, Some("ABCDEF0123"), Some("old-name")).unwrap();
+        assert_eq!(found.name, "renamed");
+        // Hash unknown: the name does.
+        assert_eq!(
+            find_model(&lib, Some("9999999999"), Some("dreamy"))
+                .unwrap()
+                .name,
+            "dreamy"
+        );
+        // VAEs are never offered as models; nothing matching is nothing.
+        assert!(find_model(&lib, Some("ffffffffff"), None).is_none());
+        assert!(find_model(&lib, None, Some("absent")).is_none());
+    }
+}

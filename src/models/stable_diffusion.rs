@@ -85,7 +85,9 @@ impl StableDiffusion {
         let mut model = Self::load_folder(path, device, dtype, shapes_only)?;
         if let Some(vae) = &opts.vae {
             let channels = model.latent_channels();
-            model.vae = checkpoint::load_vae(vae, channels, device, dtype, shapes_only)?;
+            let external = checkpoint::load_vae(vae, channels, device, dtype, shapes_only)?;
+            checkpoint::same_scale(vae, &external, model.vae_scale())?;
+            model.vae = external;
             model.vae_file = Some(vae.clone());
         }
         if let Some(p) = opts.prediction {
@@ -309,6 +311,7 @@ impl StableDiffusion {
                 self.dtype,
                 false,
             )?;
+            checkpoint::same_scale(&source, &vae, self.vae_scale())?;
             self.vae = vae;
             self.vae_file =
                 (source != self.path && source != self.path.join("vae")).then_some(source);

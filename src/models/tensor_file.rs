@@ -74,6 +74,14 @@ impl ElemType {
         }
     }
 
+    /// Whether [`TensorFile::read`] can read this type (fp8 and 8/16-bit integers it cannot).
+    pub fn is_readable(self) -> bool {
+        !matches!(
+            self,
+            ElemType::I16 | ElemType::I8 | ElemType::F8E4M3 | ElemType::F8E5M2
+        )
+    }
+
     pub fn is_float(self) -> bool {
         matches!(
             self,
@@ -307,12 +315,7 @@ impl TensorFile {
                 let v: Vec<u8> = self.read_elems(info.offset, extent)?;
                 Tensor::from_vec(v, extent, device)
             }
-            other => {
-                return Err(bad(format!(
-                    "stored as {}, which Easel does not read",
-                    other.precision_name()
-                )))
-            }
+            other => return Err(bad(unreadable(other))),
         }
         .and_then(|t| match &info.strides {
             None => t.reshape(shape.as_slice()),
@@ -335,6 +338,13 @@ impl TensorFile {
         f.read_exact(bytemuck::cast_slice_mut(&mut v))?;
         Ok(v)
     }
+}
+
+pub fn unreadable(t: ElemType) -> String {
+    format!(
+        "stored as {}, which Easel does not read",
+        t.precision_name()
+    )
 }
 
 /// A strided view (as a pickle may store it) copied into a contiguous tensor.

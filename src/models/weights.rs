@@ -269,6 +269,14 @@ impl WeightMap {
             used.insert(e.source.clone());
         }
         if self.shapes_only {
+            // What a real read would refuse, a check refuses too.
+            if !e.info.dtype.is_readable() {
+                return Err(candle_core::Error::Msg(format!(
+                    "tensor {}: {}",
+                    e.source,
+                    super::tensor_file::unreadable(e.info.dtype)
+                )));
+            }
             return stand_in(&e.info.shape, dtype, dev);
         }
         let file = &self.files[e.file];

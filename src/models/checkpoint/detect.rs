@@ -584,3 +584,65 @@ fn vae_config(
     }))
     .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::tensor_file::TensorInfo;
+
+    /// Tensor names with their shapes.
+    type Layout<'a> = &'a [(&'a str, &'a [usize])];
+
+    fn file(keys: Layout) -> BTreeMap<String, TensorInfo> {
+        keys.iter()
+            .map(|(k, shape)| {
+                (
+                    k.to_string(),
+                    TensorInfo {
+                        dtype: ElemType::F16,
+                        shape: shape.to_vec(),
+                        offset: 0,
+                        strides: None,
+                        span: 0,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn what(keys: Layout) -> String {
+        match identify(&file(keys)).unwrap() {
+            Identified::Other { what, .. } => what,
+            other => panic!("identified as {}", other.label()),
+        }
+    }
+
+    /// One line per kind of file a user may pick by mistake or too early.
+    #[test]
+    fn names_what_it_does_not_run() {
+        let cases: [(Layout, &str); 8] = [
+            (
+                &[("model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight", &[4, 4])],
+                "Stable Diffusion 3",
+            ),
+            (&[("double_blocks.0.img_attn.qkv.weight", &[4, 4])], "Flux"),
+            (&[("conv_first.weight", &[64, 3, 3, 3])], "upscaler"),
+            (&[("control_model.input_hint_block.0.weight", &[16, 3, 3, 3])], "ControlNet"),
+            (&[("emb_params", &[2, 768])], "textual-inversion"),
+            (&[("lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", &[4, 320])], "LoRA"),
+            (
+                &[
+                    ("model.diffusion_model.input_blocks.0.0.weight", &[384, 4, 3, 3]),
+                    ("model.diffusion_model.label_emb.0.0.weight", &[1536, 2560]),
+                    ("model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight", &[768, 1280]),
+                ],
+                "SDXL refiner",
+            ),
+            (&[("some.random.tensor", &[3])], "not a Stable Diffusion checkpoint"),
+        ];
+        for (keys, needle) in cases {
+            let w = what(keys);
+            assert!(w.contains(needle), "{w:?} lacks {needle:?}");
+        }
+    }
+}

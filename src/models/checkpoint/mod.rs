@@ -143,10 +143,13 @@ pub fn load(
 
     let external = opts.vae.clone().or_else(|| sidecar::vae_beside(path));
     let (vae, vae_file) = match (&external, &layout.vae) {
-        (Some(v), _) => (
-            load_vae(v, unet.config.in_channels, device, dtype, shapes_only)?,
-            external.clone(),
-        ),
+        (Some(v), own) => {
+            let vae = load_vae(v, unet.config.in_channels, device, dtype, shapes_only)?;
+            if let Some(own) = own {
+                same_scale(v, &vae, own.config.downscale_factor())?;
+            }
+            (vae, external.clone())
+        }
         (None, Some(own)) => {
             let w = component(Component::Vae);
             let vae = build(
@@ -373,6 +376,22 @@ pub(crate) fn population_std(v: &[f32]) -> f64 {
         .sum::<f64>()
         / n)
         .sqrt()
+}
+
+/// Refuses a VAE that scales images by another factor than the model's own (every SD-family
+/// VAE uses 8): its latents would not be the size the UNet was trained on.
+pub fn same_scale(path: &Path, vae: &Vae, model_factor: usize) -> Result<(), ModelError> {
+    let factor = vae.config.downscale_factor();
+    if factor == model_factor {
+        return Ok(());
+    }
+    Err(ModelError::checkpoint(
+        path,
+        format!(
+            "as a VAE: it scales images by {factor} and this model's VAE by {model_factor} \
+             (a VAE for another architecture)"
+        ),
+    ))
 }
 
 /// Loads a VAE from a single file (LDM or diffusers names) or a diffusers `vae/` folder, for
