@@ -163,10 +163,13 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The remembered choices for the model at `path`, as load options.
+    /// The remembered choices for the model at `path`, as load options. Choices are kept under
+    /// the absolute path the worker reports, so a relative or symlinked path finds them too.
     pub fn model_options(&self, path: &Path) -> LoadOptions {
+        let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         self.model_choices
-            .get(path)
+            .get(&absolute)
+            .or_else(|| self.model_choices.get(path))
             .map(ModelChoice::options)
             .unwrap_or_default()
     }
@@ -204,6 +207,27 @@ mod tests {
         assert_eq!(s.prompt, "a cat");
         assert_eq!(s.steps, 30);
         assert_eq!(s.cfg_scale, Settings::default().cfg_scale);
+    }
+
+    #[test]
+    fn model_choices_are_found_by_any_spelling_of_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.safetensors");
+        std::fs::write(&file, b"x").unwrap();
+        let mut s = Settings::default();
+        s.model_choices.insert(
+            std::fs::canonicalize(&file).unwrap(),
+            ModelChoice {
+                vae: None,
+                prediction: Some("v".into()),
+            },
+        );
+        let roundabout = dir.path().join(".").join("m.safetensors");
+        assert_eq!(
+            s.model_options(&roundabout).prediction,
+            Some(PredictionType::VPrediction)
+        );
+        assert_eq!(s.model_options(Path::new("/elsewhere")), LoadOptions::default());
     }
 
     #[test]
