@@ -227,7 +227,10 @@ mod tests {
             s.model_options(&roundabout).prediction,
             Some(PredictionType::VPrediction)
         );
-        assert_eq!(s.model_options(Path::new("/elsewhere")), LoadOptions::default());
+        assert_eq!(
+            s.model_options(Path::new("/elsewhere")),
+            LoadOptions::default()
+        );
     }
 
     #[test]

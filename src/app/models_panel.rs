@@ -140,8 +140,13 @@ fn matches(e: &LibraryEntry, terms: &[String]) -> bool {
 
 /// One library entry; true when clicked.
 fn entry_row(ui: &mut egui::Ui, e: &LibraryEntry, current: bool) -> bool {
+    // The format tells apart the same model kept as .safetensors and as .ckpt.
+    let format = match e.kind {
+        EntryKind::Folder => "folder".to_string(),
+        _ => crate::models::tensor_file::extension(&e.path).unwrap_or_default(),
+    };
     let details = format!(
-        "{} · {} · {} · {}",
+        "{} · {} · {format} · {} · {}",
         e.architecture,
         e.precision.as_deref().unwrap_or("?"),
         human_size(e.size_bytes),

@@ -289,7 +289,7 @@ fn folder_architecture(unet: &serde_json::Value) -> (String, bool) {
     let family = match unet["cross_attention_dim"].as_u64() {
         Some(768) => "SD 1.x",
         Some(1024) => "SD 2.x",
-        _ => "SD (custom)",
+        _ => "SD-style (custom size)",
     };
     if inpaint {
         return (format!("{family} inpainting"), false);
