@@ -83,19 +83,18 @@ pub fn load(
         }
     };
     let yaml = sidecar::read_yaml(path)?;
-    let (auto_prediction, auto_source) = match &yaml {
-        Some(y) if y.prediction.is_some() => (
-            y.prediction.unwrap_or(PredictionType::Epsilon),
-            "the .yaml beside it",
-        ),
-        _ if layout.v_pred_marker => (PredictionType::VPrediction, "the file's v_pred marker"),
-        _ => match v_prediction_heuristic(&file, &layout)? {
-            true => (
-                PredictionType::VPrediction,
-                "its weights (an SD 2.x 768-v model)",
-            ),
-            false => (PredictionType::Epsilon, "the default"),
-        },
+    let yaml_prediction = yaml.as_ref().and_then(|y| y.prediction);
+    let (auto_prediction, auto_source) = if let Some(p) = yaml_prediction {
+        (p, "the .yaml beside it")
+    } else if layout.v_pred_marker {
+        (PredictionType::VPrediction, "the file's v_pred marker")
+    } else if v_prediction_heuristic(&file, &layout)? {
+        (
+            PredictionType::VPrediction,
+            "its weights (an SD 2.x 768-v model)",
+        )
+    } else {
+        (PredictionType::Epsilon, "the default")
     };
     let (prediction, prediction_source) = match opts.prediction {
         Some(p) => (p, "your setting"),
