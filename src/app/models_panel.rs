@@ -70,22 +70,20 @@ impl Panel for ModelsPanel {
             } else if ui.small_button("Rescan").clicked() {
                 self.scanned_dirs = None;
             }
-            let unhashed: Vec<LibraryEntry> = studio
-                .library
-                .iter()
-                .filter(|e| e.hash.is_none() && e.error.is_none())
-                .cloned()
-                .collect();
-            if !unhashed.is_empty()
+            let unhashed = |e: &&LibraryEntry| e.hash.is_none() && e.error.is_none();
+            // Counted every frame; the entries are copied only when the button is pressed.
+            let count = studio.library.iter().filter(unhashed).count();
+            if count > 0
                 && ui
-                    .small_button(format!("Compute {} hashes", unhashed.len()))
+                    .small_button(format!("Compute {count} hashes"))
                     .on_hover_text(
                         "Reads each file once (A1111's model hash, which images name their \
                          model by); remembered afterwards",
                     )
                     .clicked()
             {
-                studio.worker.hash_library(unhashed);
+                let entries = studio.library.iter().filter(unhashed).cloned().collect();
+                studio.worker.hash_library(entries);
             }
         });
         egui::ScrollArea::vertical().show(ui, |ui| {

@@ -281,23 +281,11 @@ impl TensorFile {
             }
             ElemType::F16 => {
                 let v: Vec<u16> = self.read_elems(info.offset, extent)?;
-                if dtype == DType::F32 {
-                    let mut out = vec![0f32; extent];
-                    v.reinterpret_cast::<f16>().convert_to_f32_slice(&mut out);
-                    Tensor::from_vec(out, extent, device)
-                } else {
-                    Tensor::from_vec(v.reinterpret_cast::<f16>().to_vec(), extent, device)
-                }
+                half_tensor(v.reinterpret_cast::<f16>(), dtype, device)
             }
             ElemType::BF16 => {
                 let v: Vec<u16> = self.read_elems(info.offset, extent)?;
-                if dtype == DType::F32 {
-                    let mut out = vec![0f32; extent];
-                    v.reinterpret_cast::<bf16>().convert_to_f32_slice(&mut out);
-                    Tensor::from_vec(out, extent, device)
-                } else {
-                    Tensor::from_vec(v.reinterpret_cast::<bf16>().to_vec(), extent, device)
-                }
+                half_tensor(v.reinterpret_cast::<bf16>(), dtype, device)
             }
             ElemType::F64 => {
                 let v: Vec<f64> = self.read_elems(info.offset, extent)?;
@@ -337,6 +325,22 @@ impl TensorFile {
         f.seek(SeekFrom::Start(offset))?;
         f.read_exact(bytemuck::cast_slice_mut(&mut v))?;
         Ok(v)
+    }
+}
+
+/// A 16-bit float slice as a tensor: widened to f32 in one pass when that is the target (the
+/// usual case), else kept in its own type for `to_dtype`.
+fn half_tensor<H>(v: &[H], dtype: DType, device: &Device) -> candle_core::Result<Tensor>
+where
+    H: candle_core::WithDType,
+    [H]: HalfFloatSliceExt,
+{
+    if dtype == DType::F32 {
+        let mut out = vec![0f32; v.len()];
+        v.convert_to_f32_slice(&mut out);
+        Tensor::from_vec(out, v.len(), device)
+    } else {
+        Tensor::from_vec(v.to_vec(), v.len(), device)
     }
 }
 
