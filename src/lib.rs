@@ -6,6 +6,7 @@
 //! - [`models`]: model files on disk (diffusers folders, tokenizer, weights) → candle modules.
 //! - [`diffusion`]: the text → latents → image pipeline, samplers, guidance, previews.
 //! - [`gallery`]: what is kept with every image (PNG metadata).
+//! - [`ops`]: the heavy tensor ops (attention, convolution, norms) with own CPU kernels.
 //! - [`lora`]: LoRA adapters: formats, matching, hot application from memory, folder scans.
 //! - [`cli`]: the headless subcommands.
 //! - [`worker`]: the inference thread the studio talks to (typed commands and events).
@@ -19,6 +20,7 @@ pub mod diffusion;
 pub mod gallery;
 pub mod lora;
 pub mod models;
+pub mod ops;
 pub mod scenes;
 pub mod settings;
 pub mod worker;

@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also print where one UNet step's time goes, by kind of op.
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub gallery: super::bench_gallery::GalleryBenchArgs,
     /// Cold-load these models (checkpoint files or folders) instead, alternately, each in a
@@ -141,6 +144,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok(())
     })?;
     let rss_unet = peak_rss_mib();
+    let profile = if args.profile {
+        Some(profile_step(|| {
+            pipeline.model.unet.forward(&batch, 500.0, &context)?;
+            Ok(())
+        })?)
+    } else {
+        None
+    };
 
     let vae_ms = median(reps, || {
         pipeline.model.vae.decode(&latents)?;
@@ -165,6 +176,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "preview_ms": preview_ms, "preview_over_unet_step": ratio,
                 "peak_rss_mib": {"after_load": rss_load, "after_text": rss_text, "after_unet": rss_unet, "after_vae": rss_vae},
                 "anon_rss_mib": anon,
+                "unet_step_profile_ms": profile.as_ref().map(|p| p.iter().map(|(k, ms, n)| {
+                    serde_json::json!({"kind": k, "ms": ms, "calls": n})
+                }).collect::<Vec<_>>()),
             })
         );
     } else {
@@ -186,8 +200,43 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "peak RSS MiB: after load {rss_load:.0}, text {rss_text:.0}, UNet {rss_unet:.0}, VAE {rss_vae:.0}"
         );
         println!("anonymous RSS MiB at the end (the model's own memory): {anon:.0}");
+        if let Some(p) = &profile {
+            let total: f64 = p.iter().map(|(_, ms, _)| ms).sum();
+            println!("\none UNet step with CFG, by kind of op:");
+            println!("{:<40}{:>10}{:>8}{:>8}", "kind", "ms", "share", "calls");
+            for (kind, ms, calls) in p {
+                println!(
+                    "{kind:<40}{ms:>10.1}{:>7.1}%{calls:>8}",
+                    100.0 * ms / total.max(1e-9)
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// Runs `f` once with op profiling on: (kind, ms, calls) per kind, then "other" for the time
+/// no op scope covered (the glue between ops).
+fn profile_step(f: impl FnOnce() -> Result<()>) -> Result<Vec<(String, f64, u64)>> {
+    use crate::ops::profile;
+    profile::enable(true);
+    let t = Instant::now();
+    let run = f();
+    let wall = ms(t);
+    let totals = profile::totals();
+    profile::enable(false);
+    run?;
+    let mut rows: Vec<(String, f64, u64)> = totals
+        .iter()
+        .map(|(k, d, n)| (k.label().to_string(), d.as_secs_f64() * 1e3, *n))
+        .collect();
+    let covered: f64 = rows.iter().map(|r| r.1).sum();
+    rows.push((
+        "other (uncovered glue)".into(),
+        (wall - covered).max(0.0),
+        0,
+    ));
+    Ok(rows)
 }
 
 pub(super) fn ms(t: Instant) -> f64 {

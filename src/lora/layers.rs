@@ -230,6 +230,12 @@ impl LoraSlot {
         *guard = terms;
     }
 
+    /// True when no adapter term is attached.
+    pub fn is_empty(&self) -> bool {
+        let guard = self.terms.read().unwrap_or_else(|e| e.into_inner());
+        guard.is_empty()
+    }
+
     /// The active terms' scales, in order.
     pub fn scales(&self) -> Vec<f64> {
         let guard = self.terms.read().unwrap_or_else(|e| e.into_inner());
@@ -278,13 +284,15 @@ impl LoraLinear {
 
 impl Module for LoraLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.slot.add_terms(x, self.base.forward(x)?)
+        crate::ops::profile::scope(crate::ops::Kind::Linear, || {
+            self.slot.add_terms(x, self.base.forward(x)?)
+        })
     }
 }
 
 /// A square-kernel `Conv2d` (with bias) that adapters can attach to.
 pub struct LoraConv2d {
-    base: Conv2d,
+    base: crate::ops::Conv2d,
     slot: LoraSlot,
 }
 
@@ -297,7 +305,7 @@ impl LoraConv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let name = vb.prefix();
-        let base = candle_nn::conv2d(in_ch, out_ch, kernel, cfg, vb)?;
+        let base = crate::ops::conv2d(in_ch, out_ch, kernel, cfg, vb)?;
         Ok(Self {
             base,
             slot: LoraSlot::new(
@@ -315,6 +323,16 @@ impl LoraConv2d {
 
     pub fn slot(&self) -> &LoraSlot {
         &self.slot
+    }
+
+    /// `forward(x.upsample_nearest2d(size))`; the kernel upsamples while it pads, unless an
+    /// adapter needs the upsampled input itself.
+    pub fn forward_upsampled(&self, x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
+        if self.slot.is_empty() {
+            self.base.forward_upsampled(x, size)
+        } else {
+            self.forward(&x.upsample_nearest2d(size.0, size.1)?)
+        }
     }
 }
 

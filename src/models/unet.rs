@@ -9,7 +9,9 @@
 use std::path::Path;
 
 use candle_core::{Module, Result as CandleResult, Tensor};
-use candle_nn::{group_norm, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::ops::{group_norm, GroupNorm};
 
 use crate::lora::{LoraConv2d, LoraLinear, LoraSlot};
 
@@ -417,7 +419,7 @@ impl UNet {
             };
             xs = block.forward(&xs, &temb, context, &mut skips, upsample_to)?;
         }
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }

@@ -3,9 +3,10 @@
 //! checkpoints load by name and the numbers match diffusers'.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{group_norm, layer_norm, Conv2dConfig, GroupNorm, LayerNorm, VarBuilder};
+use candle_nn::{layer_norm, Conv2dConfig, LayerNorm, VarBuilder};
 
 use crate::lora::{LoraConv2d, LoraLinear, LoraSlot};
+use crate::ops::{self, group_norm, profile, GroupNorm, Kind};
 
 // Every convolution and projection is LoRA-aware: kohya's LoCon and LyCORIS adapters reach the
 // resnets and samplers too, not only attention.
@@ -30,24 +31,16 @@ fn linear_no_bias(cin: usize, cout: usize, vb: VarBuilder) -> Result<LoraLinear>
     LoraLinear::new(cin, cout, false, vb)
 }
 
-// candle's fused softmax and layer-norm kernels have no backward (`apply_op*_no_bwd`): their
-// output silently stops gradients. When a tensor tracks gradients (training on `Var`s), the same
-// functions built from differentiable ops are used instead; inference keeps the fused kernels.
-fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if xs.track_op() {
-        candle_nn::ops::softmax(xs, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(xs)
-    }
-}
-
+// candle's fused layer-norm kernel has no backward (`apply_op*_no_bwd`): its output silently
+// stops gradients. When a tensor tracks gradients (training on `Var`s), the same function built
+// from differentiable ops is used instead; inference keeps the fused kernel.
 fn norm_tokens(norm: &LayerNorm, xs: &Tensor) -> Result<Tensor> {
-    match norm.bias() {
+    profile::scope(Kind::Normalisation, || match norm.bias() {
         Some(bias) if xs.track_op() || norm.weight().track_op() => {
             candle_nn::ops::layer_norm_slow(xs, norm.weight(), bias, norm.eps() as f32)
         }
         _ => norm.forward(xs),
-    }
+    })
 }
 
 /// Sinusoidal embedding of the timestep (diffusers' `get_timestep_embedding`).
@@ -123,19 +116,18 @@ impl ResnetBlock {
 
     /// `temb_act` is silu(time embedding), shared by every resnet of the UNet.
     pub fn forward(&self, xs: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(xs)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
         let t = self
             .time_emb_proj
             .forward(temb_act)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
-        let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(xs)?,
-            None => xs.clone(),
+        let h = profile::scope(Kind::ElementWise, || h.broadcast_add(&t))?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let out = match &self.conv_shortcut {
+            Some(c) => ops::add_in_place(h, &c.forward(xs)?)?,
+            None => ops::add_in_place(h, xs)?,
         };
-        let out = (shortcut + h)?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {
@@ -182,26 +174,11 @@ impl Attention {
 
     pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let ctx = context.unwrap_or(xs);
-        let (b, n, _) = xs.dims3()?;
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(ctx)?;
         let v = self.to_v.forward(ctx)?;
-        let inner = q.dim(D::Minus1)?;
-        let hd = inner / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            let m = t.dim(1)?;
-            t.reshape((b, m, self.heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        // Scaling q (tokens × head_dim) instead of the scores (tokens × tokens) saves a full
-        // pass over the largest tensor of the step: 4096² per head at 512×512.
-        let q = (split(q)? * (hd as f64).powf(-0.5))?;
-        let (k, v) = (split(k)?, split(v)?);
-        let scores = q.matmul(&k.t()?)?;
-        let probs = softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, inner))?;
-        self.to_out.forward(&out)
+        self.to_out
+            .forward(&ops::attention(&q, &k, &v, self.heads)?)
     }
 }
 
@@ -225,9 +202,7 @@ impl FeedForward {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(xs)?;
-        let chunks = h.chunk(2, D::Minus1)?;
-        self.out.forward(&(&chunks[0] * chunks[1].gelu_erf()?)?)
+        self.out.forward(&ops::geglu(&self.proj.forward(xs)?)?)
     }
 }
 
@@ -260,12 +235,16 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&norm_tokens(&self.norm1, xs)?, None)? + xs)?;
-        let xs = (self
-            .attn2
-            .forward(&norm_tokens(&self.norm2, &xs)?, Some(context))?
-            + xs)?;
-        self.ff.forward(&norm_tokens(&self.norm3, &xs)?)? + xs
+        let xs = ops::add_in_place(
+            self.attn1.forward(&norm_tokens(&self.norm1, xs)?, None)?,
+            xs,
+        )?;
+        let xs = ops::add_in_place(
+            self.attn2
+                .forward(&norm_tokens(&self.norm2, &xs)?, Some(context))?,
+            &xs,
+        )?;
+        ops::add_in_place(self.ff.forward(&norm_tokens(&self.norm3, &xs)?)?, &xs)
     }
 }
 
@@ -334,10 +313,15 @@ impl SpatialTransformer {
 
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
-        let to_tokens =
-            |t: &Tensor| -> Result<Tensor> { t.permute((0, 2, 3, 1))?.reshape((b, h * w, c)) };
+        let to_tokens = |t: &Tensor| -> Result<Tensor> {
+            profile::scope(Kind::Copy, || {
+                t.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
+            })
+        };
         let to_image = |t: &Tensor| -> Result<Tensor> {
-            t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
+            profile::scope(Kind::Copy, || {
+                t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
+            })
         };
         let normed = self.norm.forward(xs)?;
         let mut tokens = match &self.proj_in {
@@ -351,7 +335,7 @@ impl SpatialTransformer {
             Proj::Conv(p) => p.forward(&to_image(&tokens)?)?,
             Proj::Linear(p) => to_image(&p.forward(&tokens)?)?,
         };
-        out + xs
+        ops::add_in_place(out, xs)
     }
 }
 
@@ -596,7 +580,8 @@ impl UpBlock {
             let skip = skips
                 .pop()
                 .ok_or_else(|| candle_core::Error::Msg("UNet skip connections exhausted".into()))?;
-            xs = resnet.forward(&Tensor::cat(&[&xs, &skip], 1)?, temb)?;
+            let joined = profile::scope(Kind::Copy, || Tensor::cat(&[&xs, &skip], 1))?;
+            xs = resnet.forward(&joined, temb)?;
             if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, context)?;
             }
@@ -604,7 +589,7 @@ impl UpBlock {
         if let Some(conv) = &self.upsample {
             let (_, _, h, w) = xs.dims4()?;
             let (th, tw) = upsample_to.unwrap_or((h * 2, w * 2));
-            xs = conv.forward(&xs.upsample_nearest2d(th, tw)?)?;
+            xs = conv.forward_upsampled(&xs, (th, tw))?;
         }
         Ok(xs)
     }

@@ -1,0 +1,198 @@
+//! Multi-head scaled dot-product attention over token rows, a tile of queries at a time.
+//!
+//! The plain way (candle's matmul, softmax, matmul) splits the heads out with a transposed copy
+//! of q, k and v, writes the whole [heads, T, T] score matrix (64 MiB per head and image at
+//! 512², T = 4096), sweeps it again for the softmax and reads it back for the values. Here each
+//! task takes one image, one head and a tile of queries whose score rows fit in the core's L2:
+//! scores by `gemm` reading q and k in place through strides, the softmax on the rows while they
+//! are hot, the values multiplied straight into the output rows. Nothing of size T×T is written.
+
+use candle_core::{Result, Tensor, D};
+use rayon::prelude::*;
+
+use super::profile::{scope, Kind};
+use super::{cpu_slice, own_kernel, simd, SharedMut};
+
+/// softmax(q·kᵀ / √d) · v per head. `q` is [batch, tokens, heads·d], `k` and `v` are
+/// [batch, context tokens, heads·d]; the result has `q`'s shape, heads side by side as the
+/// output projection expects.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    scope(Kind::Attention, || {
+        let (_, _, inner) = q.dims3()?;
+        if heads == 0 || inner % heads != 0 {
+            candle_core::bail!("attention: {inner} channels do not split into {heads} heads");
+        }
+        if own_kernel(&[q, k, v]) {
+            kernel(q, k, v, heads)
+        } else {
+            reference(q, k, v, heads)
+        }
+    })
+}
+
+/// candle's ops, for other devices and dtypes (and as the kernel's test oracle).
+fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, inner) = q.dims3()?;
+    let hd = inner / heads;
+    let split = |t: &Tensor| -> Result<Tensor> {
+        let m = t.dim(1)?;
+        t.reshape((b, m, heads, hd))?.transpose(1, 2)?.contiguous()
+    };
+    // Scaling q (tokens × d) rather than the scores (tokens × tokens) saves a pass.
+    let q = (split(q)? * (hd as f64).powf(-0.5))?;
+    let (k, v) = (split(k)?, split(v)?);
+    let scores = q.matmul(&k.t()?)?;
+    let probs = if scores.track_op() {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, inner))
+}
+
+/// Score rows per task: as many as keep a tile of scores within ~256 KiB (L2), at least 8.
+fn tile_rows(context: usize) -> usize {
+    (65_536 / context.max(1)).clamp(8, 256)
+}
+
+fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, inner) = q.dims3()?;
+    let (kb, m, k_inner) = k.dims3()?;
+    if kb != b || k_inner != inner || v.dims() != k.dims() {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?} and v {:?} do not agree",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let hd = inner / heads;
+    let scale = (hd as f32).powf(-0.5);
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (
+        candle_core::Storage::Cpu(qc),
+        candle_core::Storage::Cpu(kc),
+        candle_core::Storage::Cpu(vc),
+    ) = (&*qs, &*ks, &*vs)
+    else {
+        candle_core::bail!("attention kernel: tensors must be on the CPU");
+    };
+    let (qd, kd, vd) = (
+        cpu_slice(qc, ql, "attention q")?,
+        cpu_slice(kc, kl, "attention k")?,
+        cpu_slice(vc, vl, "attention v")?,
+    );
+    let mut out = vec![0f32; b * n * inner];
+    let dst = SharedMut(out.as_mut_ptr());
+    let rows = tile_rows(m);
+    let tiles = n.div_ceil(rows);
+    (0..b * heads * tiles).into_par_iter().for_each_init(
+        || vec![0f32; rows * m],
+        |scores, task| {
+            let (bh, tile) = (task / tiles, task % tiles);
+            let (bi, h) = (bh / heads, bh % heads);
+            let r0 = tile * rows;
+            let tr = rows.min(n - r0);
+            let q0 = bi * n * inner + r0 * inner + h * hd;
+            let kv0 = bi * m * inner + h * hd;
+            let scores = &mut scores[..tr * m];
+            // SAFETY (both gemm calls): the index arithmetic stays inside q, k, v (rows r0..r0+tr
+            // of image bi, columns h·hd..(h+1)·hd) and inside this task's `scores`; the output
+            // rows r0..r0+tr, columns of head h, belong to this task alone.
+            unsafe {
+                // scores[tr × m] = scale · q_tile[tr × hd] · kᵀ[hd × m]
+                gemm::gemm(
+                    tr,
+                    m,
+                    hd,
+                    scores.as_mut_ptr(),
+                    1,
+                    m as isize,
+                    false,
+                    qd.as_ptr().add(q0),
+                    1,
+                    inner as isize,
+                    kd.as_ptr().add(kv0),
+                    inner as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            let mut inv = [0f32; 256];
+            for (r, row) in scores.chunks_exact_mut(m).enumerate() {
+                inv[r] = 1.0 / simd::exp_shifted_sum(row);
+            }
+            let o0 = bi * n * inner + r0 * inner + h * hd;
+            unsafe {
+                // out_tile[tr × hd] = p[tr × m] · v[m × hd]
+                gemm::gemm(
+                    tr,
+                    hd,
+                    m,
+                    dst.get().add(o0),
+                    1,
+                    inner as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    m as isize,
+                    vd.as_ptr().add(kv0),
+                    1,
+                    inner as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for (r, &k) in inv.iter().enumerate().take(tr) {
+                    let row = std::slice::from_raw_parts_mut(dst.get().add(o0 + r * inner), hd);
+                    simd::scale(row, k);
+                }
+            }
+        },
+    );
+    drop((qs, ks, vs));
+    Tensor::from_vec(out, (b, n, inner), q.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{randn, rel_diff};
+    use super::*;
+
+    #[test]
+    fn matches_candle_for_self_and_cross_attention() {
+        // Partial last tiles in each; the 9000-token context gets the smallest (8-row) tiles.
+        for (n, m, heads, hd) in [(300, 300, 2, 8), (130, 77, 3, 5), (40, 9000, 1, 4)] {
+            let q = randn(&[2, n, heads * hd]);
+            let k = randn(&[2, m, heads * hd]);
+            let v = randn(&[2, m, heads * hd]);
+            let got = kernel(&q, &k, &v, heads).unwrap();
+            let want = reference(&q, &k, &v, heads).unwrap();
+            let d = rel_diff(&got, &want);
+            assert!(d < 1e-5, "n={n} m={m} heads={heads}: {d}");
+        }
+    }
+
+    #[test]
+    fn strided_inputs_are_taken() {
+        let qkv = randn(&[1, 20, 3 * 12]);
+        let (q, k, v) = (
+            qkv.narrow(2, 0, 12).unwrap(),
+            qkv.narrow(2, 12, 12).unwrap(),
+            qkv.narrow(2, 24, 12).unwrap(),
+        );
+        let got = attention(&q, &k, &v, 3).unwrap();
+        assert!(rel_diff(&got, &reference(&q, &k, &v, 3).unwrap()) < 1e-5);
+    }
+}

@@ -1,0 +1,119 @@
+//! The model's heavy ops, each a function over `Tensor`s that takes Easel's own CPU kernel where
+//! it can (f32, on the CPU, not tracking gradients) and candle's op everywhere else (CUDA, Metal,
+//! half precision, training), so GPU builds run the same model code.
+//!
+//! Why own kernels: candle's CPU ops are general and allocate at every step. A UNet step spent
+//! most of its time around the matrix products rather than in them: attention that writes the
+//! whole tokens × tokens score matrix, 3×3 convolutions that copy every input pixel nine times
+//! (im2col) and transpose it twice, and group norms made of eight element-wise passes. The
+//! kernels here do the same arithmetic with the same `gemm` candle uses, in fewer passes:
+//!
+//! - [`attention`]: scores, softmax and values a tile of queries at a time; the T×T matrix never
+//!   exists (a 64 MiB buffer per head at 512², 1 GiB at 1024²).
+//! - [`conv2d`]: a stride-1 convolution is k² matrix products over shifted views of one padded
+//!   copy of the input, accumulated into the output: no im2col buffer, no layout changes.
+//! - [`GroupNorm`]: statistics and normalisation in two sweeps, SiLU fused in when asked.
+//! - [`geglu`]: the feed-forward's gate in one pass.
+//!
+//! Each is checked against the candle op it replaces (unit tests below each kernel) and, through
+//! the model, against diffusers (the reference tests). `EASEL_KERNELS=candle` turns them all off,
+//! which is how `easel bench` shows what they buy.
+
+mod activation;
+mod attention;
+mod conv;
+mod norm;
+pub mod profile;
+mod simd;
+
+use std::sync::OnceLock;
+
+use candle_core::{DType, Tensor};
+
+pub use activation::{add_in_place, geglu};
+pub use attention::attention;
+pub use conv::{conv2d, Conv2d};
+pub use norm::{group_norm, GroupNorm};
+pub use profile::Kind;
+
+/// True when `EASEL_KERNELS=candle` asks for candle's ops everywhere (for comparisons).
+fn kernels_off() -> bool {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("EASEL_KERNELS").is_ok_and(|v| v == "candle"))
+}
+
+/// Whether Easel's CPU kernels can take these tensors.
+fn own_kernel(ts: &[&Tensor]) -> bool {
+    !kernels_off()
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+}
+
+/// A raw pointer that worker threads may write through, each to its own disjoint part.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every use splits the buffer so that no two threads touch the same element, and the
+// buffer outlives the parallel section that uses it.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn parallelism(threads: usize) -> gemm::Parallelism {
+    if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// The contiguous f32 data of a CPU tensor (after `contiguous()` by the caller).
+fn cpu_slice<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::{Device, Tensor};
+
+    pub fn randn(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Largest absolute difference, relative to the largest magnitude in `want`.
+    pub fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
+        assert_eq!(got.dims(), want.dims());
+        let d: f32 = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let m: f32 = want
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        d / m.max(1e-12)
+    }
+}
