@@ -106,6 +106,8 @@ pub struct Settings {
     pub model_choices: BTreeMap<PathBuf, ModelChoice>,
     /// A1111's "Clip skip": 1 uses the text encoder's last layer, 2 the one before, …
     pub clip_skip: usize,
+    /// Where models run: auto (a GPU when this build and machine have one), cpu, cuda, metal.
+    pub device: crate::models::device::DeviceChoice,
 }
 
 /// What the user chose for one model, overriding what its files say.
@@ -123,6 +125,7 @@ impl ModelChoice {
         LoadOptions {
             vae: self.vae.clone(),
             prediction: self.prediction.as_deref().and_then(parse_prediction),
+            ..Default::default()
         }
     }
 }
@@ -158,6 +161,7 @@ impl Default for Settings {
             model_dirs: Vec::new(),
             model_choices: BTreeMap::new(),
             clip_skip: 1,
+            device: Default::default(),
         }
     }
 }
@@ -167,11 +171,16 @@ impl Settings {
     /// the absolute path the worker reports, so a relative or symlinked path finds them too.
     pub fn model_options(&self, path: &Path) -> LoadOptions {
         let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        self.model_choices
+        let choice = self
+            .model_choices
             .get(&absolute)
             .or_else(|| self.model_choices.get(path))
             .map(ModelChoice::options)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        LoadOptions {
+            device: self.device,
+            ..choice
+        }
     }
 
     pub fn library_dir(&self) -> PathBuf {

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
+
+use crate::models::device::DeviceChoice;
 use clap::Args;
 
 use crate::diffusion::schedulers::PredictionType;
@@ -34,6 +36,9 @@ pub struct GenerateArgs {
     /// anime SD 1.x models want 2).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub clip_skip: usize,
+    /// Where to run: auto (a GPU when this build and machine have one), cpu, cuda, metal.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
     #[arg(long)]
     pub prompt: String,
     /// What the image should not show; empty = unconditional.
@@ -87,11 +92,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             anyhow!("--model: no model given and the bundled default model (models/default) is not installed")
         })?,
     };
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let load_start = Instant::now();
     let options = LoadOptions {
         vae: args.vae.clone(),
         prediction: args.prediction,
+        device: args.device,
     };
     let pipeline = Pipeline::load_with(&model_dir, &options, &device)?;
     let model = &pipeline.model;

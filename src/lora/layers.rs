@@ -285,7 +285,7 @@ impl LoraLinear {
 impl Module for LoraLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         crate::ops::profile::scope(crate::ops::Kind::Linear, || {
-            self.slot.add_terms(x, self.base.forward(x)?)
+            self.slot.add_terms(x, crate::ops::linear(x, &self.base)?)
         })
     }
 }

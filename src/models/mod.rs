@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod clip_text;
+pub mod device;
 pub mod error;
 pub mod hash;
 pub mod library;

@@ -13,6 +13,7 @@
 //! - [`conv2d`]: a stride-1 convolution is k² matrix products over shifted views of one padded
 //!   copy of the input, accumulated into the output: no im2col buffer, no layout changes.
 //! - [`GroupNorm`]: statistics and normalisation in two sweeps, SiLU fused in when asked.
+//! - [`linear`]: all images' token rows as one product, the bias as its starting value.
 //! - [`geglu`]: the feed-forward's gate in one pass.
 //!
 //! Each is checked against the candle op it replaces (unit tests below each kernel) and, through
@@ -22,6 +23,7 @@
 mod activation;
 mod attention;
 mod conv;
+mod linear;
 mod norm;
 pub mod profile;
 mod simd;
@@ -33,6 +35,7 @@ use candle_core::{DType, Tensor};
 pub use activation::{add_in_place, geglu};
 pub use attention::attention;
 pub use conv::{conv2d, Conv2d};
+pub use linear::linear;
 pub use norm::{group_norm, GroupNorm};
 pub use profile::Kind;
 

@@ -11,7 +11,6 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Device;
 use tokio::runtime::Handle;
 use tokio::sync::OnceCell;
 
@@ -166,7 +165,18 @@ impl Control {
 
     fn load(&self, path: PathBuf, options: LoadOptions) -> Option<Loaded> {
         let start = Instant::now();
-        let result = catch_unwind(|| Pipeline::load_with(&path, &options, &Device::Cpu));
+        let device = match options.device.open() {
+            Ok(d) => d,
+            Err(e) => {
+                self.sink.send(Event::ModelFailed {
+                    path,
+                    error: e.to_string(),
+                    kept: None,
+                });
+                return None;
+            }
+        };
+        let result = catch_unwind(|| Pipeline::load_with(&path, &options, &device));
         let pipeline = match result {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {

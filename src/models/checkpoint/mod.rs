@@ -34,6 +34,8 @@ pub struct LoadOptions {
     pub vae: Option<PathBuf>,
     /// Overrides the prediction type the files imply.
     pub prediction: Option<PredictionType>,
+    /// Where the model runs (the worker opens it; the loaders take the opened device).
+    pub device: crate::models::device::DeviceChoice,
 }
 
 /// The modules of a single-file checkpoint, ready to run.

@@ -1,0 +1,116 @@
+//! `x · Wᵀ + b` over token rows as one matrix product.
+//!
+//! candle's `Linear` on a [batch, tokens, in] input broadcasts the weight over the batch and runs
+//! one product per image, then adds the bias in a separate pass. Here the rows of all images are
+//! one matrix, the weight is read transposed in place, and the bias is the product's starting
+//! value, so the output is written once.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::Linear;
+use rayon::prelude::*;
+
+use super::{cpu_slice, own_kernel, parallelism};
+
+/// `layer.forward(x)` for an input of any rank ≥ 1 (the last axis is the features).
+pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
+    let w = layer.weight();
+    let mut inputs = vec![x, w];
+    inputs.extend(layer.bias());
+    if !own_kernel(&inputs) || w.rank() != 2 || x.rank() == 0 {
+        return layer.forward(x);
+    }
+    let (out_f, in_f) = w.dims2()?;
+    let dims = x.dims().to_vec();
+    if dims.last() != Some(&in_f) {
+        return layer.forward(x);
+    }
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let x = x.contiguous()?;
+    // The weight is read through its strides: a transposed view works as well as the original.
+    let (w_s0, w_s1) = (w.stride()[0], w.stride()[1]);
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (candle_core::Storage::Cpu(xc), candle_core::Storage::Cpu(wc)) = (&*xs, &*ws) else {
+        candle_core::bail!("linear kernel: tensors must be on the CPU");
+    };
+    let xd = cpu_slice(xc, xl, "linear input")?;
+    let candle_core::CpuStorage::F32(wd) = wc else {
+        candle_core::bail!("linear kernel: the weight must be f32");
+    };
+    let wd = &wd[wl.start_offset()..];
+    if (out_f - 1) * w_s0 + (in_f - 1) * w_s1 >= wd.len() {
+        candle_core::bail!("linear kernel: weight strides run past its storage");
+    }
+    let mut out = vec![0f32; rows * out_f];
+    let has_bias = match layer.bias() {
+        Some(b) => {
+            let b: Vec<f32> = b.to_vec1()?;
+            if b.len() != out_f {
+                candle_core::bail!("linear: {} biases for {out_f} outputs", b.len());
+            }
+            out.par_chunks_mut(out_f)
+                .for_each(|r| r.copy_from_slice(&b));
+            true
+        }
+        None => false,
+    };
+    // SAFETY: dst is rows × out_f (row stride out_f); lhs is x, rows × in_f (row stride in_f);
+    // rhs is Wᵀ, in_f × out_f read from W [out_f, in_f] through its strides (checked above).
+    unsafe {
+        gemm::gemm(
+            rows,
+            out_f,
+            in_f,
+            out.as_mut_ptr(),
+            1,
+            out_f as isize,
+            has_bias,
+            xd.as_ptr(),
+            1,
+            in_f as isize,
+            wd.as_ptr(),
+            w_s0 as isize,
+            w_s1 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(candle_core::utils::get_num_threads()),
+        );
+    }
+    drop((xs, ws));
+    let mut out_dims = dims;
+    if let Some(d) = out_dims.last_mut() {
+        *d = out_f;
+    }
+    Tensor::from_vec(out, out_dims, x.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{randn, rel_diff};
+    use super::*;
+
+    #[test]
+    fn matches_candle_linear_with_and_without_bias() {
+        for (shape, bias) in [
+            (vec![2, 37, 24], true),
+            (vec![5, 24], false),
+            (vec![1, 2, 3, 24], true),
+        ] {
+            let layer = Linear::new(randn(&[17, 24]), bias.then(|| randn(&[17])));
+            let x = randn(&shape);
+            let d = rel_diff(&linear(&x, &layer).unwrap(), &layer.forward(&x).unwrap());
+            assert!(d < 1e-5, "{shape:?}: {d}");
+        }
+        // A transposed weight and a strided input (a narrowed view) are taken too.
+        let wt = randn(&[4, 6]);
+        let layer = Linear::new(wt.t().unwrap(), Some(randn(&[6])));
+        let x = randn(&[2, 5, 4]);
+        assert!(rel_diff(&linear(&x, &layer).unwrap(), &layer.forward(&x).unwrap()) < 1e-5);
+        let layer = Linear::new(randn(&[6, 4]), Some(randn(&[6])));
+        let x = randn(&[3, 10, 8]).narrow(2, 2, 4).unwrap();
+        assert!(rel_diff(&linear(&x, &layer).unwrap(), &layer.forward(&x).unwrap()) < 1e-5);
+    }
+}
