@@ -9,6 +9,8 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use crate::models::taesd::Taesd;
+
 /// SD 1.x latent → RGB factors (rows: latent channels; columns: R, G, B).
 pub const SD1_LATENT_RGB: [[f32; 3]; 4] = [
     [0.3512, 0.2297, 0.3227],
@@ -75,6 +77,21 @@ fn fallback(data: &[f32], channels: usize, plane: usize, rgb: &mut [u8]) {
             rgb[p * 3 + k] = to_u8((colour[p * 3 + k] - lo) / range);
         }
     }
+}
+
+/// TAESD's decode of the first latent of the batch, at full image size: a real preview.
+pub fn taesd_preview(taesd: &Taesd, latents: &Tensor) -> Result<Preview> {
+    let x = taesd.decode(&latents.narrow(0, 0, 1)?)?;
+    let (_, _, h, w) = x.dims4()?;
+    let hwc: Vec<f32> = ((x.get(0)? + 1.0)? * 0.5)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1()?;
+    Ok(Preview {
+        width: w,
+        height: h,
+        rgb: hwc.into_iter().map(to_u8).collect(),
+    })
 }
 
 fn to_u8(v: f32) -> u8 {

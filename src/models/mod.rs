@@ -7,6 +7,7 @@ pub mod error;
 pub mod hash;
 pub mod library;
 pub mod stable_diffusion;
+pub mod taesd;
 pub mod tensor_file;
 pub mod tokenizer;
 pub mod unet;
