@@ -8,8 +8,11 @@
 //! each row's last real pixel are thrown away) makes that `q + i·wp + j` for column q, so every
 //! tap is one plain matrix product `W[i, j] · X[:, q + shift(i, j)]` over a strided view,
 //! accumulated by `gemm` into one output buffer. A stride s > 1 is reduced to stride 1 by
-//! splitting the padded image into its s² phases (row and column mod s) in the same copy. The weights are kept tap-major
-//! ([k·k, out, in], rearranged once at load) so each tap reads its own contiguous slice; the
+//! splitting the padded image into its s² phases (row and column mod s) in the same copy.
+//! Small images (the UNet's lowest levels), where the padding columns would be a large share of
+//! the work, use a plain im2col buffer instead (it is small there) and one product.
+//! The weights are kept as [out, k, k, in] (rearranged once at load): each tap reads contiguous
+//! runs of `in`, and the whole kernel is the im2col product's left matrix as it stands. The
 //! bias is added while the real pixels are copied out; a nearest-neighbour upsample in front of
 //! the convolution (the UNet's and VAE's upsamplers) is done by the padding copy for free.
 
@@ -25,10 +28,10 @@ use super::{cpu_slice, own_kernel, parallelism, SharedMut};
 /// A 2-D convolution with a square kernel, named like candle's so checkpoints load unchanged.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
-    /// [out, in, k, k]; on the CPU a strided view of `taps` (one copy of the weights in memory).
+    /// [out, in, k, k]; on the CPU a strided view of `ohwi` (one copy of the weights in memory).
     weight: Tensor,
-    /// [k·k, out, in], contiguous: what the kernel reads. None off the CPU.
-    taps: Option<Tensor>,
+    /// [out, k, k, in], contiguous: what the kernel reads. None off the CPU.
+    ohwi: Option<Tensor>,
     bias: Option<Tensor>,
     cfg: Conv2dConfig,
 }
@@ -49,22 +52,22 @@ impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Result<Self> {
         let (_, _, kh, kw) = weight.dims4()?;
         // Trained weights (`Var`s) stay as they are, so gradients reach them.
-        let taps = if kh == kw
+        let ohwi = if kh == kw
             && weight.device().is_cpu()
             && weight.dtype() == candle_core::DType::F32
             && !weight.is_variable()
         {
-            Some(weight.permute((2, 3, 0, 1))?.contiguous()?)
+            Some(weight.permute((0, 2, 3, 1))?.contiguous()?)
         } else {
             None
         };
-        let weight = match &taps {
-            Some(t) => t.permute((2, 3, 0, 1))?,
+        let weight = match &ohwi {
+            Some(t) => t.permute((0, 3, 1, 2))?,
             None => weight,
         };
         Ok(Self {
             weight,
-            taps,
+            ohwi,
             bias,
             cfg,
         })
@@ -87,14 +90,14 @@ impl Conv2d {
         scope(Kind::Convolution, || {
             let mut inputs = vec![x];
             inputs.extend(self.bias.as_ref());
-            match &self.taps {
-                Some(taps)
+            match &self.ohwi {
+                Some(ohwi)
                     if own_kernel(&inputs)
                         && x.rank() == 4
                         && self.cfg.dilation == 1
                         && self.cfg.groups == 1 =>
                 {
-                    kernel(x, taps, self.bias.as_ref(), self.cfg, up)
+                    kernel(x, ohwi, self.bias.as_ref(), self.cfg, up)
                 }
                 _ => {
                     let x = match up {
@@ -129,33 +132,90 @@ fn nearest(o: usize, inp: usize, out: usize) -> usize {
     ((o as f64 * (inp as f64 / out as f64)) as usize).min(inp - 1)
 }
 
+/// The sizes of one convolution call.
+#[derive(Clone, Copy)]
+struct Geometry {
+    b: usize,
+    ci: usize,
+    co: usize,
+    /// Input as stored, and as convolved (after the optional upsample).
+    hi: usize,
+    wi: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+    up: bool,
+}
+
+impl Geometry {
+    /// The stored input pixel (row, column) that convolved pixel (y, x) reads.
+    #[inline]
+    fn source(&self, y: usize, x: usize) -> (usize, usize) {
+        if self.up {
+            (nearest(y, self.hi, self.h), nearest(x, self.wi, self.w))
+        } else {
+            (y, x)
+        }
+    }
+}
+
+/// Output columns computed per output channel, and where image i's row y starts among them.
+struct Columns {
+    wide: Vec<f32>,
+    n: usize,
+    image_cols: usize,
+    row_cols: usize,
+}
+
+/// Below this many output pixels (all images), the padding columns of the shifted products
+/// would be a large share of the work: an exact im2col buffer is small there.
+const SMALL_OUTPUT: usize = 512;
+
 fn kernel(
     x: &Tensor,
-    taps: &Tensor,
+    ohwi: &Tensor,
     bias: Option<&Tensor>,
     cfg: Conv2dConfig,
     up: Option<(usize, usize)>,
 ) -> Result<Tensor> {
     let (b, ci, hi, wi) = x.dims4()?;
-    let (kh, kw, co, tci) = taps.dims4()?;
+    let (co, kh, kw, tci) = ohwi.dims4()?;
     let (k, s, pad) = (kh, cfg.stride.max(1), cfg.padding);
     if tci != ci || kh != kw {
         candle_core::bail!("conv2d: input has {ci} channels, the kernel expects {tci}");
     }
-    let (h, wd) = up.unwrap_or((hi, wi));
-    let (hp, wp) = (h + 2 * pad, wd + 2 * pad);
+    let (h, w) = up.unwrap_or((hi, wi));
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
     if hp < k || wp < k || hi == 0 || wi == 0 || b == 0 {
-        candle_core::bail!("conv2d: a {k}×{k} kernel does not fit a {h}×{wd} input");
+        candle_core::bail!("conv2d: a {k}×{k} kernel does not fit a {h}×{w} input");
     }
-    let (ho, wo) = ((hp - k) / s + 1, (wp - k) / s + 1);
+    let g = Geometry {
+        b,
+        ci,
+        co,
+        hi,
+        wi,
+        h,
+        w,
+        k,
+        s,
+        pad,
+        ho: (hp - k) / s + 1,
+        wo: (wp - k) / s + 1,
+        up: up.is_some(),
+    };
     let x = x.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
-    let (ts, tl) = taps.storage_and_layout();
+    let (ts, tl) = ohwi.storage_and_layout();
     let (candle_core::Storage::Cpu(xc), candle_core::Storage::Cpu(tc)) = (&*xs, &*ts) else {
         candle_core::bail!("conv2d kernel: tensors must be on the CPU");
     };
     let xd = cpu_slice(xc, xl, "conv input")?;
-    let wdata = cpu_slice(tc, tl, "conv weight")?;
+    let wd = cpu_slice(tc, tl, "conv weight")?;
     let bias: Vec<f32> = match bias {
         Some(t) => t.to_vec1()?,
         None => vec![0.0; co],
@@ -163,17 +223,123 @@ fn kernel(
     if bias.len() != co {
         candle_core::bail!("conv2d: {} biases for {co} output channels", bias.len());
     }
+    let cols = if k > 1 && b * g.ho * g.wo <= SMALL_OUTPUT {
+        im2col_product(&g, xd, wd)
+    } else {
+        shifted_products(&g, xd, wd)
+    };
 
+    // Keep the columns that are real output pixels, adding the bias.
+    let (ho, wo) = (g.ho, g.wo);
+    let mut out = vec![0f32; b * co * ho * wo];
+    let dst = SharedMut(out.as_mut_ptr());
+    scope(Kind::Copy, || {
+        cols.wide
+            .par_chunks(cols.n)
+            .enumerate()
+            .for_each(|(oc, row)| {
+                for bi in 0..b {
+                    for y in 0..ho {
+                        let start = bi * cols.image_cols + y * cols.row_cols;
+                        let src = &row[start..start + wo];
+                        // SAFETY: row y of channel oc of image bi; each task (oc) writes its own.
+                        let d = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                dst.get().add(((bi * co + oc) * ho + y) * wo),
+                                wo,
+                            )
+                        };
+                        for (d, &v) in d.iter_mut().zip(src) {
+                            *d = v + bias[oc];
+                        }
+                    }
+                }
+            })
+    });
+    drop((xs, ts));
+    Tensor::from_vec(out, (b, co, ho, wo), x.device())
+}
+
+/// Small outputs: rows (tap, channel) × columns (image, pixel), then one product with the whole
+/// [co, k·k·ci] kernel.
+fn im2col_product(g: &Geometry, xd: &[f32], wd: &[f32]) -> Columns {
+    let (b, ci, co, k) = (g.b, g.ci, g.co, g.k);
+    let hw = g.ho * g.wo;
+    let n = b * hw;
+    let depth = k * k * ci;
+    let cols = scope(Kind::Copy, || {
+        let mut cols = vec![0f32; depth * n];
+        cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+            let (tap, c) = (r / ci, r % ci);
+            let (i, j) = (tap / k, tap % k);
+            for bi in 0..b {
+                let src = &xd[(bi * ci + c) * g.hi * g.wi..(bi * ci + c + 1) * g.hi * g.wi];
+                for y in 0..g.ho {
+                    let Some(yy) = (y * g.s + i).checked_sub(g.pad).filter(|&v| v < g.h) else {
+                        continue;
+                    };
+                    for xo in 0..g.wo {
+                        if let Some(xx) = (xo * g.s + j).checked_sub(g.pad).filter(|&v| v < g.w) {
+                            let (sy, sx) = g.source(yy, xx);
+                            row[bi * hw + y * g.wo + xo] = src[sy * g.wi + sx];
+                        }
+                    }
+                }
+            }
+        });
+        cols
+    });
+    let mut wide = vec![0f32; co * n];
+    // SAFETY: dst co × n, lhs the [co, k·k·ci] weights (row-major), rhs `cols` depth × n.
+    unsafe {
+        gemm::gemm(
+            co,
+            n,
+            depth,
+            wide.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            wd.as_ptr(),
+            1,
+            depth as isize,
+            cols.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(candle_core::utils::get_num_threads()),
+        );
+    }
+    Columns {
+        wide,
+        n,
+        image_cols: hw,
+        row_cols: g.wo,
+    }
+}
+
+/// The k² shifted products over one padded (and phase-split) copy of the input.
+fn shifted_products(g: &Geometry, xd: &[f32], wd: &[f32]) -> Columns {
+    let (b, ci, co, k, s, pad) = (g.b, g.ci, g.co, g.k, g.s, g.pad);
+    let (hp, wp) = (g.h + 2 * pad, g.w + 2 * pad);
     // The padded input is split into s×s phases (row mod s, column mod s), so that for every
     // tap the pixels it reads form a stride-1 grid within one phase: tap (i, j) reads phase
     // (i mod s, j mod s) shifted by (i / s, j / s). Layout [channel][phase][image][position]:
     // the images of a batch are then just more columns of the same products. Each phase has
     // `wq` columns per row and rows enough for the furthest tap of the last output row.
-    let wr = wp.div_ceil(s) * s;
-    let wq = wr / s;
-    let rows = hp.div_ceil(s).max(ho + k);
-    let direct = pad == 0 && k == 1 && s == 1 && up.is_none() && b == 1;
-    let phase_len = if direct { hi * wi } else { rows * wq + k };
+    let wq = wp.div_ceil(s);
+    let reach = (k - 1) / s;
+    let rows = hp.div_ceil(s).max(g.ho + reach);
+    let direct = pad == 0 && k == 1 && s == 1 && !g.up && b == 1;
+    let phase_len = if direct {
+        g.hi * g.wi
+    } else {
+        rows * wq + reach + 1
+    };
     let per_channel = s * s * b * phase_len;
     let padded: Cow<[f32]> = if direct {
         Cow::Borrowed(xd)
@@ -184,25 +350,20 @@ fn kernel(
                 .enumerate()
                 .for_each(|(c, dst)| {
                     for bi in 0..b {
-                        let src = &xd[(bi * ci + c) * hi * wi..(bi * ci + c + 1) * hi * wi];
-                        for y in 0..h {
-                            let sy = if up.is_some() { nearest(y, hi, h) } else { y };
-                            let srow = &src[sy * wi..(sy + 1) * wi];
+                        let src = &xd[(bi * ci + c) * g.hi * g.wi..(bi * ci + c + 1) * g.hi * g.wi];
+                        for y in 0..g.h {
                             let r = y + pad;
-                            if s == 1 && up.is_none() {
+                            if s == 1 && !g.up {
                                 let at = bi * phase_len + r * wq + pad;
-                                dst[at..at + wd].copy_from_slice(srow);
+                                dst[at..at + g.w].copy_from_slice(&src[y * g.wi..(y + 1) * g.wi]);
                                 continue;
                             }
-                            for xo in 0..wd {
-                                let v = if up.is_some() {
-                                    srow[nearest(xo, wi, wd)]
-                                } else {
-                                    srow[xo]
-                                };
+                            for xo in 0..g.w {
+                                let (sy, sx) = g.source(y, xo);
                                 let cc = xo + pad;
                                 let phase = (r % s) * s + cc % s;
-                                dst[(phase * b + bi) * phase_len + (r / s) * wq + cc / s] = v;
+                                dst[(phase * b + bi) * phase_len + (r / s) * wq + cc / s] =
+                                    src[sy * g.wi + sx];
                             }
                         }
                     }
@@ -212,7 +373,7 @@ fn kernel(
     };
 
     // Output columns: image i's pixel (y, x) is column i·phase_len + y·wq + x.
-    let n = (b - 1) * phase_len + ho * wq;
+    let n = (b - 1) * phase_len + g.ho * wq;
     let mut wide = vec![0f32; co * n];
     let threads = candle_core::utils::get_num_threads();
     let wide_ptr = SharedMut(wide.as_mut_ptr());
@@ -221,11 +382,12 @@ fn kernel(
         for i in 0..k {
             for j in 0..k {
                 let shift = ((i % s) * s + j % s) * b * phase_len + (i / s) * wq + j / s;
-                // SAFETY: lhs is tap (i, j), co × ci contiguous, inside `taps`. rhs is ci rows
-                // (stride per_channel) of `len` columns from shift + c0; the furthest read is at
-                // most (s² − 1)·b·phase_len + (b − 1)·phase_len + (ho + (k − 1)/s)·wq + k − 1,
-                // inside the channel's block because phase_len ≥ (ho + k)·wq + k. dst is
-                // columns c0.. of `wide` (co × n), which no other call touches.
+                // SAFETY: lhs is tap (i, j) of the [co, k, k, ci] weights: co rows of ci (row
+                // stride k²·ci). rhs is ci rows (stride per_channel) of `len` columns from
+                // shift + c0; the furthest read, (s² − 1)·b·phase_len + (b − 1)·phase_len +
+                // ho·wq − 1 + reach·wq + reach, is inside the channel's block because
+                // phase_len ≥ (ho + reach)·wq + reach + 1. dst is columns c0.. of `wide`
+                // (co × n), which no other call touches.
                 unsafe {
                     gemm::gemm(
                         co,
@@ -235,9 +397,9 @@ fn kernel(
                         1,
                         n as isize,
                         i + j > 0,
-                        wdata.as_ptr().add((i * k + j) * co * ci),
+                        wd.as_ptr().add((i * k + j) * ci),
                         1,
-                        ci as isize,
+                        (k * k * ci) as isize,
                         padded.as_ptr().add(shift + c0),
                         1,
                         per_channel as isize,
@@ -263,31 +425,12 @@ fn kernel(
     } else {
         columns(0, n, parallelism(threads));
     }
-    // Keep the columns that are real output pixels, adding the bias.
-    let mut out = vec![0f32; b * co * ho * wo];
-    let dst = SharedMut(out.as_mut_ptr());
-    scope(Kind::Copy, || {
-        wide.par_chunks(n).enumerate().for_each(|(oc, row)| {
-            for bi in 0..b {
-                for y in 0..ho {
-                    let start = bi * phase_len + y * wq;
-                    let src = &row[start..start + wo];
-                    // SAFETY: row y of channel oc of image bi; each task (oc) writes its own.
-                    let d = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            dst.get().add(((bi * co + oc) * ho + y) * wo),
-                            wo,
-                        )
-                    };
-                    for (d, &v) in d.iter_mut().zip(src) {
-                        *d = v + bias[oc];
-                    }
-                }
-            }
-        })
-    });
-    drop((xs, ts));
-    Tensor::from_vec(out, (b, co, ho, wo), x.device())
+    Columns {
+        wide,
+        n,
+        image_cols: phase_len,
+        row_cols: wq,
+    }
 }
 
 #[cfg(test)]
@@ -327,8 +470,9 @@ mod tests {
     fn upsampling_in_the_copy_matches_upsample_then_conv() {
         let c = conv(4, 6, 3, 1, 1, true);
         let x = randn(&[2, 4, 5, 7]);
-        for size in [(10, 14), (11, 13)] {
-            let got = c.forward_upsampled(&x, size).unwrap();
+        let big = randn(&[2, 4, 20, 15]);
+        for (x, size) in [(&x, (10, 14)), (&x, (11, 13)), (&big, (40, 30))] {
+            let got = c.forward_upsampled(x, size).unwrap();
             let want = c
                 .reference(&x.upsample_nearest2d(size.0, size.1).unwrap())
                 .unwrap();
@@ -346,6 +490,9 @@ mod tests {
             (2, 5, 3, 3, 1, 2, 7, 10, false),
             (1, 2, 4, 1, 0, 2, 5, 5, true),
             (1, 3, 2, 3, 1, 3, 11, 6, true),
+            // Big enough for the phase-split products rather than im2col.
+            (2, 3, 4, 3, 1, 2, 48, 40, true),
+            (1, 2, 3, 3, 0, 2, 61, 45, false),
         ] {
             let c = conv(ci, co, k, p, s, bias);
             let x = randn(&[b, ci, w, h]).transpose(2, 3).unwrap();
@@ -358,11 +505,11 @@ mod tests {
     #[test]
     fn weights_are_held_once() {
         let c = conv(3, 5, 3, 1, 1, true);
-        assert!(c.taps.is_some());
+        assert!(c.ohwi.is_some());
         assert_eq!(c.weight().dims(), &[5, 3, 3, 3]);
-        // The candle-layout weight is a view of the tap-major one, not a second copy.
+        // The candle-layout weight is a view of the kernel's layout, not a second copy.
         let (a, _) = c.weight().storage_and_layout();
-        let (t, _) = c.taps.as_ref().unwrap().storage_and_layout();
+        let (t, _) = c.ohwi.as_ref().unwrap().storage_and_layout();
         assert!(std::ptr::eq(&*a, &*t));
     }
 }
