@@ -68,6 +68,14 @@ pub struct GenerateArgs {
     /// Write each step's preview here as step_NNN.png.
     #[arg(long)]
     pub preview_dir: Option<PathBuf>,
+    /// The final decode: vae (the model's) | taesd[=PATH] (TAESD: a fraction of the VAE's time,
+    /// slightly softer). Without a path, TAESD is looked for in the model folders (see README).
+    #[arg(long, default_value = "vae", value_parser = parse_decoder_arg, value_name = "vae|taesd[=PATH]")]
+    pub decoder: TaesdChoice,
+    /// Per-step previews: latent (a projection at latent size, nearly free) | taesd[=PATH] (real
+    /// images at full size through TAESD).
+    #[arg(long, default_value = "latent", value_parser = parse_preview_arg, value_name = "latent|taesd[=PATH]")]
+    pub preview: TaesdChoice,
     /// A LoRA adapter: a .safetensors file or a name found in --lora-dir. `:W` sets its weight
     /// (default 1, negative allowed); `:TE:UNET` or `:te=W:unet=W` separate text-encoder and
     /// UNet weights (A1111's order). Repeatable. `<lora:NAME:W>` in the prompt works too.
@@ -99,7 +107,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         prediction: args.prediction,
         device: args.device,
     };
-    let pipeline = Pipeline::load_with(&model_dir, &options, &device)?;
+    let mut pipeline = Pipeline::load_with(&model_dir, &options, &device)?;
+    if let Some(taesd) = load_taesd(&args, &model_dir, &device)? {
+        pipeline.set_taesd(taesd)?;
+    }
     let model = &pipeline.model;
     eprintln!(
         "loaded {} ({}) in {:.2}s",
@@ -112,6 +123,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     if let Some(vae) = &model.vae_file {
         eprintln!("  VAE: {}", vae.display());
+    }
+    if let Some(t) = &pipeline.taesd {
+        let uses: Vec<&str> = [(t.final_decode, "final decode"), (t.preview, "previews")]
+            .iter()
+            .filter_map(|&(on, what)| on.then_some(what))
+            .collect();
+        eprintln!("  TAESD: {} ({})", t.model.file.display(), uses.join(", "));
     }
 
     let seed = args.seed.unwrap_or_else(rand::random);
@@ -214,6 +232,78 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     png_meta::write_png(&args.output, image.width, image.height, &image.rgb, &meta)?;
     eprintln!("wrote {}", args.output.display());
     Ok(())
+}
+
+/// `--decoder` / `--preview`: the built-in way, or TAESD from a path or the model folders.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaesdChoice {
+    Builtin,
+    Taesd(Option<PathBuf>),
+}
+
+fn parse_taesd_choice(s: &str, builtin: &str) -> Result<TaesdChoice, String> {
+    match s.split_once('=') {
+        _ if s == builtin => Ok(TaesdChoice::Builtin),
+        _ if s == "taesd" => Ok(TaesdChoice::Taesd(None)),
+        Some(("taesd", path)) if !path.is_empty() => Ok(TaesdChoice::Taesd(Some(path.into()))),
+        _ => Err(format!("{s:?}: use {builtin}, taesd or taesd=PATH")),
+    }
+}
+
+/// `--decoder vae|taesd[=PATH]`.
+pub fn parse_decoder_arg(s: &str) -> Result<TaesdChoice, String> {
+    parse_taesd_choice(s, "vae")
+}
+
+/// `--preview latent|taesd[=PATH]`.
+pub fn parse_preview_arg(s: &str) -> Result<TaesdChoice, String> {
+    parse_taesd_choice(s, "latent")
+}
+
+/// The TAESD `--decoder` / `--preview` ask for (one file serves both), found beside the model
+/// or in the model library when no path is given.
+fn load_taesd(
+    args: &GenerateArgs,
+    model: &Path,
+    device: &Device,
+) -> Result<Option<crate::diffusion::TaesdUse>> {
+    let paths: Vec<(&str, &Option<PathBuf>)> =
+        [("decoder", &args.decoder), ("preview", &args.preview)]
+            .into_iter()
+            .filter_map(|(flag, c)| match c {
+                TaesdChoice::Taesd(p) => Some((flag, p)),
+                TaesdChoice::Builtin => None,
+            })
+            .collect();
+    let Some(&(flag, _)) = paths.first() else {
+        return Ok(None);
+    };
+    let given: Vec<&PathBuf> = paths.iter().filter_map(|(_, p)| p.as_ref()).collect();
+    if given.len() == 2 && given[0] != given[1] {
+        bail!(
+            "--decoder and --preview name two different TAESDs; give one path (or one flag a path)"
+        );
+    }
+    let path = match given.first() {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let mut dirs: Vec<PathBuf> = model
+                .parent()
+                .filter(|_| model.is_file())
+                .map(|p| vec![p.to_path_buf()])
+                .unwrap_or_else(|| vec![model.to_path_buf()]);
+            dirs.extend(crate::models::library::default_model_dirs());
+            crate::models::taesd::find(&dirs, crate::models::taesd::DECODER_FILES[0])
+                .map_err(|e| anyhow!("--{flag} taesd: {e}"))?
+        }
+    };
+    let model = crate::models::taesd::Taesd::load(&path, device)
+        .map_err(|e| anyhow!("--{flag} taesd: {e}"))?;
+    Ok(Some(crate::diffusion::TaesdUse {
+        model,
+        preview: matches!(args.preview, TaesdChoice::Taesd(_)),
+        final_decode: matches!(args.decoder, TaesdChoice::Taesd(_)),
+    }))
 }
 
 /// `--prediction epsilon|v`.

@@ -7,5 +7,5 @@ pub mod preview;
 pub mod schedulers;
 
 pub use pipeline::{
-    GenerateRequest, GeneratedImage, Outcome, Pipeline, PipelineError, StepProgress,
+    GenerateRequest, GeneratedImage, Outcome, Pipeline, PipelineError, StepProgress, TaesdUse,
 };

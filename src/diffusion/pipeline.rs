@@ -13,10 +13,11 @@ use candle_core::{DType, Device, Tensor};
 
 use super::guidance;
 use super::noise::{NoiseSource, SeededNoise};
-use super::preview::{latent_preview, Preview};
+use super::preview::{latent_preview, taesd_preview, Preview};
 use super::schedulers::{self, Sampler};
 use crate::models::checkpoint::LoadOptions;
 use crate::models::error::without_backtrace;
+use crate::models::taesd::Taesd;
 use crate::models::{ModelError, StableDiffusion};
 
 /// Steps above this are refused: no sampler gains anything there, and a typo like 20000 would
@@ -78,7 +79,8 @@ pub struct StepProgress<'a> {
     pub elapsed: Duration,
     /// The latents after this step.
     pub latents: &'a Tensor,
-    /// RGB of the predicted clean latents (x0), at latent resolution.
+    /// RGB of the predicted clean latents (x0): at latent resolution from the latent projection,
+    /// at image size from TAESD (see [`TaesdUse::preview`]).
     pub preview: Preview,
 }
 
@@ -129,6 +131,18 @@ fn compute(stage: &'static str) -> impl FnOnce(candle_core::Error) -> PipelineEr
 /// A loaded model plus the generation loop.
 pub struct Pipeline {
     pub model: StableDiffusion,
+    /// TAESD and what it is used for; `None`: latent-projection previews and the model's VAE.
+    pub taesd: Option<TaesdUse>,
+}
+
+/// A TAESD the pipeline uses (set it with [`Pipeline::set_taesd`]).
+pub struct TaesdUse {
+    pub model: Taesd,
+    /// Previews every step's predicted x0 through TAESD (a real image) instead of the latent
+    /// projection.
+    pub preview: bool,
+    /// Decodes the final latents with TAESD instead of the VAE (fast, slightly softer).
+    pub final_decode: bool,
 }
 
 impl Pipeline {
@@ -142,7 +156,27 @@ impl Pipeline {
     pub fn load_with(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Self, ModelError> {
         Ok(Self {
             model: StableDiffusion::load_with(path, opts, device, DType::F32)?,
+            taesd: None,
         })
+    }
+
+    /// Uses `taesd` as [`TaesdUse`] says, once it is known to fit this model's latents.
+    pub fn set_taesd(&mut self, taesd: TaesdUse) -> Result<(), ModelError> {
+        let (t, m) = (&taesd.model, &self.model);
+        let (tc, mc) = (t.config.latent_channels, m.latent_channels());
+        if tc != mc || t.scale() != m.vae_scale() {
+            return Err(ModelError::unsupported(
+                &t.file,
+                format!(
+                    "this TAESD makes images {}× its {tc}-channel latents; this model's VAE: {}×, \
+                     {mc} channels (a TAESD for another model family?)",
+                    t.scale(),
+                    m.vae_scale()
+                ),
+            ));
+        }
+        self.taesd = Some(taesd);
+        Ok(())
     }
 
     /// Tokenises and encodes one prompt: [1, 77, hidden]. Returns a warning when it was truncated.
@@ -324,7 +358,11 @@ impl Pipeline {
             })()
             .map_err(compute("denoising step"))?;
             latents = step_out.prev_sample;
-            let preview = latent_preview(&step_out.pred_original).map_err(compute("preview"))?;
+            let preview = match &self.taesd {
+                Some(t) if t.preview => taesd_preview(&t.model, &step_out.pred_original),
+                _ => latent_preview(&step_out.pred_original),
+            }
+            .map_err(compute("preview"))?;
             on_step(&StepProgress {
                 step: i + 1,
                 total,
@@ -342,20 +380,30 @@ impl Pipeline {
         Ok(Outcome::Finished(GeneratedImage { warnings, ..image }))
     }
 
-    /// Latents → image, converted to 8 bits exactly as diffusers does.
+    /// Latents → image (with the VAE, or TAESD when [`TaesdUse::final_decode`]), converted to
+    /// 8 bits exactly as diffusers does.
     pub fn decode(&self, latents: &Tensor) -> Result<GeneratedImage, PipelineError> {
+        let taesd = self.taesd.as_ref().filter(|t| t.final_decode);
+        let stage = if taesd.is_some() {
+            "TAESD decode"
+        } else {
+            "VAE decode"
+        };
         let pixels = (|| {
-            let x = self.model.vae.decode(latents)?;
+            let x = match taesd {
+                Some(t) => t.model.decode(latents)?,
+                None => self.model.vae.decode(latents)?,
+            };
             ((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.to_dtype(DType::F32)
         })()
-        .map_err(compute("VAE decode"))?;
-        let (_, _, height, width) = pixels.dims4().map_err(compute("VAE decode"))?;
+        .map_err(compute(stage))?;
+        let (_, _, height, width) = pixels.dims4().map_err(compute(stage))?;
         let hwc: Vec<f32> = pixels
             .get(0)
             .and_then(|t| t.permute((1, 2, 0)))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1())
-            .map_err(compute("VAE decode"))?;
+            .map_err(compute(stage))?;
         // numpy's round() is half-to-even; matching it keeps us bit-exact with diffusers' PNGs.
         let rgb = hwc
             .iter()

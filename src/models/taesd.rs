@@ -32,6 +32,53 @@ use crate::ops::{self, Conv2d};
 /// The original decoder file names, SD 1.x/2.x and SDXL.
 pub const DECODER_FILES: [&str; 2] = ["taesd_decoder.safetensors", "taesdxl_decoder.safetensors"];
 
+/// Where TAESD is looked for under each model-library folder `D` (and under `D`'s parent, for a
+/// library pointed at `models/checkpoints`): ComfyUI's `D/vae_approx`, A1111's `D/VAE-taesd`
+/// and `D` itself, each for the decoder file, then for a `taesd/` folder (either layout).
+pub fn candidates(dirs: &[PathBuf], decoder_file: &str) -> Vec<PathBuf> {
+    search_roots(dirs)
+        .iter()
+        .flat_map(|r| ["vae_approx", "VAE-taesd", ""].map(|sub| r.join(sub)))
+        .flat_map(|base| [base.join(decoder_file), base.join("taesd")])
+        .collect()
+}
+
+fn search_roots(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for r in dirs
+        .iter()
+        .flat_map(|d| std::iter::once(d.as_path()).chain(d.parent()))
+    {
+        if !r.as_os_str().is_empty() && !roots.iter().any(|x| x == r) {
+            roots.push(r.to_path_buf());
+        }
+    }
+    roots
+}
+
+/// The first TAESD among [`candidates`], or an error saying where it looked.
+pub fn find(dirs: &[PathBuf], decoder_file: &str) -> std::result::Result<PathBuf, String> {
+    let found = candidates(dirs, decoder_file)
+        .into_iter()
+        .find(|p| p.exists());
+    found.ok_or_else(|| {
+        let roots: Vec<String> = search_roots(dirs)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!(
+            "no TAESD found: looked for {decoder_file} or a taesd/ folder in vae_approx/, \
+             VAE-taesd/ and the folder itself under {} (download madebyollin's \
+             {decoder_file} into one, or give its path)",
+            if roots.is_empty() {
+                "no model folders (set EASEL_MODEL_DIR)".to_string()
+            } else {
+                roots.join(", ")
+            }
+        )
+    })
+}
+
 /// diffusers' `AutoencoderTiny` config (its `config.json`); defaults are diffusers' and TAESD's.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
@@ -284,6 +331,14 @@ impl Taesd {
         ops::profile::scope(ops::Kind::ElementWise, || x.affine(2.0, -1.0))
     }
 
+    /// Image pixels per latent pixel along each side (8 for the real TAESD).
+    pub fn scale(&self) -> usize {
+        let stages = self.config.decoder_block_out_channels.len() as u32;
+        self.config
+            .upsampling_scaling_factor
+            .pow(stages.saturating_sub(1))
+    }
+
     /// Image in [-1, 1] → latents as the sampler uses them; `None` without an encoder.
     pub fn encode(&self, image: &Tensor) -> Option<Result<Tensor>> {
         let enc = self.encoder.as_ref()?;
@@ -331,7 +386,7 @@ impl Taesd {
             Some(other) => {
                 return Err(ModelError::unsupported(
                     config,
-                    format!("a {other}, not a TAESD (diffusers' AutoencoderTiny)"),
+                    format!("is diffusers' {other}, not a TAESD (AutoencoderTiny)"),
                 ))
             }
         }
