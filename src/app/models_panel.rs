@@ -15,6 +15,7 @@ use super::actions::Action;
 use super::folder_list::{folder_list, FolderEdit};
 use super::state::{ModelState, Studio};
 use super::Panel;
+use crate::models::device::DeviceChoice;
 use crate::models::library::{default_model_dirs, human_size, EntryKind, LibraryEntry};
 use crate::settings::{ModelChoice, Settings};
 
@@ -234,7 +235,27 @@ fn current_model(ui: &mut egui::Ui, studio: &mut Studio) {
             "What the model predicts. SD 2.x 768 px models and some fine-tunes predict v; \
              a wrong choice gives grey or fried images.",
         );
-    if choice != before {
+    let mut device = studio.settings.device;
+    egui::ComboBox::from_label("Run on")
+        .selected_text(device.name())
+        .show_ui(ui, |ui| {
+            for d in [
+                DeviceChoice::Auto,
+                DeviceChoice::Cpu,
+                DeviceChoice::Cuda,
+                DeviceChoice::Metal,
+            ] {
+                ui.selectable_value(&mut device, d, d.name());
+            }
+        })
+        .response
+        .on_hover_text(
+            "auto: a GPU when this build of Easel and this machine have one, else the CPU. \
+             CUDA and Metal need a build with that feature.",
+        );
+    let device_changed = device != studio.settings.device;
+    studio.settings.device = device;
+    if choice != before || device_changed {
         set_choice(&mut studio.settings, &info.path, choice);
         studio.load_model(info.path.clone());
     }

@@ -61,7 +61,11 @@ pub fn run(commands: Receiver<Command>, sink: EventSink, io: Handle) {
             // Remembered as an absolute path: a relative one (`--model models/x`) would not
             // be found again when the app is next started from elsewhere (a desktop launcher).
             let path = std::fs::canonicalize(&path).unwrap_or(path);
-            if let Some(loaded) = model.as_mut().filter(|m| m.info.path == path) {
+            // The same model on the same device: another VAE or prediction type is set in
+            // memory. Another device means the weights move: a full load.
+            if let Some(loaded) = model.as_mut().filter(|m| {
+                m.info.path == path && m.pipeline.model.options.device == options.device
+            }) {
                 control.reconfigure(loaded, &options);
                 continue;
             }
