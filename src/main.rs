@@ -5,7 +5,18 @@
 fn main() -> std::process::ExitCode {
     #[cfg(windows)]
     attach_parent_console();
+    use_physical_cores();
     easel::cli::main()
+}
+
+/// One compute thread per physical core unless `RAYON_NUM_THREADS` says otherwise: two
+/// hyper-threads of a core share its vector units, so a second gemm thread there only adds
+/// contention. Set before any thread starts; rayon's pool and candle both read the variable.
+fn use_physical_cores() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = num_cpus::get_physical().max(1);
+        std::env::set_var("RAYON_NUM_THREADS", cores.to_string());
+    }
 }
 
 /// With the "windows" subsystem a process has no console, so `easel generate …` typed in
