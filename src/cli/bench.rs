@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Args;
 
-use crate::diffusion::preview::latent_preview;
+use crate::diffusion::preview::{latent_preview, taesd_preview};
 use crate::diffusion::Pipeline;
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::unet::{UNet, UNetConfig};
@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Also print where one UNet step's time goes, by kind of op.
     #[arg(long)]
     pub profile: bool,
+    /// Also time a TAESD preview (a TAESD file or folder) at the bench size, against the UNet step.
+    #[arg(long, value_name = "PATH")]
+    pub taesd: Option<PathBuf>,
     #[command(flatten)]
     pub gallery: super::bench_gallery::GalleryBenchArgs,
     /// Cold-load these models (checkpoint files or folders) instead, alternately, each in a
@@ -165,6 +168,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok(())
     })?;
     let ratio = preview_ms / unet_ms;
+    // A real preview per step through TAESD (ms, share of a UNet step), and its full decode.
+    let taesd = match &args.taesd {
+        Some(path) => {
+            let t = crate::models::taesd::Taesd::load(path, &device)?;
+            let ms = median(reps, || {
+                taesd_preview(&t, &latents)?;
+                Ok(())
+            })?;
+            let decode_ms = median(reps, || {
+                t.decode(&latents)?;
+                Ok(())
+            })?;
+            Some((ms, ms / unet_ms, decode_ms))
+        }
+        None => None,
+    };
 
     let threads = candle_core::utils::get_num_threads();
     if args.json {
@@ -174,6 +193,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "model": dir, "size": args.size, "threads": threads, "load_ms": load_ms,
                 "text_encode_ms": text_ms, "unet_step_cfg_ms": unet_ms, "vae_decode_ms": vae_ms,
                 "preview_ms": preview_ms, "preview_over_unet_step": ratio,
+                "taesd_preview_ms": taesd.map(|t| t.0), "taesd_preview_over_unet_step": taesd.map(|t| t.1),
+                "taesd_decode_ms": taesd.map(|t| t.2),
                 "peak_rss_mib": {"after_load": rss_load, "after_text": rss_text, "after_unet": rss_unet, "after_vae": rss_vae},
                 "anon_rss_mib": anon,
                 "unet_step_profile_ms": profile.as_ref().map(|p| p.iter().map(|(k, ms, n)| {
@@ -196,6 +217,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{:<34}{:>12.1}", "VAE decode", vae_ms);
         println!("{:<34}{:>12.3}", "preview (latent → RGB)", preview_ms);
         println!("preview / UNet step = {:.5} ({:.3}%)", ratio, ratio * 100.0);
+        if let Some((ms, share, decode_ms)) = taesd {
+            let side = crate::diffusion::preview::TAESD_PREVIEW_MAX_SIDE;
+            println!("{:<34}{:>12.1}", format!("preview (TAESD, ≤{side} px)"), ms);
+            println!(
+                "TAESD preview / UNet step = {:.4} ({:.2}%)",
+                share,
+                share * 100.0
+            );
+            println!("{:<34}{:>12.1}", "TAESD decode (full size)", decode_ms);
+        }
         println!(
             "peak RSS MiB: after load {rss_load:.0}, text {rss_text:.0}, UNet {rss_unet:.0}, VAE {rss_vae:.0}"
         );
