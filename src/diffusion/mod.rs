@@ -1,6 +1,7 @@
 //! Text → latents → image: the pipeline, its samplers, guidance and live previews.
 
 pub mod guidance;
+pub mod memory;
 pub mod noise;
 pub mod pipeline;
 pub mod preview;

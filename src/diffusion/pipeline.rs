@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 
 use super::guidance;
+use super::memory;
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, taesd_preview, Preview};
 use super::schedulers::{self, Sampler};
@@ -255,6 +256,7 @@ impl Pipeline {
                 );
             }
         }
+        self.check_memory(req)?;
         if let Some(noise) = &req.init_noise {
             let want = self.latent_shape(req);
             if noise.dims() != want {
@@ -269,6 +271,39 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Refuses a size whose working memory (beyond the loaded weights) the machine does not
+    /// have free now, naming a size that fits; see [`memory`]. CPU only: GPU memory is not
+    /// what `MemAvailable` measures.
+    fn check_memory(&self, req: &GenerateRequest) -> Result<(), PipelineError> {
+        let Some(available) = memory::available_bytes().filter(|_| self.model.device.is_cpu())
+        else {
+            return Ok(());
+        };
+        let shape = memory::Shape {
+            vae_scale: self.model.vae_scale(),
+            unet_channels: self
+                .model
+                .unet
+                .config
+                .block_out_channels
+                .first()
+                .copied()
+                .unwrap_or(320),
+            vae_channels: self
+                .model
+                .vae
+                .config
+                .block_out_channels
+                .first()
+                .copied()
+                .unwrap_or(128),
+        };
+        let batch = if req.cfg_scale > 1.0 { 2 } else { 1 };
+        let multiple = self.model.size_multiple();
+        memory::check(shape, req.width, req.height, batch, multiple, available)
+            .map_err(|msg| PipelineError::InvalidRequest { arg: "width", msg })
     }
 
     fn latent_shape(&self, req: &GenerateRequest) -> [usize; 4] {

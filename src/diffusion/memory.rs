@@ -1,0 +1,192 @@
+//! Will a job fit in memory? An estimate made before any work starts, so that a size the
+//! machine cannot hold is refused with a message that says what would fit, instead of the
+//! process being killed by the OS halfway through.
+//!
+//! The estimate is a model of the working memory on top of the loaded weights, per latent pixel
+//! for the UNet (the skip tensors kept for the way up, plus one block's working set at the top
+//! level, both proportional to the first block's channels) and per image pixel for an untiled
+//! VAE decode (its top level's channels). The constants were measured with `easel bench` at
+//! 256² and 512² on SD 1.5 (peak RSS above the loaded weights) and carry a 25% margin.
+//! Attention does not appear: the tiled kernel's buffers do not grow with the image.
+
+/// Working bytes of a UNet pass per latent pixel, per image in the batch, per channel of the
+/// first block (measured ≈ 80 on SD 1.5 with 320 channels, margin included).
+const UNET_BYTES_PER_PIXEL_CHANNEL: u64 = 100;
+
+/// Working bytes of an untiled VAE decode per image pixel, per channel of its top level
+/// (measured ≈ 26 on SD 1.5 with 128 channels, margin included).
+const VAE_BYTES_PER_PIXEL_CHANNEL: u64 = 32;
+
+/// What a generation needs on top of the loaded weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// One UNet step (batch 2 with classifier-free guidance).
+    pub unet_bytes: u64,
+    /// A VAE decode of the whole image at once.
+    pub vae_bytes: u64,
+}
+
+impl Estimate {
+    /// The most the job needs at any one time (the stages run one after another).
+    pub fn peak(&self) -> u64 {
+        self.unet_bytes.max(self.vae_bytes)
+    }
+}
+
+/// The architecture numbers the estimate needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Pixels per latent along each axis (8).
+    pub vae_scale: usize,
+    /// The UNet's first block's channels (320 for SD 1.x/2.x and SDXL).
+    pub unet_channels: usize,
+    /// The VAE decoder's top level's channels (128).
+    pub vae_channels: usize,
+}
+
+pub fn estimate(shape: Shape, width: usize, height: usize, batch: usize) -> Estimate {
+    let pixels = (width as u64) * (height as u64);
+    let latent = pixels / (shape.vae_scale.max(1) as u64).pow(2);
+    Estimate {
+        unet_bytes: latent
+            * batch as u64
+            * shape.unet_channels as u64
+            * UNET_BYTES_PER_PIXEL_CHANNEL,
+        vae_bytes: pixels * shape.vae_channels as u64 * VAE_BYTES_PER_PIXEL_CHANNEL,
+    }
+}
+
+/// The largest size with `width`'s aspect ratio, in steps of `multiple`, whose stages all fit
+/// in `available` bytes; `None` when nothing fits.
+pub fn largest_fitting(
+    shape: Shape,
+    width: usize,
+    height: usize,
+    batch: usize,
+    multiple: usize,
+    available: u64,
+) -> Option<(usize, usize)> {
+    let m = multiple.max(1);
+    let need = estimate(shape, width, height, batch).peak().max(1);
+    // Memory grows with the area: scale both sides by √(available / need), then step down
+    // until it fits.
+    let k = ((available as f64) / (need as f64)).sqrt().min(1.0);
+    let (mut w, mut h) = (
+        ((width as f64 * k) as usize / m) * m,
+        ((height as f64 * k) as usize / m) * m,
+    );
+    while w >= m && h >= m {
+        if estimate(shape, w, h, batch).peak() <= available {
+            return Some((w, h));
+        }
+        if w >= h {
+            w -= m;
+        } else {
+            h -= m;
+        }
+    }
+    None
+}
+
+/// `Err` with a message for the user when `width`×`height` needs more than `available`.
+pub fn check(
+    shape: Shape,
+    width: usize,
+    height: usize,
+    batch: usize,
+    multiple: usize,
+    available: u64,
+) -> Result<(), String> {
+    let need = estimate(shape, width, height, batch);
+    if need.peak() <= available {
+        return Ok(());
+    }
+    let fits = largest_fitting(shape, width, height, batch, multiple, available).map_or_else(
+        || "no size fits: close other programs first".to_string(),
+        |(w, h)| format!("{w}×{h} fits"),
+    );
+    Err(format!(
+        "{width}×{height} needs about {} of working memory beyond the model ({} for the UNet, \
+         {} for the VAE decode) and {} is free; {fits}",
+        gib(need.peak()),
+        gib(need.unet_bytes),
+        gib(need.vae_bytes),
+        gib(available),
+    ))
+}
+
+/// Memory the system can give this process now without swapping: Linux's `MemAvailable`.
+/// `None` elsewhere (and the guard then stays out of the way).
+pub fn available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+/// Bytes as "3.2 GiB".
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SD15: Shape = Shape {
+        vae_scale: 8,
+        unet_channels: 320,
+        vae_channels: 128,
+    };
+
+    #[test]
+    fn grows_with_the_area_and_the_batch() {
+        let a = estimate(SD15, 512, 512, 2);
+        let b = estimate(SD15, 1024, 1024, 2);
+        assert_eq!(b.unet_bytes, 4 * a.unet_bytes);
+        assert_eq!(b.vae_bytes, 4 * a.vae_bytes);
+        assert_eq!(estimate(SD15, 512, 512, 1).unet_bytes * 2, a.unet_bytes);
+        // SD 1.5 at 512² with CFG: a few hundred MiB for the UNet, ~1 GiB untiled decode.
+        assert!((100 << 20..1 << 30).contains(&a.unet_bytes), "{a:?}");
+        assert!((512 << 20..2 << 30).contains(&a.vae_bytes), "{a:?}");
+    }
+
+    #[test]
+    fn the_suggestion_fits_and_keeps_the_aspect_ratio() {
+        let available = estimate(SD15, 1024, 768, 2).peak();
+        let (w, h) = largest_fitting(SD15, 2048, 1536, 2, 64, available).unwrap();
+        assert!(estimate(SD15, w, h, 2).peak() <= available);
+        assert_eq!((w % 64, h % 64), (0, 0));
+        assert!(w >= 960 && h >= 704, "{w}×{h}");
+        // A size that already fits is its own answer; nothing fits in no memory.
+        assert_eq!(
+            largest_fitting(SD15, 512, 512, 2, 64, u64::MAX),
+            Some((512, 512))
+        );
+        assert_eq!(largest_fitting(SD15, 512, 512, 2, 64, 0), None);
+    }
+
+    #[test]
+    fn a_size_that_does_not_fit_is_refused_with_one_that_does() {
+        let available = 3 << 30;
+        let msg = check(SD15, 4096, 2048, 2, 64, available).unwrap_err();
+        let (w, h) = largest_fitting(SD15, 4096, 2048, 2, 64, available).unwrap();
+        assert!(msg.contains(&format!("{w}×{h} fits")), "{msg}");
+        assert!(
+            msg.contains("4096×2048 needs about") && msg.contains("3.0 GiB is free"),
+            "{msg}"
+        );
+        assert!(check(SD15, 512, 512, 2, 64, available).is_ok());
+        assert!(check(SD15, 512, 512, 2, 64, 1 << 20)
+            .unwrap_err()
+            .contains("no size fits"));
+    }
+
+    #[test]
+    fn this_machine_reports_its_memory() {
+        if cfg!(target_os = "linux") {
+            assert!(available_bytes().is_some_and(|b| b > 0));
+        }
+    }
+}
