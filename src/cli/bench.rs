@@ -2,8 +2,8 @@
 //!
 //! Speed depends on the architecture, not the weight values, so the bench builds an SD 1.5
 //! model folder with random weights once (cached; ~4 GB) and loads it through the same code as a
-//! real checkpoint. It times text encoding, one UNet step with CFG (batch 2), a VAE decode and one
-//! preview, and reads the process's peak RSS after each stage.
+//! real checkpoint. It times text encoding, one UNet step with CFG (batch 2), a VAE decode, a VAE
+//! encode and one preview, and reads the process's peak RSS after each stage.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -160,6 +160,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         pipeline.model.vae.decode(&latents)?;
         Ok(())
     })?;
+    let image = Tensor::rand(-1f32, 1f32, (1, 3, args.size, args.size), &device)?;
+    let vae_encode_ms = median(reps, || {
+        pipeline.model.vae.encode(&image)?;
+        Ok(())
+    })?;
     let rss_vae = peak_rss_mib();
     let anon = anon_rss_mib();
 
@@ -192,6 +197,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             serde_json::json!({
                 "model": dir, "size": args.size, "threads": threads, "load_ms": load_ms,
                 "text_encode_ms": text_ms, "unet_step_cfg_ms": unet_ms, "vae_decode_ms": vae_ms,
+                "vae_encode_ms": vae_encode_ms,
                 "preview_ms": preview_ms, "preview_over_unet_step": ratio,
                 "taesd_preview_ms": taesd.map(|t| t.0), "taesd_preview_over_unet_step": taesd.map(|t| t.1),
                 "taesd_decode_ms": taesd.map(|t| t.2),
@@ -215,6 +221,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("{:<34}{:>12.1}", "text encode (prompt + negative)", text_ms);
         println!("{:<34}{:>12.1}", "UNet step with CFG (batch 2)", unet_ms);
         println!("{:<34}{:>12.1}", "VAE decode", vae_ms);
+        println!("{:<34}{:>12.1}", "VAE encode", vae_encode_ms);
         println!("{:<34}{:>12.3}", "preview (latent → RGB)", preview_ms);
         println!("preview / UNet step = {:.5} ({:.3}%)", ratio, ratio * 100.0);
         if let Some((ms, share, decode_ms)) = taesd {

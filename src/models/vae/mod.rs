@@ -1,16 +1,26 @@
-//! The image autoencoder: diffusers' `vae/config.json` → candle-transformers' `AutoEncoderKL`.
+//! The image autoencoder: diffusers' `AutoencoderKL`, built from its `vae/config.json` and run on
+//! Easel's kernels (`crate::ops`).
 //!
-//! Only decoding is on the text-to-image path; the encoder is built too because img2img and
-//! inpainting will need it and the weights are small next to the UNet's.
+//! Text-to-image only decodes; [`Vae::encode`] is for img2img and inpainting (and ComfyUI-style
+//! workflows), which start from an image's latents. Tensor names are diffusers' (the single-file
+//! checkpoint mapper produces the same), so any SD 1.x/2.x VAE loads unchanged.
+//!
+//! Easel owns this rather than using candle-transformers' `AutoEncoderKL` for speed: a decode is
+//! mostly 3×3 convolutions and group norms at full resolution, which candle's CPU ops run through
+//! im2col copies and eight-pass norms (see `crate::ops`).
+
+mod blocks;
+mod coder;
 
 use std::path::Path;
 
-use candle_core::{Result as CandleResult, Tensor};
+use candle_core::{Module, Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::Deserialize;
 
 use super::error::ModelError;
+use crate::ops::{self, Conv2d};
+use coder::{Decoder, Encoder, Shape};
 
 fn default_three() -> usize {
     3
@@ -76,7 +86,8 @@ impl VaeConfig {
         1 << self.block_out_channels.len().saturating_sub(1)
     }
 
-    fn to_candle(&self, path: &Path) -> Result<AutoEncoderKLConfig, ModelError> {
+    /// Checks that this is an autoencoder Easel can build (SD 1.x/2.x/XL-style).
+    fn validate(&self, path: &Path) -> Result<(), ModelError> {
         let bad = |msg: String| ModelError::bad_config(path, msg);
         let unsupported = |msg: String| ModelError::unsupported(path, msg);
         if self.block_out_channels.is_empty() {
@@ -117,20 +128,18 @@ impl VaeConfig {
                 self.scaling_factor
             )));
         }
-        Ok(AutoEncoderKLConfig {
-            block_out_channels: self.block_out_channels.clone(),
-            layers_per_block: self.layers_per_block,
-            latent_channels: self.latent_channels,
-            norm_num_groups: self.norm_num_groups,
-            use_quant_conv: self.use_quant_conv,
-            use_post_quant_conv: self.use_post_quant_conv,
-        })
+        Ok(())
     }
 }
 
 /// The autoencoder with its latent scaling.
 pub struct Vae {
-    model: AutoEncoderKL,
+    encoder: Encoder,
+    decoder: Decoder,
+    /// 1×1, `2·latent` → `2·latent` channels (mean and log-variance), when the config has it.
+    quant_conv: Option<Conv2d>,
+    /// 1×1, `latent` → `latent` channels, when the config has it.
+    post_quant_conv: Option<Conv2d>,
     pub config: VaeConfig,
 }
 
@@ -141,14 +150,63 @@ impl Vae {
         config_path: &Path,
     ) -> Result<Self, super::error::BuildError> {
         use super::error::BuildError as E;
-        let candle_cfg = config.to_candle(config_path).map_err(E::Config)?;
-        let model = AutoEncoderKL::new(vb, config.in_channels, config.out_channels, candle_cfg)
-            .map_err(E::Weights)?;
-        Ok(Self { model, config })
+        config.validate(config_path).map_err(E::Config)?;
+        Self::build(vb, config).map_err(E::Weights)
+    }
+
+    fn build(vb: VarBuilder, config: VaeConfig) -> CandleResult<Self> {
+        let shape = Shape {
+            block_out_channels: &config.block_out_channels,
+            layers_per_block: config.layers_per_block,
+            groups: config.norm_num_groups,
+        };
+        let latent = config.latent_channels;
+        let encoder = Encoder::new(vb.pp("encoder"), config.in_channels, latent, &shape)?;
+        let decoder = Decoder::new(vb.pp("decoder"), latent, config.out_channels, &shape)?;
+        let conv1x1 = |ch: usize, name: &str| -> CandleResult<Conv2d> {
+            ops::conv2d(ch, ch, 1, Default::default(), vb.pp(name))
+        };
+        let quant_conv = config
+            .use_quant_conv
+            .then(|| conv1x1(2 * latent, "quant_conv"))
+            .transpose()?;
+        let post_quant_conv = config
+            .use_post_quant_conv
+            .then(|| conv1x1(latent, "post_quant_conv"))
+            .transpose()?;
+        Ok(Self {
+            encoder,
+            decoder,
+            quant_conv,
+            post_quant_conv,
+            config,
+        })
     }
 
     /// Latents (as the sampler produces them) → image in [-1, 1], NCHW.
     pub fn decode(&self, latents: &Tensor) -> CandleResult<Tensor> {
-        self.model.decode(&(latents / self.config.scaling_factor)?)
+        let z = ops::profile::scope(ops::Kind::ElementWise, || {
+            latents / self.config.scaling_factor
+        })?;
+        let z = match &self.post_quant_conv {
+            Some(conv) => conv.forward(&z)?,
+            None => z,
+        };
+        self.decoder.forward(&z)
+    }
+
+    /// Image in [-1, 1], NCHW → latents as the sampler uses them: the mean of the latent
+    /// distribution (deterministic, as ComfyUI and diffusers' `latent_dist.mean`), times
+    /// `scaling_factor`. Each side shrinks by [`VaeConfig::downscale_factor`] (rounded down as
+    /// diffusers does, when it does not divide).
+    pub fn encode(&self, image: &Tensor) -> CandleResult<Tensor> {
+        let moments = self.encoder.forward(image)?;
+        let moments = match &self.quant_conv {
+            Some(conv) => conv.forward(&moments)?,
+            None => moments,
+        };
+        // The first `latent_channels` are the mean, the rest the log-variance.
+        let mean = moments.narrow(1, 0, self.config.latent_channels)?;
+        ops::profile::scope(ops::Kind::ElementWise, || mean * self.config.scaling_factor)
     }
 }
