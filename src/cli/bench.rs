@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Also time a TAESD preview (a TAESD file or folder) at the bench size, against the UNet step.
     #[arg(long, value_name = "PATH")]
     pub taesd: Option<PathBuf>,
+    /// Where to run: auto (a GPU when this build and machine have one), cpu, cuda, metal.
+    #[arg(long, value_enum, default_value_t = crate::models::device::DeviceChoice::Auto)]
+    pub device: crate::models::device::DeviceChoice,
     #[command(flatten)]
     pub gallery: super::bench_gallery::GalleryBenchArgs,
     /// Cold-load these models (checkpoint files or folders) instead, alternately, each in a
@@ -101,7 +104,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .unwrap_or_else(|| std::env::temp_dir().join("easel-bench"));
         return super::bench_load::library(n, from, &work, args.json);
     }
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let dir = match &args.model {
         Some(m) => m.clone(),
         None => {
@@ -196,6 +199,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "model": dir, "size": args.size, "threads": threads, "load_ms": load_ms,
+                "device": crate::models::device::describe(&device),
                 "text_encode_ms": text_ms, "unet_step_cfg_ms": unet_ms, "vae_decode_ms": vae_ms,
                 "vae_encode_ms": vae_encode_ms,
                 "preview_ms": preview_ms, "preview_over_unet_step": ratio,
@@ -210,11 +214,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     } else {
         println!(
-            "model {}  {}x{}  {} threads",
+            "model {}  {}x{}  {} threads on {}",
             dir.display(),
             args.size,
             args.size,
-            threads
+            threads,
+            crate::models::device::describe(&device)
         );
         println!("{:<34}{:>12}", "stage", "ms (median)");
         println!("{:<34}{:>12.1}", "load (cold, from disk)", load_ms);
