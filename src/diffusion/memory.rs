@@ -5,17 +5,18 @@
 //! The estimate is a model of the working memory on top of the loaded weights, per latent pixel
 //! for the UNet (the skip tensors kept for the way up, plus one block's working set at the top
 //! level, both proportional to the first block's channels) and per image pixel for an untiled
-//! VAE decode (its top level's channels). The constants were measured with `easel bench` at
-//! 256² and 512² on SD 1.5 (peak RSS above the loaded weights) and carry a 25% margin.
+//! VAE decode (its top level's channels). The constants come from `easel bench`'s peak RSS
+//! above the loaded weights on SD 1.5 and carry a margin of about 25%.
 //! Attention does not appear: the tiled kernel's buffers do not grow with the image.
 
 /// Working bytes of a UNet pass per latent pixel, per image in the batch, per channel of the
-/// first block (measured ≈ 80 on SD 1.5 with 320 channels, margin included).
-const UNET_BYTES_PER_PIXEL_CHANNEL: u64 = 100;
+/// first block: ≈ 140 measured at 256² before the own kernels (an upper bound since: the
+/// attention scores no longer grow with the image). Rarely the limit: the VAE decode needs more.
+const UNET_BYTES_PER_PIXEL_CHANNEL: u64 = 150;
 
-/// Working bytes of an untiled VAE decode per image pixel, per channel of its top level
-/// (measured ≈ 26 on SD 1.5 with 128 channels, margin included).
-const VAE_BYTES_PER_PIXEL_CHANNEL: u64 = 32;
+/// Working bytes of an untiled VAE decode per image pixel, per channel of its top level:
+/// ≈ 30 measured at 512² (about 950 MiB above the weights), plus the margin.
+const VAE_BYTES_PER_PIXEL_CHANNEL: u64 = 38;
 
 /// What a generation needs on top of the loaded weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
