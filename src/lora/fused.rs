@@ -163,24 +163,7 @@ impl InplaceOp3 for AddLowRank {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
-
-    fn randn(shape: &[usize]) -> Tensor {
-        Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::ops::test_util::{max_diff, randn};
 
     #[test]
     fn rows_match_the_plain_computation() {

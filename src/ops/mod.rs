@@ -95,10 +95,10 @@ pub(crate) mod test_util {
         Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
     }
 
-    /// Largest absolute difference, relative to the largest magnitude in `want`.
-    pub fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
-        assert_eq!(got.dims(), want.dims());
-        let d: f32 = (got - want)
+    /// Largest absolute difference.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
@@ -107,7 +107,12 @@ pub(crate) mod test_util {
             .max(0)
             .unwrap()
             .to_scalar()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Largest absolute difference, relative to the largest magnitude in `want`.
+    pub fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
+        let d = max_diff(got, want);
         let m: f32 = want
             .abs()
             .unwrap()

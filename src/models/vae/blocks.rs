@@ -275,23 +275,7 @@ mod tests {
     use candle_nn::VarBuilder;
 
     use super::*;
-
-    fn randn(shape: &[usize]) -> Tensor {
-        Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::ops::test_util::{max_diff, randn};
 
     /// The mid-block attention's weights under each of the three spellings it is found in:
     /// diffusers' `to_q` … `to_out.0`, diffusers' before 0.14 (`query` … `proj_attn`), and as
