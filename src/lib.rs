@@ -6,7 +6,8 @@
 //! - [`models`]: model files on disk (diffusers folders, tokenizer, weights) → candle modules.
 //! - [`diffusion`]: the text → latents → image pipeline, samplers, guidance, previews.
 //! - [`gallery`]: what is kept with every image (PNG metadata).
-//! - [`ops`]: the heavy tensor ops (attention, convolution, norms) with own CPU kernels.
+//! - [`ops`]: the heavy tensor ops (attention, convolution, norms) with own CPU kernels
+//!   (re-exported from `crates/ops`, built optimised even in debug).
 //! - [`lora`]: LoRA adapters: formats, matching, hot application from memory, folder scans.
 //! - [`cli`]: the headless subcommands.
 //! - [`worker`]: the inference thread the studio talks to (typed commands and events).
@@ -20,7 +21,9 @@ pub mod diffusion;
 pub mod gallery;
 pub mod lora;
 pub mod models;
-pub mod ops;
+/// The heavy ops' CPU kernels live in their own crate (`crates/ops`) so that they are
+/// optimised even in debug builds; `crate::ops` is their path inside Easel.
+pub use easel_ops as ops;
 pub mod scenes;
 pub mod settings;
 pub mod worker;

@@ -87,8 +87,9 @@ fn cpu_slice<'a>(
     }
 }
 
-#[cfg(test)]
-pub(crate) mod test_util {
+/// Helpers for kernel tests here and in Easel's model tests (not part of the kernels' API).
+#[doc(hidden)]
+pub mod test_util {
     use candle_core::{Device, Tensor};
 
     pub fn randn(shape: &[usize]) -> Tensor {

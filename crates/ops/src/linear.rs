@@ -89,7 +89,7 @@ pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{randn, rel_diff};
+    use crate::test_util::{randn, rel_diff};
     use super::*;
 
     #[test]

@@ -435,7 +435,7 @@ fn shifted_products(g: &Geometry, xd: &[f32], wd: &[f32]) -> Columns {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{randn, rel_diff};
+    use crate::test_util::{randn, rel_diff};
     use super::*;
 
     fn conv(ci: usize, co: usize, k: usize, padding: usize, stride: usize, bias: bool) -> Conv2d {

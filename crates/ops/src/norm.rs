@@ -130,7 +130,7 @@ impl Module for GroupNorm {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{randn, rel_diff};
+    use crate::test_util::{randn, rel_diff};
     use super::*;
 
     fn candle_norm(n: &GroupNorm, x: &Tensor) -> Tensor {

@@ -97,7 +97,7 @@ impl InplaceOp2 for AddAssign {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{randn, rel_diff};
+    use crate::test_util::{randn, rel_diff};
     use super::*;
 
     #[test]

@@ -167,7 +167,7 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_util::{randn, rel_diff};
+    use crate::test_util::{randn, rel_diff};
     use super::*;
 
     #[test]
