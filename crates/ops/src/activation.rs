@@ -97,8 +97,8 @@ impl InplaceOp2 for AddAssign {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{randn, rel_diff};
     use super::*;
+    use crate::test_util::{randn, rel_diff};
 
     #[test]
     fn geglu_matches_chunk_gelu_mul() {

@@ -167,8 +167,8 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{randn, rel_diff};
     use super::*;
+    use crate::test_util::{randn, rel_diff};
 
     #[test]
     fn matches_candle_for_self_and_cross_attention() {

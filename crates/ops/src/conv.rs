@@ -435,8 +435,8 @@ fn shifted_products(g: &Geometry, xd: &[f32], wd: &[f32]) -> Columns {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{randn, rel_diff};
     use super::*;
+    use crate::test_util::{randn, rel_diff};
 
     fn conv(ci: usize, co: usize, k: usize, padding: usize, stride: usize, bias: bool) -> Conv2d {
         let cfg = Conv2dConfig {

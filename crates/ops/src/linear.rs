@@ -89,8 +89,8 @@ pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{randn, rel_diff};
     use super::*;
+    use crate::test_util::{randn, rel_diff};
 
     #[test]
     fn matches_candle_linear_with_and_without_bias() {

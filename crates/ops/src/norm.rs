@@ -130,8 +130,8 @@ impl Module for GroupNorm {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{randn, rel_diff};
     use super::*;
+    use crate::test_util::{randn, rel_diff};
 
     fn candle_norm(n: &GroupNorm, x: &Tensor) -> Tensor {
         candle_nn::GroupNorm::new(
