@@ -46,17 +46,25 @@ app=$!
 # Bounded waits everywhere: the window, then the image file.
 window=
 for _ in $(seq 200); do
-  window=$(xdotool search --name '^Easel$' 2>/dev/null | head -n1 || true)
+  # --onlyvisible: the window must be mapped before it can take the focus.
+  window=$(xdotool search --onlyvisible --name '^Easel$' 2>/dev/null | head -n1 || true)
   [ -n "$window" ] && break
   kill -0 "$app" 2>/dev/null || { echo "screenshot: easel exited early:" >&2; cat "$scratch/easel.log" >&2; exit 1; }
   sleep 0.1
 done
 [ -n "$window" ] || { echo "screenshot: no window after 20 s" >&2; cat "$scratch/easel.log" >&2; exit 1; }
 
-sleep 1
 # No window manager runs, so give the window the keyboard focus ourselves; input then goes
 # through XTEST like a real keyboard and mouse (winit ignores synthetic XSendEvent input).
-xdotool windowfocus --sync "$window"
+# On a loaded machine the first attempts can come before the X server sees the window as
+# viewable (BadMatch): retry, bounded.
+focused=
+for _ in $(seq 50); do
+  timeout 5 xdotool windowfocus --sync "$window" 2>/dev/null && { focused=1; break; }
+  sleep 0.2
+done
+[ -n "$focused" ] || { echo "screenshot: the window never took the focus" >&2; exit 1; }
+sleep 1
 # The prompt field is the first text field of the left panel.
 xdotool mousemove --window "$window" 150 80 click 1
 xdotool type --delay 20 "a red circle on a blue background"
