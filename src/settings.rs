@@ -108,6 +108,8 @@ pub struct Settings {
     pub clip_skip: usize,
     /// Where models run: auto (a GPU when this build and machine have one), cpu, cuda, metal.
     pub device: crate::models::device::DeviceChoice,
+    /// How models' weights are kept: f32, f16 or bf16 (half the memory).
+    pub precision: crate::models::device::Precision,
 }
 
 /// What the user chose for one model, overriding what its files say.
@@ -162,6 +164,7 @@ impl Default for Settings {
             model_choices: BTreeMap::new(),
             clip_skip: 1,
             device: Default::default(),
+            precision: Default::default(),
         }
     }
 }
@@ -179,6 +182,7 @@ impl Settings {
             .unwrap_or_default();
         LoadOptions {
             device: self.device,
+            precision: self.precision,
             ..choice
         }
     }

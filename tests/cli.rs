@@ -254,6 +254,36 @@ fn same_seed_same_pixels_different_seed_different_pixels() {
 }
 
 #[test]
+fn dtype_bf16_keeps_the_picture_and_a_bad_dtype_is_refused() {
+    let tmp = TempDir::new().unwrap();
+    let (f32, bf16) = (tmp.path().join("f32.png"), tmp.path().join("bf16.png"));
+    assert_ok(&generate(seeded_args(&f32, Some(5))), "f32 run");
+    let mut args = seeded_args(&bf16, Some(5));
+    args.extend(["--dtype".into(), "bf16".into()]);
+    assert_ok(&generate(args), "bf16 run");
+    let (a, b) = (read_rgb(&f32).2, read_rgb(&bf16).2);
+    let mean = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| x.abs_diff(*y) as f64)
+        .sum::<f64>()
+        / a.len() as f64;
+    assert!(
+        mean > 0.0 && mean < 3.0,
+        "bf16 vs f32: mean difference {mean}/255"
+    );
+    let mut args = seeded_args(&tmp.path().join("x.png"), Some(5));
+    args.extend(["--dtype".into(), "f8".into()]);
+    let run = generate(args);
+    assert!(!run.success, "--dtype f8 was accepted");
+    assert!(
+        run.stderr.contains("f8") && run.stderr.contains("bf16"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn unseeded_run_prints_a_seed_that_reproduces_it() {
     let tmp = TempDir::new().unwrap();
     let first = tmp.path().join("first.png");

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use easel::app::{ModelState, StudioApp, StudioOptions};
+use easel::models::device::Precision;
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
@@ -172,6 +173,18 @@ fn models_tab_lists_the_library_switches_models_and_changes_prediction_in_memory
         Some("epsilon")
     );
 
+    // Half-precision weights: a full reload (other weights), and the choice is kept for
+    // every model (the switch below loads sd1 in bf16 too).
+    h.get_by_role_and_label(Role::ComboBox, "Weights").click();
+    h.run_steps(2);
+    h.get_by_label("bf16").click();
+    drive(
+        &mut h,
+        "reloaded with bf16 weights",
+        |a| matches!(&a.studio.model, ModelState::Ready(i) if i.options.precision == Precision::Bf16),
+    );
+    assert_eq!(h.state().studio.settings.precision, Precision::Bf16);
+
     // An A1111 image made with the other model offers it; one click switches.
     let png = models.path().join("made-with-sd1.png");
     let file = std::fs::File::create(&png).unwrap();
@@ -199,4 +212,8 @@ fn models_tab_lists_the_library_switches_models_and_changes_prediction_in_memory
     h.step();
     h.get_by_label("Switch to it").click();
     drive(&mut h, "switched to sd1", |a| loaded(a, &sd1));
+    let ModelState::Ready(info) = &h.state().studio.model else {
+        unreachable!()
+    };
+    assert_eq!(info.options.precision, Precision::Bf16);
 }

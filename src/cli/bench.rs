@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Where to run: auto (a GPU when this build and machine have one), cpu, cuda, metal.
     #[arg(long, value_enum, default_value_t = crate::models::device::DeviceChoice::Auto)]
     pub device: crate::models::device::DeviceChoice,
+    /// How the weights are kept: f32, f16 or bf16 (computed in f32).
+    #[arg(long, value_enum, default_value_t = crate::models::device::Precision::F32)]
+    pub dtype: crate::models::device::Precision,
     #[command(flatten)]
     pub gallery: super::bench_gallery::GalleryBenchArgs,
     /// Cold-load these models (checkpoint files or folders) instead, alternately, each in a
@@ -126,7 +129,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let t = Instant::now();
-    let pipeline = Pipeline::load(&dir, &device)?;
+    let options = crate::models::checkpoint::LoadOptions {
+        device: args.device,
+        precision: args.dtype,
+        ..Default::default()
+    };
+    let pipeline = Pipeline::load_with(&dir, &options, &device)?;
     let load_ms = ms(t);
     let rss_load = peak_rss_mib();
 
@@ -199,7 +207,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "model": dir, "size": args.size, "threads": threads, "load_ms": load_ms,
-                "device": crate::models::device::describe(&device),
+                "device": crate::models::device::describe(&device), "dtype": args.dtype.name(),
                 "text_encode_ms": text_ms, "unet_step_cfg_ms": unet_ms, "vae_decode_ms": vae_ms,
                 "vae_encode_ms": vae_encode_ms,
                 "preview_ms": preview_ms, "preview_over_unet_step": ratio,
@@ -214,12 +222,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
     } else {
         println!(
-            "model {}  {}x{}  {} threads on {}",
+            "model {}  {}x{}  {} threads on {}, {} weights",
             dir.display(),
             args.size,
             args.size,
             threads,
-            crate::models::device::describe(&device)
+            crate::models::device::describe(&device),
+            args.dtype.name()
         );
         println!("{:<34}{:>12}", "stage", "ms (median)");
         println!("{:<34}{:>12.1}", "load (cold, from disk)", load_ms);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use crate::models::device::DeviceChoice;
+use crate::models::device::{DeviceChoice, Precision};
 use clap::Args;
 
 use crate::diffusion::schedulers::PredictionType;
@@ -39,6 +39,9 @@ pub struct GenerateArgs {
     /// Where to run: auto (a GPU when this build and machine have one), cpu, cuda, metal.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// How the weights are kept: f32, or f16 / bf16 for half the memory (computed in f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
     #[arg(long)]
     pub prompt: String,
     /// What the image should not show; empty = unconditional.
@@ -106,6 +109,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         vae: args.vae.clone(),
         prediction: args.prediction,
         device: args.device,
+        precision: args.dtype,
     };
     let mut pipeline = Pipeline::load_with(&model_dir, &options, &device)?;
     if let Some(taesd) = load_taesd(&args, &model_dir, &device)? {

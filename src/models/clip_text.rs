@@ -252,11 +252,19 @@ impl ClipTextModel {
         let (_, seq) = ids.dims2()?;
         let device = ids.device();
         let positions = Tensor::arange(0u32, seq as u32, device)?;
+        // Embedding tables may be kept in half precision (`--dtype`); the looked-up rows are
+        // widened to the dtype the model computes in, its norms'.
+        let dtype = self.final_layer_norm.weight().dtype();
         let xs = self
             .token_embedding
             .forward(ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
-        let dtype = xs.dtype();
+            .to_dtype(dtype)?
+            .broadcast_add(
+                &self
+                    .position_embedding
+                    .forward(&positions)?
+                    .to_dtype(dtype)?,
+            )?;
         let mask = causal_mask(seq, device)?.to_dtype(dtype)?;
         let mut xs = xs;
         let used = self.layers.len() + 1 - clip_skip.clamp(1, self.layers.len());

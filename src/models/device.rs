@@ -1,4 +1,5 @@
-//! Where inference runs: `--device cpu|cuda|metal|auto` and the studio's setting.
+//! Where and how inference runs: `--device cpu|cuda|metal|auto`, `--dtype f32|f16|bf16`, and
+//! the studio's settings for both.
 //!
 //! `auto` takes a GPU when this build has its backend (cargo features `cuda`, `metal`) and the
 //! machine has one, else the CPU. An explicit GPU choice that cannot be met is an error that
@@ -63,6 +64,42 @@ impl DeviceChoice {
             DeviceChoice::Cpu => "cpu",
             DeviceChoice::Cuda => "cuda",
             DeviceChoice::Metal => "metal",
+        }
+    }
+}
+
+/// How a model's weights are kept in memory: `--dtype f32|f16|bf16` and the studio's setting.
+///
+/// With f16 or bf16 the convolution, linear and embedding weights (nearly all of a model's
+/// bytes) stay 16-bit, halving the model's memory, and each layer widens its weights to f32 for
+/// its product (`crate::ops::precision`): the arithmetic stays f32, the weights are rounded once
+/// at load. bf16 keeps f32's range (no overflow, 8 bits of mantissa); f16 has 11 bits of
+/// mantissa but overflows past 65 504, which SD weights never reach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::F16, Precision::Bf16];
+
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::F16 => candle_core::DType::F16,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
         }
     }
 }

@@ -46,6 +46,7 @@ pub struct StableDiffusion {
     /// The prediction type the files imply (what "automatic" means for this model).
     pub auto_prediction: PredictionType,
     pub device: Device,
+    /// What the modules compute in (f32); the weights are kept in `options.precision`.
     pub dtype: DType,
 }
 
@@ -79,13 +80,18 @@ impl StableDiffusion {
         dtype: DType,
         shapes_only: bool,
     ) -> Result<Self, ModelError> {
+        // The weights are kept in the chosen precision; the modules compute in `dtype`.
+        let stored = opts.precision.dtype();
         if path.is_file() {
-            return Self::load_single_file(path, opts, device, dtype, shapes_only);
+            let mut model = Self::load_single_file(path, opts, device, stored, shapes_only)?;
+            model.dtype = dtype;
+            return Ok(model);
         }
-        let mut model = Self::load_folder(path, device, dtype, shapes_only)?;
+        let mut model = Self::load_folder(path, device, stored, shapes_only)?;
+        model.dtype = dtype;
         if let Some(vae) = &opts.vae {
             let channels = model.latent_channels();
-            let external = checkpoint::load_vae(vae, channels, device, dtype, shapes_only)?;
+            let external = checkpoint::load_vae(vae, channels, device, stored, shapes_only)?;
             checkpoint::same_scale(vae, &external, model.vae_scale())?;
             model.vae = external;
             model.vae_file = Some(vae.clone());
@@ -308,7 +314,7 @@ impl StableDiffusion {
                 &source,
                 self.latent_channels(),
                 &self.device,
-                self.dtype,
+                self.options.precision.dtype(),
                 false,
             )?;
             checkpoint::same_scale(&source, &vae, self.vae_scale())?;

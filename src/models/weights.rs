@@ -29,12 +29,18 @@ pub struct ComponentWeights {
 }
 
 impl ComponentWeights {
-    /// The weights of a component whose names `map` provides.
+    /// The weights of a component whose names `map` provides, stored as `dtype`: F32, or F16 /
+    /// BF16 for the convolution and linear weights (`--dtype`; see [`WeightMap::stored_dtype`])
+    /// with every module still computing in f32.
     pub fn from_map(files: Vec<PathBuf>, map: WeightMap, dtype: DType, device: &Device) -> Self {
         let missing = map.missing.clone();
+        let map = WeightMap {
+            half: matches!(dtype, DType::F16 | DType::BF16).then_some(dtype),
+            ..map
+        };
         Self {
             files,
-            vb: map.var_builder(dtype, device),
+            vb: map.var_builder(DType::F32, device),
             missing,
         }
     }
@@ -223,6 +229,8 @@ pub struct WeightMap {
     /// Checks names and shapes only: every tensor is a zero-sized stand-in (tests of key
     /// layouts on full-size architectures without their gigabytes).
     shapes_only: bool,
+    /// The 16-bit type the large weight matrices are kept in, if any.
+    half: Option<DType>,
 }
 
 impl WeightMap {
@@ -237,6 +245,18 @@ impl WeightMap {
             used,
             missing: Arc::default(),
             shapes_only: false,
+            half: None,
+        }
+    }
+
+    /// The dtype a tensor is kept in: the half type for the weights of convolutions, linear
+    /// layers and embeddings (every `weight` of rank ≥ 2: 99.9% of a model's bytes), which
+    /// `crate::ops` widens a layer at a time, and what was asked for (f32) for everything else
+    /// (norms, biases), which the modules use as they are.
+    fn stored_dtype(&self, name: &str, rank: usize, requested: DType) -> DType {
+        match self.half {
+            Some(half) if requested == DType::F32 && rank >= 2 && name.ends_with("weight") => half,
+            _ => requested,
         }
     }
 
@@ -324,8 +344,10 @@ impl SimpleBackend for WeightMap {
                     s.dims()
                 )));
             }
+            let dtype = self.stored_dtype(name, s.rank(), dtype);
             return self.read(name, e, dtype, dev)?.reshape(s);
         }
+        let dtype = self.stored_dtype(name, s.rank(), dtype);
         self.read(name, e, dtype, dev)
     }
 

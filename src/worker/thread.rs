@@ -61,10 +61,13 @@ pub fn run(commands: Receiver<Command>, sink: EventSink, io: Handle) {
             // Remembered as an absolute path: a relative one (`--model models/x`) would not
             // be found again when the app is next started from elsewhere (a desktop launcher).
             let path = std::fs::canonicalize(&path).unwrap_or(path);
-            // The same model on the same device: another VAE or prediction type is set in
-            // memory. Another device means the weights move: a full load.
+            // The same model on the same device and precision: another VAE or prediction type
+            // is set in memory. Another device or precision means other weights: a full load.
             if let Some(loaded) = model.as_mut().filter(|m| {
-                m.info.path == path && m.pipeline.model.options.device == options.device
+                let o = &m.pipeline.model.options;
+                m.info.path == path
+                    && o.device == options.device
+                    && o.precision == options.precision
             }) {
                 control.reconfigure(loaded, &options);
                 continue;

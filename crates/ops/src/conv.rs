@@ -22,6 +22,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
+use super::precision::{widen, widen_opt};
 use super::profile::{scope, Kind};
 use super::{cpu_slice, own_kernel, parallelism, SharedMut};
 
@@ -51,11 +52,15 @@ pub fn conv2d(
 impl Conv2d {
     pub fn new(weight: Tensor, bias: Option<Tensor>, cfg: Conv2dConfig) -> Result<Self> {
         let (_, _, kh, kw) = weight.dims4()?;
-        // Trained weights (`Var`s) stay as they are, so gradients reach them.
+        // Trained weights (`Var`s) stay as they are, so gradients reach them. Half-precision
+        // weights keep their dtype here and are widened per call (see `crate::precision`).
+        use candle_core::DType::{BF16, F16, F32};
         let ohwi = if kh == kw
             && weight.device().is_cpu()
-            && weight.dtype() == candle_core::DType::F32
+            && matches!(weight.dtype(), F32 | F16 | BF16)
             && !weight.is_variable()
+            // A shape check's zero-size stand-in (a broadcast) must not become real memory.
+            && weight.is_contiguous()
         {
             Some(weight.permute((0, 2, 3, 1))?.contiguous()?)
         } else {
@@ -88,8 +93,9 @@ impl Conv2d {
 
     fn run(&self, x: &Tensor, up: Option<(usize, usize)>) -> Result<Tensor> {
         scope(Kind::Convolution, || {
+            let bias = widen_opt(self.bias.as_ref(), x)?;
             let mut inputs = vec![x];
-            inputs.extend(self.bias.as_ref());
+            inputs.extend(bias.as_deref());
             match &self.ohwi {
                 Some(ohwi)
                     if own_kernel(&inputs)
@@ -97,7 +103,8 @@ impl Conv2d {
                         && self.cfg.dilation == 1
                         && self.cfg.groups == 1 =>
                 {
-                    kernel(x, ohwi, self.bias.as_ref(), self.cfg, up)
+                    let ohwi = scope(Kind::Copy, || widen(ohwi, x))?;
+                    kernel(x, &ohwi, bias.as_deref(), self.cfg, up)
                 }
                 _ => {
                     let x = match up {
@@ -113,8 +120,9 @@ impl Conv2d {
     /// candle's op (other devices, dtypes, training, and the kernel's test oracle).
     fn reference(&self, x: &Tensor) -> Result<Tensor> {
         let c = &self.cfg;
-        let y = x.conv2d(&self.weight, c.padding, c.stride, c.dilation, c.groups)?;
-        match &self.bias {
+        let weight = widen(&self.weight, x)?;
+        let y = x.conv2d(&weight, c.padding, c.stride, c.dilation, c.groups)?;
+        match widen_opt(self.bias.as_ref(), x)? {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
@@ -499,6 +507,42 @@ mod tests {
             let got = c.forward(&x).unwrap();
             let d = rel_diff(&got, &c.reference(&x).unwrap());
             assert!(d < 1e-5, "{b}×{ci}→{co} k{k} p{p} s{s} {h}×{w}: {d}");
+        }
+    }
+
+    #[test]
+    fn half_weights_compute_as_their_f32_values() {
+        use candle_core::DType;
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let (w, b) = (randn(&[6, 4, 3, 3]), randn(&[6]));
+        let x = randn(&[2, 4, 24, 20]);
+        for dtype in [DType::BF16, DType::F16] {
+            let half = Conv2d::new(
+                w.to_dtype(dtype).unwrap(),
+                Some(b.to_dtype(dtype).unwrap()),
+                cfg,
+            )
+            .unwrap();
+            assert_eq!(half.ohwi.as_ref().unwrap().dtype(), dtype);
+            let widened = Conv2d::new(
+                w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap(),
+                Some(b.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap()),
+                cfg,
+            )
+            .unwrap();
+            let got = half.forward(&x).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let d = rel_diff(&got, &widened.reference(&x).unwrap());
+            assert!(d < 1e-5, "{dtype:?}: {d}");
+            // candle's path (other devices) widens too.
+            let d = rel_diff(
+                &half.reference(&x).unwrap(),
+                &widened.reference(&x).unwrap(),
+            );
+            assert!(d < 1e-5, "{dtype:?} reference: {d}");
         }
     }
 

@@ -15,6 +15,7 @@
 //! - [`GroupNorm`]: statistics and normalisation in two sweeps, SiLU fused in when asked.
 //! - [`linear`]: all images' token rows as one product, the bias as its starting value.
 //! - [`geglu`]: the feed-forward's gate in one pass.
+//! - [`precision`]: weights kept in f16/bf16 (`--dtype`), widened to f32 a layer at a time.
 //!
 //! Each is checked against the candle op it replaces (unit tests below each kernel) and, through
 //! the model, against diffusers (the reference tests). `EASEL_KERNELS=candle` turns them all off,
@@ -25,6 +26,7 @@ mod attention;
 mod conv;
 mod linear;
 mod norm;
+pub mod precision;
 pub mod profile;
 mod simd;
 

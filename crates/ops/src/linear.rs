@@ -9,20 +9,25 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
+use super::precision::{widen, widen_opt};
 use super::{cpu_slice, own_kernel, parallelism};
 
 /// `layer.forward(x)` for an input of any rank ≥ 1 (the last axis is the features).
+/// Half-precision weights (`--dtype f16|bf16`) are widened to the input's dtype first.
 pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
-    let w = layer.weight();
+    let w = widen(layer.weight(), x)?;
+    let bias = widen_opt(layer.bias(), x)?;
+    let (w, bias) = (w.as_ref(), bias.as_deref());
     let mut inputs = vec![x, w];
-    inputs.extend(layer.bias());
+    inputs.extend(bias);
+    let candle = || Linear::new(w.clone(), bias.cloned()).forward(x);
     if !own_kernel(&inputs) || w.rank() != 2 || x.rank() == 0 {
-        return layer.forward(x);
+        return candle();
     }
     let (out_f, in_f) = w.dims2()?;
     let dims = x.dims().to_vec();
     if dims.last() != Some(&in_f) {
-        return layer.forward(x);
+        return candle();
     }
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x = x.contiguous()?;
@@ -42,7 +47,7 @@ pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
         candle_core::bail!("linear kernel: weight strides run past its storage");
     }
     let mut out = vec![0f32; rows * out_f];
-    let has_bias = match layer.bias() {
+    let has_bias = match bias {
         Some(b) => {
             let b: Vec<f32> = b.to_vec1()?;
             if b.len() != out_f {
@@ -112,5 +117,23 @@ mod tests {
         let layer = Linear::new(randn(&[6, 4]), Some(randn(&[6])));
         let x = randn(&[3, 10, 8]).narrow(2, 2, 4).unwrap();
         assert!(rel_diff(&linear(&x, &layer).unwrap(), &layer.forward(&x).unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn half_weights_compute_as_their_f32_values() {
+        use candle_core::DType;
+        let (w, b) = (randn(&[17, 24]), randn(&[17]));
+        let x = randn(&[2, 9, 24]);
+        for dtype in [DType::BF16, DType::F16] {
+            let half = Linear::new(w.to_dtype(dtype).unwrap(), Some(b.to_dtype(dtype).unwrap()));
+            let widened = Linear::new(
+                half.weight().to_dtype(DType::F32).unwrap(),
+                half.bias().map(|b| b.to_dtype(DType::F32).unwrap()),
+            );
+            let got = linear(&x, &half).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let d = rel_diff(&got, &widened.forward(&x).unwrap());
+            assert!(d < 1e-5, "{dtype:?}: {d}");
+        }
     }
 }

@@ -36,6 +36,8 @@ pub struct LoadOptions {
     pub prediction: Option<PredictionType>,
     /// Where the model runs (the worker opens it; the loaders take the opened device).
     pub device: crate::models::device::DeviceChoice,
+    /// How the weights are kept in memory (`--dtype`).
+    pub precision: crate::models::device::Precision,
 }
 
 /// The modules of a single-file checkpoint, ready to run.
