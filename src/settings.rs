@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::schedulers::PredictionType;
 use crate::models::checkpoint::LoadOptions;
+use crate::models::taesd::TaesdOptions;
 
 /// The app's folders; `None` on a system with no home directory.
 pub fn project_dirs() -> Option<ProjectDirs> {
@@ -110,6 +111,10 @@ pub struct Settings {
     pub device: crate::models::device::DeviceChoice,
     /// How models' weights are kept: f32, f16 or bf16 (half the memory).
     pub precision: crate::models::device::Precision,
+    /// TAESD (found in the model folders) for a real preview at every step.
+    pub taesd_preview: bool,
+    /// TAESD for the final decode instead of the VAE (fast, slightly softer).
+    pub taesd_decode: bool,
 }
 
 /// What the user chose for one model, overriding what its files say.
@@ -165,6 +170,8 @@ impl Default for Settings {
             clip_skip: 1,
             device: Default::default(),
             precision: Default::default(),
+            taesd_preview: false,
+            taesd_decode: false,
         }
     }
 }
@@ -180,11 +187,43 @@ impl Settings {
             .or_else(|| self.model_choices.get(path))
             .map(ModelChoice::options)
             .unwrap_or_default();
+        let taesd = (self.taesd_preview || self.taesd_decode)
+            .then(|| self.taesd_file(path))
+            .flatten()
+            .map(|file| TaesdOptions {
+                path: file,
+                preview: self.taesd_preview,
+                final_decode: self.taesd_decode,
+            });
         LoadOptions {
             device: self.device,
             precision: self.precision,
+            taesd,
             ..choice
         }
+    }
+
+    /// The folders the model library lists: the user's, else the defaults.
+    pub fn model_dirs(&self) -> Vec<PathBuf> {
+        if self.model_dirs.is_empty() {
+            crate::models::library::default_model_dirs()
+        } else {
+            self.model_dirs.clone()
+        }
+    }
+
+    /// The TAESD decoder for the model at `model`: beside it, else in the model folders
+    /// (ComfyUI's `vae_approx`, A1111's `VAE-taesd`, a `taesd/` folder; see
+    /// `crate::models::taesd::candidates`).
+    pub fn taesd_file(&self, model: &Path) -> Option<PathBuf> {
+        let mut dirs: Vec<PathBuf> = if model.is_file() {
+            model.parent().map(Path::to_path_buf).into_iter().collect()
+        } else {
+            vec![model.to_path_buf()]
+        };
+        dirs.extend(self.model_dirs());
+        let file = crate::models::taesd::DECODER_FILES[0];
+        crate::models::taesd::find(&dirs, file).ok()
     }
 
     pub fn library_dir(&self) -> PathBuf {

@@ -217,3 +217,49 @@ fn models_tab_lists_the_library_switches_models_and_changes_prediction_in_memory
     };
     assert_eq!(info.options.precision, Precision::Bf16);
 }
+
+#[test]
+fn taesd_toggles_apply_in_memory_with_the_file_from_the_model_folders() {
+    let lib = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let sd1 = models.path().join("sd1-tiny.safetensors");
+    std::fs::copy(ckpt("sd1-tiny.safetensors"), &sd1).unwrap();
+    // ComfyUI's place for it.
+    let approx = models.path().join("vae_approx");
+    std::fs::create_dir(&approx).unwrap();
+    let taesd = approx.join("taesd_decoder.safetensors");
+    std::fs::copy(
+        common::fixtures().join("taesd-tiny-original/taesd_decoder.safetensors"),
+        &taesd,
+    )
+    .unwrap();
+
+    let mut h = harness(sd1.clone(), lib.path());
+    h.state_mut().studio.settings.model_dirs = vec![models.path().to_path_buf()];
+    drive(&mut h, "sd1 loaded", |a| loaded(a, &sd1));
+    h.get_by_label("Models").click();
+    h.run_steps(2);
+    h.get_by_label("Real previews (TAESD)").click();
+    drive(&mut h, "TAESD previews on", |a| {
+        matches!(&a.studio.model, ModelState::Ready(i)
+            if i.options.taesd.as_ref().is_some_and(|t| t.preview && !t.final_decode))
+    });
+    let ModelState::Ready(info) = &h.state().studio.model else {
+        unreachable!()
+    };
+    assert_eq!(info.options.taesd.as_ref().unwrap().path, taesd);
+    assert!(
+        info.load_duration < Duration::from_millis(500),
+        "the base model was reloaded: {:?}",
+        info.load_duration
+    );
+    assert!(h.state().studio.settings.taesd_preview);
+
+    h.run_steps(2);
+    h.get_by_label("Real previews (TAESD)").click();
+    drive(
+        &mut h,
+        "TAESD off",
+        |a| matches!(&a.studio.model, ModelState::Ready(i) if i.options.taesd.is_none()),
+    );
+}

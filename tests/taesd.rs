@@ -166,6 +166,7 @@ mod pipeline {
         assert_eq!(model.scale(), 2);
         p.set_taesd(TaesdUse {
             model,
+            path: file.clone(),
             preview: true,
             final_decode: true,
         })
@@ -196,6 +197,7 @@ mod pipeline {
         let e = p
             .set_taesd(TaesdUse {
                 model,
+                path: fixtures().join("taesd-tiny"),
                 preview: true,
                 final_decode: false,
             })

@@ -29,11 +29,7 @@ pub struct ModelsPanel {
 
 /// The folders the library lists: the chosen ones, else $EASEL_MODEL_DIR and the bundled models.
 pub fn model_dirs(settings: &Settings) -> Vec<PathBuf> {
-    if settings.model_dirs.is_empty() {
-        default_model_dirs()
-    } else {
-        settings.model_dirs.clone()
-    }
+    settings.model_dirs()
 }
 
 impl Panel for ModelsPanel {
@@ -267,10 +263,37 @@ fn current_model(ui: &mut egui::Ui, studio: &mut Studio) {
              of f32 (about 2 GB instead of 4 for SD 1.5); the arithmetic stays f32, so images \
              differ from f32 only by the weights' rounding. Changing it reloads the model.",
         );
+    let (mut preview, mut decode) = (studio.settings.taesd_preview, studio.settings.taesd_decode);
+    let taesd = studio.settings.taesd_file(&info.path);
+    ui.add_enabled_ui(taesd.is_some(), |ui| {
+        let why = match &taesd {
+            Some(f) => format!("TAESD: {}", f.display()),
+            None => "No TAESD found: put taesd_decoder.safetensors (madebyollin's tiny \
+                     autoencoder) in a model folder's vae_approx/ or VAE-taesd/ folder, or \
+                     beside the model."
+                .into(),
+        };
+        ui.checkbox(&mut preview, "Real previews (TAESD)")
+            .on_hover_text(format!(
+                "A decoded image at every step instead of the rough latent colours, for a \
+                 few percent of a step's time.\n{why}"
+            ))
+            .on_disabled_hover_text(&why);
+        ui.checkbox(&mut decode, "Fast final decode (TAESD)")
+            .on_hover_text(format!(
+                "Decode the finished image with TAESD instead of the VAE: many times \
+                 faster, slightly softer. Off for final quality.\n{why}"
+            ))
+            .on_disabled_hover_text(&why);
+    });
+    let taesd_changed =
+        preview != studio.settings.taesd_preview || decode != studio.settings.taesd_decode;
+    studio.settings.taesd_preview = preview;
+    studio.settings.taesd_decode = decode;
     let device_changed = device != studio.settings.device || precision != studio.settings.precision;
     studio.settings.device = device;
     studio.settings.precision = precision;
-    if choice != before || device_changed {
+    if choice != before || device_changed || taesd_changed {
         set_choice(&mut studio.settings, &info.path, choice);
         studio.load_model(info.path.clone());
     }

@@ -110,6 +110,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         prediction: args.prediction,
         device: args.device,
         precision: args.dtype,
+        taesd: None,
     };
     let mut pipeline = Pipeline::load_with(&model_dir, &options, &device)?;
     if let Some(taesd) = load_taesd(&args, &model_dir, &device)? {
@@ -305,6 +306,7 @@ fn load_taesd(
         .map_err(|e| anyhow!("--{flag} taesd: {e}"))?;
     Ok(Some(crate::diffusion::TaesdUse {
         model,
+        path,
         preview: matches!(args.preview, TaesdChoice::Taesd(_)),
         final_decode: matches!(args.decoder, TaesdChoice::Taesd(_)),
     }))

@@ -5,7 +5,7 @@
 //! a cheap RGB preview of the predicted clean image) and checks a cancel flag between steps, so a
 //! cancelled job ends within one step with [`Outcome::Cancelled`], not an error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use super::preview::{latent_preview, taesd_preview, Preview};
 use super::schedulers::{self, Sampler};
 use crate::models::checkpoint::LoadOptions;
 use crate::models::error::without_backtrace;
-use crate::models::taesd::Taesd;
+use crate::models::taesd::{Taesd, TaesdOptions};
 use crate::models::{ModelError, StableDiffusion};
 
 /// Steps above this are refused: no sampler gains anything there, and a typo like 20000 would
@@ -139,6 +139,8 @@ pub struct Pipeline {
 /// A TAESD the pipeline uses (set it with [`Pipeline::set_taesd`]).
 pub struct TaesdUse {
     pub model: Taesd,
+    /// The file or folder it was read from.
+    pub path: PathBuf,
     /// Previews every step's predicted x0 through TAESD (a real image) instead of the latent
     /// projection.
     pub preview: bool,
@@ -153,12 +155,35 @@ impl Pipeline {
         Self::load_with(path, &LoadOptions::default(), device)
     }
 
-    /// [`Self::load`] with a VAE or prediction type chosen by the user.
+    /// [`Self::load`] with the user's choices (VAE, prediction type, precision, TAESD).
     pub fn load_with(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Self, ModelError> {
-        Ok(Self {
+        let mut pipeline = Self {
             model: StableDiffusion::load_with(path, opts, device, DType::F32)?,
             taesd: None,
-        })
+        };
+        pipeline.configure_taesd(opts.taesd.as_ref())?;
+        Ok(pipeline)
+    }
+
+    /// Applies the TAESD choice: reads the file only when it is another one than in use.
+    pub fn configure_taesd(&mut self, opts: Option<&TaesdOptions>) -> Result<(), ModelError> {
+        let Some(opts) = opts.filter(|o| o.preview || o.final_decode) else {
+            self.taesd = None;
+            return Ok(());
+        };
+        match &mut self.taesd {
+            Some(t) if t.path == opts.path => {
+                t.preview = opts.preview;
+                t.final_decode = opts.final_decode;
+                Ok(())
+            }
+            _ => self.set_taesd(TaesdUse {
+                model: Taesd::load(&opts.path, &self.model.device)?,
+                path: opts.path.clone(),
+                preview: opts.preview,
+                final_decode: opts.final_decode,
+            }),
+        }
     }
 
     /// Uses `taesd` as [`TaesdUse`] says, once it is known to fit this model's latents.

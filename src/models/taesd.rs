@@ -29,6 +29,17 @@ use super::weights::{self, ComponentWeights};
 use super::ModelError;
 use crate::ops::{self, Conv2d};
 
+/// What the user asked TAESD for, and which file (the studio's toggles; the pipeline loads it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaesdOptions {
+    /// A TAESD file or folder (see [`find`]).
+    pub path: PathBuf,
+    /// A real image preview at every step.
+    pub preview: bool,
+    /// The final image decoded by TAESD instead of the VAE.
+    pub final_decode: bool,
+}
+
 /// The original decoder file names, SD 1.x/2.x and SDXL.
 pub const DECODER_FILES: [&str; 2] = ["taesd_decoder.safetensors", "taesdxl_decoder.safetensors"];
 

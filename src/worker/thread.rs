@@ -227,7 +227,12 @@ impl Control {
     fn reconfigure(&self, loaded: &mut Loaded, options: &LoadOptions) {
         let start = Instant::now();
         let path = loaded.info.path.clone();
-        match loaded.pipeline.model.reconfigure(options) {
+        let done = loaded
+            .pipeline
+            .model
+            .reconfigure(options)
+            .and_then(|()| loaded.pipeline.configure_taesd(options.taesd.as_ref()));
+        match done {
             Ok(()) => {
                 loaded.info = model_info(&loaded.pipeline, path, start.elapsed());
                 self.sink.send(Event::ModelLoaded(loaded.info.clone()));

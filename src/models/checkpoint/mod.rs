@@ -38,6 +38,9 @@ pub struct LoadOptions {
     pub device: crate::models::device::DeviceChoice,
     /// How the weights are kept in memory (`--dtype`).
     pub precision: crate::models::device::Precision,
+    /// TAESD for real per-step previews and/or a fast final decode; `None`: the latent
+    /// projection and the VAE.
+    pub taesd: Option<crate::models::taesd::TaesdOptions>,
 }
 
 /// The modules of a single-file checkpoint, ready to run.
