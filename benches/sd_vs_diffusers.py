@@ -4,6 +4,7 @@ same SD 1.5-architecture weights, same threads, one command.
     cargo build --release
     /tmp/venv/bin/python benches/sd_vs_diffusers.py [--easel target/release/easel]
         [--work-dir /tmp/easel-bench] [--sizes 256 512] [--threads 2] [--reps 2] [--openvino]
+        [--dtypes f32 bf16 f16]
 
 For each size it runs `easel bench --json` (which makes the random-weight folder once, then
 times text encoding, one UNet step with CFG at batch 2, VAE decode and VAE encode), then
@@ -169,6 +170,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--openvino", action="store_true")
+    parser.add_argument("--dtypes", nargs="+", default=["f32"], choices=["f32", "f16", "bf16"],
+                        help="Easel weight precisions to run (each against the same references)")
     args = parser.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -180,42 +183,49 @@ def main():
     print(f"{args.threads} threads, load average before: {load:.2f}")
 
     for size in args.sizes:
-        res = subprocess.run(
-            [args.easel, "bench", "--json", "--size", str(size), "--reps", str(args.reps),
-             "--work-dir", args.work_dir],
-            check=True, capture_output=True, text=True, env=os.environ,
-        )
-        easel = json.loads(res.stdout.strip().splitlines()[-1])
-        model = easel["model"]
+        runs = []
+        for dtype in args.dtypes:
+            res = subprocess.run(
+                [args.easel, "bench", "--json", "--size", str(size), "--reps", str(args.reps),
+                 "--work-dir", args.work_dir, "--dtype", dtype],
+                check=True, capture_output=True, text=True, env=os.environ,
+            )
+            runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        model = runs[0]["model"]
         ref = child("diffusers", model, size, args.reps, args.threads)
         ov = child("openvino", model, size, args.reps, args.threads) if args.openvino else {}
-        wbytes = weight_bytes(model) / 2**20
-
-        print(f"\n{size}×{size}  (torch {ref['torch']}{', openvino ' + ov['openvino'] if ov else ''})")
-        head = f"{'stage':<34}{'Easel ms':>10}{'diffusers':>11}{'ratio':>7}"
-        if ov:
-            head += f"{'OV f32':>9}{'ratio':>7}{'OV bf16':>9}{'ratio':>7}"
-        print(head)
-        for key, label in STAGES:
-            e, d = easel.get(key), ref.get(key)
-            line = f"{label:<34}{fmt(e):>10}{fmt(d):>11}{fmt(e / d if e and d else None, '.2f'):>7}"
-            if ov:
-                for prec in ["f32", "bf16"]:
-                    o = ov.get(f"{key}_{prec}")
-                    line += f"{fmt(o):>9}{fmt(e / o if e and o else None, '.2f'):>7}"
-            print(line)
-        e_rss = easel["peak_rss_mib"]["after_vae"]
-        print(
-            f"{'peak RSS MiB (× fp32 weights)':<34}{e_rss:>10.0f}{ref['peak_rss_mib']:>11.0f}"
-            f"{e_rss / ref['peak_rss_mib']:>7.2f}   weights {wbytes:.0f} MiB: Easel "
-            f"{e_rss / wbytes:.2f}×, diffusers {ref['peak_rss_mib'] / wbytes:.2f}×"
-        )
-        if easel.get("unet_step_profile_ms"):
-            print("Easel UNet step by kind of op:", easel["unet_step_profile_ms"])
+        for easel in runs:
+            report(size, easel, ref, ov, weight_bytes(model) / 2**20)
     try:
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     except OSError:
         pass
+
+
+def report(size, easel, ref, ov, wbytes):
+    """One table: Easel (at one weight precision) against the references, per stage."""
+    print(f"\n{size}×{size}, Easel with {easel.get('dtype', 'f32')} weights  "
+          f"(torch {ref['torch']}{', openvino ' + ov['openvino'] if ov else ''})")
+    head = f"{'stage':<34}{'Easel ms':>10}{'diffusers':>11}{'ratio':>7}"
+    if ov:
+        head += f"{'OV f32':>9}{'ratio':>7}{'OV bf16':>9}{'ratio':>7}"
+    print(head)
+    for key, label in STAGES:
+        e, d = easel.get(key), ref.get(key)
+        line = f"{label:<34}{fmt(e):>10}{fmt(d):>11}{fmt(e / d if e and d else None, '.2f'):>7}"
+        if ov:
+            for prec in ["f32", "bf16"]:
+                o = ov.get(f"{key}_{prec}")
+                line += f"{fmt(o):>9}{fmt(e / o if e and o else None, '.2f'):>7}"
+        print(line)
+    e_rss = easel["peak_rss_mib"]["after_vae"]
+    print(
+        f"{'peak RSS MiB (× fp32 weights)':<34}{e_rss:>10.0f}{ref['peak_rss_mib']:>11.0f}"
+        f"{e_rss / ref['peak_rss_mib']:>7.2f}   fp32 weights {wbytes:.0f} MiB: Easel "
+        f"{e_rss / wbytes:.2f}×, diffusers {ref['peak_rss_mib'] / wbytes:.2f}×"
+    )
+    if easel.get("unet_step_profile_ms"):
+        print("Easel UNet step by kind of op:", easel["unet_step_profile_ms"])
 
 
 if __name__ == "__main__":
