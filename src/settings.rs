@@ -203,7 +203,8 @@ impl Settings {
         }
     }
 
-    /// The folders the model library lists: the user's, else the defaults.
+    /// The folders the model library lists: the chosen ones, else $EASEL_MODEL_DIR and the
+    /// bundled models.
     pub fn model_dirs(&self) -> Vec<PathBuf> {
         if self.model_dirs.is_empty() {
             crate::models::library::default_model_dirs()

@@ -25,11 +25,9 @@ pub struct ModelsPanel {
     folder_input: String,
     /// The folders the shown list was scanned from (a change triggers a rescan).
     scanned_dirs: Option<Vec<PathBuf>>,
-}
-
-/// The folders the library lists: the chosen ones, else $EASEL_MODEL_DIR and the bundled models.
-pub fn model_dirs(settings: &Settings) -> Vec<PathBuf> {
-    settings.model_dirs()
+    /// The TAESD found for the model in use, looked up (files probed) when the model or the
+    /// folders change rather than every frame.
+    taesd: Option<(PathBuf, Vec<PathBuf>, Option<PathBuf>)>,
 }
 
 impl Panel for ModelsPanel {
@@ -42,12 +40,23 @@ impl Panel for ModelsPanel {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, studio: &mut Studio) {
-        let dirs = model_dirs(&studio.settings);
+        let dirs = studio.settings.model_dirs();
         if self.scanned_dirs.as_ref() != Some(&dirs) {
             studio.scan_library(dirs.clone());
-            self.scanned_dirs = Some(dirs);
+            self.scanned_dirs = Some(dirs.clone());
         }
-        current_model(ui, studio);
+        let taesd = match &studio.model {
+            ModelState::Ready(info) => {
+                let fresh = matches!(&self.taesd, Some((m, d, _)) if *m == info.path && *d == dirs);
+                if !fresh {
+                    let found = studio.settings.taesd_file(&info.path);
+                    self.taesd = Some((info.path.clone(), dirs, found));
+                }
+                self.taesd.as_ref().and_then(|(_, _, f)| f.clone())
+            }
+            _ => None,
+        };
+        current_model(ui, studio, taesd);
         ui.separator();
         self.folders_ui(ui, studio);
         ui.separator();
@@ -172,7 +181,8 @@ fn entry_row(ui: &mut egui::Ui, e: &LibraryEntry, current: bool) -> bool {
 
 /// The model in use: what it is, how its settings were decided, and its VAE and prediction
 /// type, which change in memory without reloading the weights.
-fn current_model(ui: &mut egui::Ui, studio: &mut Studio) {
+/// The model in use and its choices; `taesd` is the TAESD file found for it, if any.
+fn current_model(ui: &mut egui::Ui, studio: &mut Studio, taesd: Option<PathBuf>) {
     ui.strong("Model in use");
     let ModelState::Ready(info) = &studio.model else {
         ui.weak("None loaded.");
@@ -264,7 +274,6 @@ fn current_model(ui: &mut egui::Ui, studio: &mut Studio) {
              differ from f32 only by the weights' rounding. Changing it reloads the model.",
         );
     let (mut preview, mut decode) = (studio.settings.taesd_preview, studio.settings.taesd_decode);
-    let taesd = studio.settings.taesd_file(&info.path);
     ui.add_enabled_ui(taesd.is_some(), |ui| {
         let why = match &taesd {
             Some(f) => format!("TAESD: {}", f.display()),
@@ -309,7 +318,7 @@ fn set_choice(settings: &mut Settings, path: &std::path::Path, choice: ModelChoi
 
 impl ModelsPanel {
     fn folders_ui(&mut self, ui: &mut egui::Ui, studio: &mut Studio) {
-        let dirs = model_dirs(&studio.settings);
+        let dirs = studio.settings.model_dirs();
         let removable = !studio.settings.model_dirs.is_empty();
         let hint = "models/Stable-diffusion";
         match folder_list(

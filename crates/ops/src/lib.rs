@@ -98,33 +98,23 @@ pub mod test_util {
         Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
     }
 
+    /// Largest magnitude.
+    pub fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.max(0))
+            .and_then(|t| t.to_scalar())
+            .unwrap()
+    }
+
     /// Largest absolute difference.
     pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        max_abs(&(a - b).unwrap())
     }
 
     /// Largest absolute difference, relative to the largest magnitude in `want`.
     pub fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
-        let d = max_diff(got, want);
-        let m: f32 = want
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        d / m.max(1e-12)
+        max_diff(got, want) / max_abs(want).max(1e-12)
     }
 }
