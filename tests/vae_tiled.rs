@@ -139,3 +139,58 @@ fn tiled_encode_matches_the_untiled_one() {
         "decode of the tiled encode",
     );
 }
+
+/// SD 1.5's architecture (four levels, 512 channels at latent size, 32 groups) with the random
+/// weights `easel bench` makes (/tmp/easel-bench/sd15-random): how far a 1024² tiled decode
+/// is from the untiled one, with and without global statistics. Random weights saturate much
+/// of the image, so this is a check of the architecture's path, not of the tolerance: run with
+/// `cargo test --release --test vae_tiled -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sd15_sized_random_vae_at_1024() {
+    let dir = std::path::Path::new("/tmp/easel-bench/sd15-random/vae");
+    if !dir.is_dir() {
+        eprintln!("{} is missing: run `easel bench` once", dir.display());
+        return;
+    }
+    let vae =
+        easel::models::checkpoint::load_vae(dir, 4, &Device::Cpu, candle_core::DType::F32, false)
+            .unwrap();
+    // Two regions of different latent statistics, top and bottom, with noise on both.
+    let noise = Tensor::randn(0f32, 0.5, (1, 4, 128, 128), &Device::Cpu).unwrap();
+    let top = Tensor::new(&[1.0f32, -0.5, 0.3, 0.8], &Device::Cpu).unwrap();
+    let bottom = Tensor::new(&[-0.7f32, 0.6, -0.2, -1.0], &Device::Cpu).unwrap();
+    let level = |v: &Tensor, rows| {
+        v.reshape((1, 4, 1, 1))
+            .unwrap()
+            .broadcast_as((1, 4, rows, 128))
+            .unwrap()
+    };
+    let latents =
+        (Tensor::cat(&[level(&top, 56), level(&bottom, 72)], 2).unwrap() + noise).unwrap();
+    let t = std::time::Instant::now();
+    let raw = vae.decode(&latents).unwrap();
+    eprintln!("untiled: {:.1}s", t.elapsed().as_secs_f64());
+    let want = to_unit(&raw);
+    let spread = raw.flatten_all().unwrap().var(0).unwrap().sqrt().unwrap();
+    eprintln!(
+        "untiled output std (in [-1, 1] units): {}",
+        spread.to_scalar::<f32>().unwrap()
+    );
+    for global_stats in [true, false] {
+        let t = std::time::Instant::now();
+        let cfg = TileConfig {
+            tile: 64,
+            global_stats,
+        };
+        let got = vae.decode_tiled(&latents, &cfg).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let (mean, max) = diffs(&to_unit(&got), &want);
+        let (raw_mean, raw_max) = diffs(&got, &raw);
+        eprintln!(
+            "global {global_stats}: {secs:.1}s, [0, 1] image mean {:.2}/255 max {:.2}/255; unclamped mean {raw_mean:.4} max {raw_max:.4}",
+            mean * 255.0,
+            max * 255.0
+        );
+    }
+}

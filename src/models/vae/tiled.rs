@@ -18,9 +18,11 @@
 //! latent map (after the mid block) average-pooled to half size. That decode is a quarter of
 //! the work, run the same way (tiled when it is itself large), and records each group norm's
 //! sums over its tiles' cores. Natural images look alike at half and full scale, and so do
-//! the statistics: on the bundled model's VAE and a sky-over-ground scene, a 4×4-tile decode
-//! is within 0.7/255 of the untiled one on average (3.5/255 at most), where per-tile
-//! statistics are 10/255 off (80/255 at most).
+//! the statistics: on the bundled model's VAE and a sky-over-ground scene (tests/vae_tiled.rs),
+//! 2×2 tiles are within 0.7/255 of the untiled decode on average (3.5/255 at most), 4×4 tiles
+//! within 0.7/255 (4.2/255), where per-tile statistics are 10/255 off (79/255 at most). The
+//! estimate must itself be a real image: with tiles under ~32 latents the recursion ends on a
+//! thumbnail and the error grows (8×8 tiles of 8 latents: 7.8/255 on average).
 //!
 //! Exact statistics would need one pass over the tiles per group norm (each norm's input
 //! depends on every earlier norm's statistics): ~25 for SD's decoder. Gathering them in one
@@ -41,7 +43,8 @@ use crate::ops::{GroupNorm, GroupStats, GroupSums};
 pub struct TileConfig {
     /// Side of a tile's core (what it writes to the output), in latent pixels; an encode's tiles
     /// are this times the downscale factor in image pixels. Maps are split into equal tiles of
-    /// at most this side.
+    /// at most this side. Keep it at 32 or more with `global_stats` (see the module's
+    /// documentation).
     pub tile: usize,
     /// Normalise every tile with the whole image's statistics (estimated at half size, a
     /// quarter more work), not its own (tones then shift between tiles).
