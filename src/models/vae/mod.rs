@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::error::ModelError;
 use crate::ops::{self, Conv2d};
 use coder::{Decoder, Encoder, Shape};
-pub use tiled::TileConfig;
+pub use tiled::{NormStats, TileConfig};
 
 fn default_three() -> usize {
     3

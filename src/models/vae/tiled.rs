@@ -14,21 +14,36 @@
 //! What a halo cannot fix is the group norms: each normalises with the mean and variance of the
 //! whole feature map, and a tile's own differ (a sky tile is brighter than the image), which
 //! shifts tones from tile to tile: diffusers' `enable_tiling` has this flaw. So every tile here
-//! normalises with the same, whole-image statistics ([`Norms`]), taken from a decode of the
-//! latent map (after the mid block) average-pooled to half size. That decode is a quarter of
-//! the work, run the same way (tiled when it is itself large), and records each group norm's
-//! sums over its tiles' cores. Natural images look alike at half and full scale, and so do
-//! the statistics: on the bundled model's VAE and a sky-over-ground scene (tests/vae_tiled.rs),
-//! 2×2 tiles are within 0.7/255 of the untiled decode on average (3.5/255 at most), 4×4 tiles
-//! within 0.7/255 (4.2/255), where per-tile statistics are 10/255 off (79/255 at most). The
-//! estimate must itself be a real image: with tiles under ~32 latents the recursion ends on a
-//! thumbnail and the error grows (8×8 tiles of 8 latents: 7.8/255 on average).
+//! normalises with the same whole-image statistics ([`Norms`]), found in two steps
+//! ([`NormStats::Measured`]):
+//!
+//! 1. An estimate: the same tiled pass over the latent map (after the mid block) subsampled to
+//!    half size, recording each group norm's sums over its tiles' cores. A quarter of the work;
+//!    natural images look alike at half and full scale, and so do the statistics. Every other
+//!    pixel, not 2×2 averages: averaging removes the fine texture that the convolutions respond
+//!    to, and the variances with it (on SD 1.5's architecture with random weights and noisy
+//!    latents, 12/255 off on average instead of 1.3/255).
+//! 2. One pass over the full-size tiles normalised with the estimate, recording the sums again,
+//!    now at full size; the pass that writes the output uses those.
 //!
 //! Exact statistics would need one pass over the tiles per group norm (each norm's input
-//! depends on every earlier norm's statistics): ~25 for SD's decoder. Gathering them in one
-//! pass that normalises each tile with its own statistics, then decoding with the result, was
-//! measured too: 7/255 off on average, since the layers that matter most (the last ones) are
-//! the worst estimated.
+//! depends on every earlier norm's statistics): ~25 for SD's decoder. Measured on two VAEs,
+//! as (mean, max) difference from the untiled decode in 1/255 (tests/vae_tiled.rs; the bundled
+//! model's trained VAE decoding a sky over textured ground, 2×2 tiles; SD 1.5's architecture
+//! with random weights decoding noisy two-tone latents, 512², 2×2 tiles):
+//!
+//! | statistics                                     | bundled VAE | SD 1.5-sized |
+//! |------------------------------------------------|-------------|--------------|
+//! | each tile's own (diffusers)                    | 10.4, 79    | 15.7, 125 (at 1024²) |
+//! | one pass with the tiles' own, then applied     | 7.0, 52     |              |
+//! | half-size estimate only ([`NormStats::Estimated`]) | 1.0, 4.0 | 1.3, 10.0    |
+//! | estimate, then measured ([`NormStats::Measured`])  | 1.3, 4.7 | 0.3, 1.9     |
+//!
+//! With the pipeline's 64-latent tiles the bundled VAE does better (512² to 1024², 2×2 to 4×4
+//! tiles: estimated at most 0.8, 3.0; measured 0.8, 2.4). The SD 1.5-sized one at 1024²:
+//! estimated 1.0, 7.9 (too close to the 8/255 for the default). The estimate must
+//! itself be a real image: with tiles under ~32 latents, the estimate's own
+//! estimate (it is tiled too when large) ends on a thumbnail and the error grows.
 
 use std::ops::Range;
 
@@ -43,23 +58,31 @@ use crate::ops::{GroupNorm, GroupStats, GroupSums};
 pub struct TileConfig {
     /// Side of a tile's core (what it writes to the output), in latent pixels; an encode's tiles
     /// are this times the downscale factor in image pixels. Maps are split into equal tiles of
-    /// at most this side. Keep it at 32 or more with `global_stats` (see the module's
-    /// documentation).
+    /// at most this side. Keep it at 32 or more (see the module's documentation).
     pub tile: usize,
-    /// Normalise every tile with the whole image's statistics (estimated at half size, a
-    /// quarter more work), not its own (tones then shift between tiles).
-    pub global_stats: bool,
+    pub stats: NormStats,
 }
 
 impl Default for TileConfig {
     /// 64 latents (512 px for SD): a tile's working memory is then about that of a 512² decode
-    /// (~1 GiB for SD).
+    /// (~1 GiB for SD); measured statistics.
     fn default() -> Self {
         Self {
             tile: 64,
-            global_stats: true,
+            stats: NormStats::Measured,
         }
     }
+}
+
+/// What the group norms of a tiled pass normalise with (see the module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormStats {
+    /// Each tile its own, as diffusers tiles: one pass, but tones shift between tiles.
+    Tile,
+    /// The whole image's, estimated from a half-size pass: a quarter more work.
+    Estimated,
+    /// The estimate, then measured at full size in one more pass over the tiles.
+    Measured,
 }
 
 /// How the group norms of one pass normalise.
@@ -247,6 +270,40 @@ fn stats_of(sums: &[GroupSums]) -> Vec<GroupStats> {
     sums.iter().map(GroupSums::stats).collect()
 }
 
+/// A tiled pass over the tiles of `grid`, normalised as `cfg.stats` says; `half()` is the same
+/// pass over the map at half size, returning its statistics' sums; `tile(core, norms)` computes
+/// one tile's core. With `record`, also returns the sums over the whole map.
+fn run_tiled(
+    grid: &[Vec<Area>],
+    cfg: &TileConfig,
+    record: bool,
+    half: impl FnOnce() -> Result<Vec<GroupSums>>,
+    mut tile: impl FnMut(Area, &mut Norms) -> Result<Tensor>,
+) -> Result<(Tensor, Vec<GroupSums>)> {
+    let mut stats = Vec::new();
+    // One tile is the untiled pass, with its own (exact) statistics.
+    if cfg.stats != NormStats::Tile && grid.iter().flatten().count() > 1 {
+        stats = stats_of(&half()?);
+        // An estimate's own estimate is not measured: it would cost a full pass for little.
+        if cfg.stats == NormStats::Measured && !record {
+            stats = stats_of(&in_tiles(grid, &stats, true, &mut tile)?.1);
+        }
+    }
+    in_tiles(grid, &stats, record, tile)
+}
+
+/// Every other row and column, from the first: a half-size map with the same kind of texture.
+fn half_size(xs: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = xs.dims4()?;
+    let (h, w) = (h / 2, w / 2);
+    xs.narrow(2, 0, 2 * h)?
+        .narrow(3, 0, 2 * w)?
+        .reshape((b, c, h, 2, w, 2))?
+        .narrow(3, 0, 1)?
+        .narrow(5, 0, 1)?
+        .reshape((b, c, h, w))
+}
+
 fn check(cfg: &TileConfig) -> Result<()> {
     if cfg.tile == 0 {
         candle_core::bail!("tiled VAE: the tile size must be at least 1 latent pixel");
@@ -288,17 +345,13 @@ impl Decoder {
         record: bool,
     ) -> Result<(Tensor, Vec<GroupSums>)> {
         let (_, _, lh, lw) = h.dims4()?;
-        let grid = tiles(lh, lw, cfg.tile);
-        // One tile is the untiled decode, with its own (exact) statistics.
-        let stats = if cfg.global_stats && grid.iter().flatten().count() > 1 {
-            let half = h.avg_pool2d(2)?;
-            stats_of(&self.tail_tiled_with(&half, cfg, halos, true)?.1)
-        } else {
-            Vec::new()
-        };
-        in_tiles(&grid, &stats, record, |core, norms| {
-            self.tail_tile(h, core, halos, norms)
-        })
+        run_tiled(
+            &tiles(lh, lw, cfg.tile),
+            cfg,
+            record,
+            || Ok(self.tail_tiled_with(&half_size(h)?, cfg, halos, true)?.1),
+            |core, norms| self.tail_tile(h, core, halos, norms),
+        )
     }
 
     /// One tile's core, in image pixels.
@@ -401,16 +454,17 @@ impl Encoder {
         record: bool,
     ) -> Result<(Tensor, Vec<GroupSums>)> {
         let f = self.downscale();
-        let grid = enc_grid(image, f, cfg.tile)?;
-        let stats = if cfg.global_stats && grid.iter().flatten().count() > 1 {
-            let half = image.avg_pool2d(2)?;
-            stats_of(&self.down_tiled_with(&half, cfg, halos, true)?.1)
-        } else {
-            Vec::new()
-        };
-        in_tiles(&grid, &stats, record, |core, norms| {
-            self.down_tile(image, core, f, halos, norms)
-        })
+        run_tiled(
+            &enc_grid(image, f, cfg.tile)?,
+            cfg,
+            record,
+            || {
+                Ok(self
+                    .down_tiled_with(&half_size(image)?, cfg, halos, true)?
+                    .1)
+            },
+            |core, norms| self.down_tile(image, core, f, halos, norms),
+        )
     }
 
     /// One tile's core of the down blocks' output. Every level's crop starts on a multiple of
@@ -557,7 +611,7 @@ mod tests {
         let latents = randn(&[1, 4, 12, 10]);
         let cfg = TileConfig {
             tile: 12,
-            global_stats: true,
+            ..Default::default()
         };
         let want = vae.decode(&latents).unwrap();
         assert_eq!(
