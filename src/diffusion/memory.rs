@@ -95,7 +95,8 @@ pub fn estimate(shape: Shape, width: usize, height: usize, batch: usize) -> Esti
 /// A tiled decode runs its latent-resolution part on the whole map first (the mid block:
 /// budgeted per pixel and channel like the untiled decode's top level), then one tile at a
 /// time, each like an untiled decode of its size, while the latent map and the image being
-/// assembled stay alive.
+/// assembled stay alive. SD 1.5, `easel bench --stages vae-decode --vae-tiling on`: 1.09 GiB
+/// measured at 1024² (estimate 1.35), 1.26 GiB at 2048² (estimate 1.61).
 fn vae_tiled_bytes(shape: Shape, width: usize, height: usize) -> u64 {
     let f = shape.vae_scale.max(1);
     let latent = ((width / f) * (height / f)) as u64;
