@@ -64,10 +64,25 @@ pub struct BenchArgs {
     /// One load, reported as JSON (what --load runs in each child process).
     #[arg(long, hide = true)]
     pub load_child: Option<PathBuf>,
+    /// What to measure: all (every stage, on the whole model), or only vae-decode and/or
+    /// vae-encode (loads only the VAE; reports the peak memory above its weights).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub stages: Vec<Stage>,
+    /// With --stages vae-…: untiled (off), in tiles (on), or as a generation would decide
+    /// with the memory free now (auto).
+    #[arg(long, value_enum, default_value_t = crate::diffusion::VaeTiling::Off)]
+    pub vae_tiling: crate::diffusion::VaeTiling,
     /// Measure LoRA hot-loading instead: a random adapter of this rank on every attention and
     /// feed-forward projection, against the no-adapter baseline in the same run.
     #[arg(long)]
     pub lora_rank: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    All,
+    VaeDecode,
+    VaeEncode,
 }
 
 const SD15_UNET: &str = r#"{"_class_name":"UNet2DConditionModel","act_fn":"silu","attention_head_dim":8,
@@ -126,6 +141,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let reps = args.reps.max(1);
     if let Some(rank) = args.lora_rank {
         return super::bench_lora::run(&args, &dir, rank);
+    }
+    if !args.stages.contains(&Stage::All) {
+        return super::bench_vae::run(&args, &dir, &device);
     }
 
     let t = Instant::now();
@@ -318,7 +336,7 @@ fn anon_rss_mib() -> f64 {
     proc_status_mib("RssAnon:")
 }
 
-fn proc_status_mib(key: &str) -> f64 {
+pub(super) fn proc_status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -13,7 +13,7 @@ use clap::Args;
 
 use crate::diffusion::schedulers::PredictionType;
 use crate::diffusion::schedulers::Sampler;
-use crate::diffusion::{GenerateRequest, Outcome, Pipeline};
+use crate::diffusion::{GenerateRequest, Outcome, Pipeline, VaeTiling};
 use crate::gallery::png_meta::{self, GenerationMetadata, VaeUse};
 use crate::models::checkpoint::LoadOptions;
 
@@ -79,6 +79,11 @@ pub struct GenerateArgs {
     /// images at full size through TAESD).
     #[arg(long, default_value = "latent", value_parser = parse_preview_arg, value_name = "latent|taesd[=PATH]")]
     pub preview: TaesdChoice,
+    /// Decode the VAE in tiles (bounded memory: large images fit; within a few 1/255 of the
+    /// untiled decode): auto (only when the untiled decode would not fit in the free memory),
+    /// on, off (refuse sizes whose untiled decode does not fit).
+    #[arg(long, value_enum, default_value_t = VaeTiling::Auto)]
+    pub vae_tiling: VaeTiling,
     /// A LoRA adapter: a .safetensors file or a name found in --lora-dir. `:W` sets its weight
     /// (default 1, negative allowed); `:TE:UNET` or `:te=W:unet=W` separate text-encoder and
     /// UNet weights (A1111's order). Repeatable. `<lora:NAME:W>` in the prompt works too.
@@ -143,6 +148,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     req.steps = args.steps;
     req.cfg_scale = args.cfg;
     req.clip_skip = args.clip_skip;
+    req.vae_tiling = args.vae_tiling;
     req.width = args.width.unwrap_or(req.width);
     req.height = args.height.unwrap_or(req.height);
     if let Some(s) = args.sampler {

@@ -6,6 +6,7 @@ mod bench_gallery;
 mod bench_load;
 mod bench_lora;
 mod bench_model;
+mod bench_vae;
 mod generate;
 mod index;
 mod lora;

@@ -7,6 +7,7 @@ pub mod pipeline;
 pub mod preview;
 pub mod schedulers;
 
+pub use memory::VaeTiling;
 pub use pipeline::{
     GenerateRequest, GeneratedImage, Outcome, Pipeline, PipelineError, StepProgress, TaesdUse,
 };

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 
 use super::guidance;
-use super::memory;
+use super::memory::{self, VaeTiling};
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, taesd_preview, Preview};
 use super::schedulers::{self, Sampler};
 use crate::models::checkpoint::LoadOptions;
 use crate::models::error::without_backtrace;
 use crate::models::taesd::{Taesd, TaesdOptions};
+use crate::models::vae::TileConfig;
 use crate::models::{ModelError, StableDiffusion};
 
 /// Steps above this are refused: no sampler gains anything there, and a typo like 20000 would
@@ -45,6 +46,8 @@ pub struct GenerateRequest {
     /// Replaces the seeded initial noise: [1, C, H/f, W/f], before init-sigma scaling
     /// (diffusers' `latents=` argument).
     pub init_noise: Option<Tensor>,
+    /// Whether the VAE decodes in tiles; auto: when the untiled decode would not fit in memory.
+    pub vae_tiling: VaeTiling,
 }
 
 impl GenerateRequest {
@@ -62,6 +65,7 @@ impl GenerateRequest {
             sampler: default_sampler(model),
             clip_skip: 1,
             init_noise: None,
+            vae_tiling: VaeTiling::Auto,
         }
     }
 }
@@ -236,6 +240,11 @@ impl Pipeline {
 
     /// Checks a request against the model before any work starts.
     pub fn validate(&self, req: &GenerateRequest) -> Result<(), PipelineError> {
+        self.plan(req).map(|_| ())
+    }
+
+    /// [`Self::validate`], returning whether the VAE is to decode in tiles.
+    fn plan(&self, req: &GenerateRequest) -> Result<bool, PipelineError> {
         let invalid = |arg, msg: String| Err(PipelineError::InvalidRequest { arg, msg });
         if req.steps == 0 || req.steps > MAX_STEPS.min(self.model.scheduler.num_train_timesteps) {
             return invalid(
@@ -281,7 +290,7 @@ impl Pipeline {
                 );
             }
         }
-        self.check_memory(req)?;
+        let vae_tiled = self.check_memory(req)?;
         if let Some(noise) = &req.init_noise {
             let want = self.latent_shape(req);
             if noise.dims() != want {
@@ -295,17 +304,19 @@ impl Pipeline {
                 );
             }
         }
-        Ok(())
+        Ok(vae_tiled)
     }
 
     /// Refuses a size whose working memory (beyond the loaded weights) the machine does not
-    /// have free now, naming a size that fits; see [`memory`]. CPU only: GPU memory is not
-    /// what `MemAvailable` measures.
-    fn check_memory(&self, req: &GenerateRequest) -> Result<(), PipelineError> {
+    /// have free now, naming a size that fits; see [`memory`]. Returns whether the VAE is to
+    /// decode in tiles: as asked, or with auto when only the tiled decode fits. CPU only: GPU
+    /// memory is not what `MemAvailable` measures (auto then does not tile).
+    fn check_memory(&self, req: &GenerateRequest) -> Result<bool, PipelineError> {
         let Some(available) = memory::available_bytes().filter(|_| self.model.device.is_cpu())
         else {
-            return Ok(());
+            return Ok(req.vae_tiling == VaeTiling::On);
         };
+        let vae_channels = &self.model.vae.config.block_out_channels;
         let shape = memory::Shape {
             vae_scale: self.model.vae_scale(),
             unet_channels: self
@@ -316,19 +327,21 @@ impl Pipeline {
                 .first()
                 .copied()
                 .unwrap_or(320),
-            vae_channels: self
-                .model
-                .vae
-                .config
-                .block_out_channels
-                .first()
-                .copied()
-                .unwrap_or(128),
+            vae_channels: vae_channels.first().copied().unwrap_or(128),
+            vae_latent_channels: vae_channels.last().copied().unwrap_or(512),
         };
         let batch = if req.cfg_scale > 1.0 { 2 } else { 1 };
         let multiple = self.model.size_multiple();
-        memory::check(shape, req.width, req.height, batch, multiple, available)
-            .map_err(|msg| PipelineError::InvalidRequest { arg: "width", msg })
+        memory::plan(
+            shape,
+            req.width,
+            req.height,
+            batch,
+            multiple,
+            available,
+            req.vae_tiling,
+        )
+        .map_err(|msg| PipelineError::InvalidRequest { arg: "width", msg })
     }
 
     fn latent_shape(&self, req: &GenerateRequest) -> [usize; 4] {
@@ -360,7 +373,7 @@ impl Pipeline {
         cancel: &AtomicBool,
         on_step: &mut dyn FnMut(&StepProgress),
     ) -> Result<Outcome, PipelineError> {
-        self.validate(req)?;
+        let vae_tiled = self.plan(req)?;
         let start = Instant::now();
         let device = &self.model.device;
         let mut warnings = Vec::new();
@@ -436,22 +449,37 @@ impl Pipeline {
                 completed_steps: total,
             });
         }
-        let image = self.decode(&latents)?;
+        let taesd_decode = self.taesd.as_ref().is_some_and(|t| t.final_decode);
+        if vae_tiled && req.vae_tiling == VaeTiling::Auto && !taesd_decode {
+            warnings.push(
+                "the VAE decoded in tiles: the untiled decode would not fit in the free memory"
+                    .to_string(),
+            );
+        }
+        let image = self.decode(&latents, vae_tiled)?;
         Ok(Outcome::Finished(GeneratedImage { warnings, ..image }))
     }
 
-    /// Latents → image (with the VAE, or TAESD when [`TaesdUse::final_decode`]), converted to
-    /// 8 bits exactly as diffusers does.
-    pub fn decode(&self, latents: &Tensor) -> Result<GeneratedImage, PipelineError> {
+    /// Latents → image (with the VAE, in tiles when `vae_tiled`, or TAESD when
+    /// [`TaesdUse::final_decode`]), converted to 8 bits exactly as diffusers does.
+    pub fn decode(
+        &self,
+        latents: &Tensor,
+        vae_tiled: bool,
+    ) -> Result<GeneratedImage, PipelineError> {
         let taesd = self.taesd.as_ref().filter(|t| t.final_decode);
-        let stage = if taesd.is_some() {
-            "TAESD decode"
-        } else {
-            "VAE decode"
+        let stage = match (taesd, vae_tiled) {
+            (Some(_), _) => "TAESD decode",
+            (None, true) => "tiled VAE decode",
+            (None, false) => "VAE decode",
         };
         let pixels = (|| {
             let x = match taesd {
                 Some(t) => t.model.decode(latents)?,
+                None if vae_tiled => self
+                    .model
+                    .vae
+                    .decode_tiled(latents, &TileConfig::default())?,
                 None => self.model.vae.decode(latents)?,
             };
             ((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.to_dtype(DType::F32)

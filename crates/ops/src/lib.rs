@@ -38,7 +38,7 @@ pub use activation::{add_in_place, geglu};
 pub use attention::attention;
 pub use conv::{conv2d, Conv2d};
 pub use linear::linear;
-pub use norm::{group_norm, GroupNorm};
+pub use norm::{group_norm, GroupNorm, GroupStats, GroupSums};
 pub use profile::Kind;
 
 /// True when `EASEL_KERNELS=candle` asks for candle's ops everywhere (for comparisons).

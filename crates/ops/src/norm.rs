@@ -3,8 +3,14 @@
 //! candle's `GroupNorm` is eight tensor ops (sum, subtract, square, sum, add, sqrt, divide,
 //! scale and shift), each a full pass that allocates its output; then SiLU is a ninth. The kernel
 //! reads each group twice (sums, then normalise-and-write) into one new tensor, a group per task.
+//!
+//! A map too large to hold at once (the VAE's tiled decode) can still be normalised with the
+//! whole map's statistics: [`GroupNorm::add_sums`] accumulates a region's sums into
+//! [`GroupSums`], and [`GroupNorm::forward_with_stats`] normalises a tile with the result.
 
-use candle_core::{Module, Result, Tensor};
+use std::ops::Range;
+
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -19,6 +25,57 @@ pub struct GroupNorm {
     groups: usize,
     channels: usize,
     eps: f64,
+}
+
+/// Per (image, group) mean and variance, indexed `image · groups + group`: what a group norm
+/// normalises with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupStats {
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+}
+
+/// Σx and Σx² per (image, group) over the regions added so far, toward a [`GroupStats`].
+#[derive(Clone, Debug, Default)]
+pub struct GroupSums {
+    sum: Vec<f64>,
+    squares: Vec<f64>,
+    /// Values summed per (image, group).
+    count: u64,
+}
+
+impl GroupSums {
+    /// The mean and (biased, as the norm uses) variance of everything added.
+    pub fn stats(&self) -> GroupStats {
+        let n = self.count.max(1) as f64;
+        let mean: Vec<f64> = self.sum.iter().map(|s| s / n).collect();
+        let var = self
+            .squares
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| (q / n - m * m).max(0.0))
+            .collect();
+        GroupStats { mean, var }
+    }
+
+    fn add(&mut self, sums: &[(f64, f64)], count: u64) -> Result<()> {
+        if self.sum.is_empty() {
+            self.sum = vec![0.0; sums.len()];
+            self.squares = vec![0.0; sums.len()];
+        } else if self.sum.len() != sums.len() {
+            candle_core::bail!(
+                "GroupSums: {} (image, group) pairs added to {}",
+                sums.len(),
+                self.sum.len()
+            );
+        }
+        for (i, &(s, q)) in sums.iter().enumerate() {
+            self.sum[i] += s;
+            self.squares[i] += q;
+        }
+        self.count += count;
+        Ok(())
+    }
 }
 
 /// Reads `weight` and `bias` under `vb`, as `candle_nn::group_norm` does.
@@ -48,10 +105,138 @@ impl GroupNorm {
         self.run(xs, true)
     }
 
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Normalises with `stats` (from [`GroupSums::stats`], one entry per image and group)
+    /// instead of `xs`'s own statistics; SiLU after when `silu`.
+    pub fn forward_with_stats(
+        &self,
+        xs: &Tensor,
+        stats: &GroupStats,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let b = xs.dim(0)?;
+        if stats.mean.len() != b * self.groups || stats.var.len() != b * self.groups {
+            candle_core::bail!(
+                "GroupNorm: statistics for {} (image, group) pairs, input has {b}×{}",
+                stats.mean.len(),
+                self.groups
+            );
+        }
+        scope(Kind::Normalisation, || {
+            if own_kernel(&[xs, &self.weight, &self.bias]) && xs.rank() >= 3 {
+                self.kernel(xs, silu, Some(stats))
+            } else {
+                self.candle_with_stats(xs, stats, silu)
+            }
+        })
+    }
+
+    /// Adds Σx and Σx² of `xs[.., .., rows, cols]` (NCHW) per image and group to `sums`.
+    pub fn add_sums(
+        &self,
+        xs: &Tensor,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        sums: &mut GroupSums,
+    ) -> Result<()> {
+        let (b, c, h, w) = xs.dims4()?;
+        if c != self.channels || rows.end > h || cols.end > w {
+            candle_core::bail!(
+                "GroupNorm::add_sums: rows {rows:?} cols {cols:?} of a {c}×{h}×{w} map \
+                 ({} channels expected)",
+                self.channels
+            );
+        }
+        let count = ((c / self.groups) * rows.len() * cols.len()) as u64;
+        let per_pair = scope(Kind::Normalisation, || {
+            if own_kernel(&[xs]) {
+                self.region_sums_kernel(xs, rows.clone(), cols.clone())
+            } else {
+                let region = xs
+                    .narrow(2, rows.start, rows.len())?
+                    .narrow(3, cols.start, cols.len())?
+                    .to_dtype(DType::F64)?
+                    .reshape((b, self.groups, ()))?;
+                let s = region.sum(2)?.flatten_all()?.to_vec1::<f64>()?;
+                let q = region.sqr()?.sum(2)?.flatten_all()?.to_vec1::<f64>()?;
+                Ok(s.into_iter().zip(q).collect())
+            }
+        })?;
+        sums.add(&per_pair, count)
+    }
+
+    fn region_sums_kernel(
+        &self,
+        xs: &Tensor,
+        rows: Range<usize>,
+        cols: Range<usize>,
+    ) -> Result<Vec<(f64, f64)>> {
+        let (b, c, h, w) = xs.dims4()?;
+        let per_group = c / self.groups;
+        let xs = xs.contiguous()?;
+        let (store, layout) = xs.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*store else {
+            candle_core::bail!("GroupNorm kernel: tensors must be on the CPU");
+        };
+        let x = cpu_slice(cpu, layout, "group norm input")?;
+        let sums = (0..b * self.groups)
+            .into_par_iter()
+            .map(|bg| {
+                let (mut s, mut q) = (0f64, 0f64);
+                for ch in 0..per_group {
+                    let plane = (bg * per_group + ch) * h * w;
+                    for y in rows.clone() {
+                        let row = plane + y * w;
+                        let (rs, rq) = simd::sum_and_squares(&x[row + cols.start..row + cols.end]);
+                        s += rs;
+                        q += rq;
+                    }
+                }
+                (s, q)
+            })
+            .collect();
+        drop(store);
+        Ok(sums)
+    }
+
+    /// candle's ops with given statistics (other devices, dtypes).
+    fn candle_with_stats(&self, xs: &Tensor, stats: &GroupStats, silu: bool) -> Result<Tensor> {
+        let dims = xs.dims().to_vec();
+        let b = dims[0];
+        let as_tensor = |v: Vec<f64>| -> Result<Tensor> {
+            Tensor::from_vec(v, (b, self.groups, 1), xs.device())?.to_dtype(xs.dtype())
+        };
+        let mean = as_tensor(stats.mean.clone())?;
+        let inv = as_tensor(
+            stats
+                .var
+                .iter()
+                .map(|v| 1.0 / (v + self.eps).sqrt())
+                .collect(),
+        )?;
+        let mut shape = vec![1, self.channels];
+        shape.resize(dims.len(), 1);
+        let normed = xs
+            .reshape((b, self.groups, ()))?
+            .broadcast_sub(&mean)?
+            .broadcast_mul(&inv)?
+            .reshape(dims)?
+            .broadcast_mul(&self.weight.reshape(shape.clone())?)?
+            .broadcast_add(&self.bias.reshape(shape)?)?;
+        if silu {
+            normed.silu()
+        } else {
+            Ok(normed)
+        }
+    }
+
     fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         scope(Kind::Normalisation, || {
             if own_kernel(&[xs, &self.weight, &self.bias]) && xs.rank() >= 3 {
-                self.kernel(xs, silu)
+                self.kernel(xs, silu, None)
             } else {
                 let candle = candle_nn::GroupNorm::new(
                     self.weight.clone(),
@@ -70,7 +255,8 @@ impl GroupNorm {
         })
     }
 
-    fn kernel(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
+    /// `stats`: normalise with these instead of each group's own mean and variance.
+    fn kernel(&self, xs: &Tensor, silu: bool, stats: Option<&GroupStats>) -> Result<Tensor> {
         let dims = xs.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
         if c != self.channels {
@@ -100,10 +286,15 @@ impl GroupNorm {
         (0..b * self.groups).into_par_iter().for_each(|bg| {
             let start = bg * group_len;
             let src = &x[start..start + group_len];
-            let (s, q) = simd::sum_and_squares(src);
-            let n = group_len as f64;
-            let mean = s / n;
-            let var = (q / n - mean * mean).max(0.0);
+            let (mean, var) = match stats {
+                Some(st) => (st.mean[bg], st.var[bg]),
+                None => {
+                    let (s, q) = simd::sum_and_squares(src);
+                    let n = group_len as f64;
+                    let mean = s / n;
+                    (mean, (q / n - mean * mean).max(0.0))
+                }
+            };
             let inv = 1.0 / (var + eps).sqrt();
             // SAFETY: group `bg` owns out[start..start + group_len]; groups do not overlap and
             // `out` lives until after the parallel loop.
@@ -164,5 +355,33 @@ mod tests {
         assert!(rel_diff(&n.forward(&x).unwrap(), &candle_norm(&n, &x)) < 1e-5);
         let x3 = randn(&[1, 8, 10]);
         assert!(rel_diff(&n.forward(&x3).unwrap(), &candle_norm(&n, &x3)) < 1e-5);
+    }
+
+    /// Sums from two halves of a map give its statistics: a tile normalised with them is the
+    /// whole map's normalisation, cropped (kernel and candle path alike).
+    #[test]
+    fn statistics_from_regions_normalise_a_tile_like_the_whole_map() {
+        let n = GroupNorm::new(randn(&[12]), randn(&[12]), 4, 1e-6).unwrap();
+        // Halves with different levels, as a sky above the ground.
+        let top = randn(&[2, 12, 4, 9]).affine(0.5, 3.0).unwrap();
+        let bottom = randn(&[2, 12, 5, 9]).affine(2.0, -1.0).unwrap();
+        let x = Tensor::cat(&[&top, &bottom], 2).unwrap();
+        let mut sums = GroupSums::default();
+        n.add_sums(&x, 0..4, 0..9, &mut sums).unwrap();
+        n.add_sums(&x, 4..9, 0..9, &mut sums).unwrap();
+        let stats = sums.stats();
+        let whole = n.forward_silu(&x).unwrap();
+        let tile = x.narrow(2, 3, 4).unwrap().narrow(3, 2, 6).unwrap();
+        let want = whole.narrow(2, 3, 4).unwrap().narrow(3, 2, 6).unwrap();
+        let got = n.forward_with_stats(&tile, &stats, true).unwrap();
+        assert!(rel_diff(&got, &want) < 1e-5);
+        let candle = n.candle_with_stats(&tile, &stats, true).unwrap();
+        assert!(rel_diff(&candle, &want) < 1e-5);
+        // The tile's own statistics differ (it straddles the two halves unevenly).
+        assert!(rel_diff(&n.forward_silu(&tile).unwrap(), &want) > 1e-2);
+        // Mismatched statistics are an error, not a panic.
+        let one = tile.narrow(0, 0, 1).unwrap();
+        assert!(n.forward_with_stats(&one, &stats, false).is_err());
+        assert!(n.add_sums(&x, 0..10, 0..9, &mut sums).is_err());
     }
 }

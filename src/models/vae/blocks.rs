@@ -10,6 +10,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 
+use super::tiled::Norms;
 use crate::ops::{self, group_norm, profile, Conv2d, GroupNorm, Kind};
 
 /// diffusers' `norm_eps` for every group norm of the VAE.
@@ -53,14 +54,24 @@ impl ResnetBlock {
     }
 }
 
-impl Module for ResnetBlock {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+impl ResnetBlock {
+    /// The forward pass with its group norms taken through `norms` (see [`Norms`]).
+    pub fn forward_with(&self, xs: &Tensor, norms: &mut Norms) -> Result<Tensor> {
+        let h = self.conv1.forward(&norms.silu(&self.norm1, xs)?)?;
+        let h = self.conv2.forward(&norms.silu(&self.norm2, &h)?)?;
         match &self.conv_shortcut {
             Some(c) => ops::add_in_place(h, &c.forward(xs)?),
             None => ops::add_in_place(h, xs),
         }
+    }
+
+    /// Pixels of context each side that one output pixel reads: two 3×3 convolutions.
+    pub const REACH: usize = 2;
+}
+
+impl Module for ResnetBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, &mut Norms::Own)
     }
 }
 
@@ -204,11 +215,11 @@ impl DownEncoderBlock {
     }
 }
 
-impl Module for DownEncoderBlock {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl DownEncoderBlock {
+    pub fn forward_with(&self, xs: &Tensor, norms: &mut Norms) -> Result<Tensor> {
         let mut xs = xs.clone();
         for r in &self.resnets {
-            xs = r.forward(&xs)?;
+            xs = r.forward_with(&xs, norms)?;
         }
         match &self.downsampler {
             Some(conv) => {
@@ -220,6 +231,20 @@ impl Module for DownEncoderBlock {
             }
             None => Ok(xs),
         }
+    }
+
+    pub fn resnet_count(&self) -> usize {
+        self.resnets.len()
+    }
+
+    pub fn downsamples(&self) -> bool {
+        self.downsampler.is_some()
+    }
+}
+
+impl Module for DownEncoderBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, &mut Norms::Own)
     }
 }
 
@@ -251,11 +276,11 @@ impl UpDecoderBlock {
     }
 }
 
-impl Module for UpDecoderBlock {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl UpDecoderBlock {
+    pub fn forward_with(&self, xs: &Tensor, norms: &mut Norms) -> Result<Tensor> {
         let mut xs = xs.clone();
         for r in &self.resnets {
-            xs = r.forward(&xs)?;
+            xs = r.forward_with(&xs, norms)?;
         }
         match &self.upsampler {
             Some(conv) => {
@@ -264,6 +289,20 @@ impl Module for UpDecoderBlock {
             }
             None => Ok(xs),
         }
+    }
+
+    pub fn resnet_count(&self) -> usize {
+        self.resnets.len()
+    }
+
+    pub fn upsamples(&self) -> bool {
+        self.upsampler.is_some()
+    }
+}
+
+impl Module for UpDecoderBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, &mut Norms::Own)
     }
 }
 

@@ -25,8 +25,8 @@ impl Shape<'_> {
 /// `conv_in → down_blocks → mid_block → conv_norm_out → silu → conv_out`, to `2·latent`
 /// channels: the mean, then the log-variance.
 pub struct Encoder {
-    conv_in: Conv2d,
-    down_blocks: Vec<DownEncoderBlock>,
+    pub(super) conv_in: Conv2d,
+    pub(super) down_blocks: Vec<DownEncoderBlock>,
     mid_block: MidBlock,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -63,15 +63,22 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// The part after the down blocks, at latent resolution: `mid_block` to `conv_out`.
+    pub fn tail(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = self.mid_block.forward(xs)?;
+        self.conv_out
+            .forward(&self.conv_norm_out.forward_silu(&xs)?)
+    }
+}
+
 impl Module for Encoder {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut xs = self.conv_in.forward(xs)?;
         for block in &self.down_blocks {
             xs = block.forward(&xs)?;
         }
-        let xs = self.mid_block.forward(&xs)?;
-        self.conv_out
-            .forward(&self.conv_norm_out.forward_silu(&xs)?)
+        self.tail(&xs)
     }
 }
 
@@ -80,9 +87,9 @@ impl Module for Encoder {
 pub struct Decoder {
     conv_in: Conv2d,
     mid_block: MidBlock,
-    up_blocks: Vec<UpDecoderBlock>,
-    conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
+    pub(super) up_blocks: Vec<UpDecoderBlock>,
+    pub(super) conv_norm_out: GroupNorm,
+    pub(super) conv_out: Conv2d,
 }
 
 impl Decoder {
@@ -117,13 +124,25 @@ impl Decoder {
     }
 }
 
-impl Module for Decoder {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.mid_block.forward(&self.conv_in.forward(xs)?)?;
+impl Decoder {
+    /// The part before the up blocks, at latent resolution: `conv_in` and `mid_block`.
+    pub fn head(&self, z: &Tensor) -> Result<Tensor> {
+        self.mid_block.forward(&self.conv_in.forward(z)?)
+    }
+
+    /// The rest, at rising resolution: `up_blocks` to `conv_out`.
+    pub fn tail(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
         for block in &self.up_blocks {
             xs = block.forward(&xs)?;
         }
         self.conv_out
             .forward(&self.conv_norm_out.forward_silu(&xs)?)
+    }
+}
+
+impl Module for Decoder {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.tail(&self.head(xs)?)
     }
 }
