@@ -224,8 +224,9 @@ def report(size, easel, ref, ov, wbytes):
         f"{e_rss / ref['peak_rss_mib']:>7.2f}   fp32 weights {wbytes:.0f} MiB: Easel "
         f"{e_rss / wbytes:.2f}×, diffusers {ref['peak_rss_mib'] / wbytes:.2f}×"
     )
-    if easel.get("unet_step_profile_ms"):
-        print("Easel UNet step by kind of op:", easel["unet_step_profile_ms"])
+    for stage in easel.get("profile_ms") or []:
+        ops = ", ".join(f"{o['kind']} {o['ms']:.0f}" for o in stage["ops"])
+        print(f"Easel {stage['stage']} by kind of op (ms): {ops}")
 
 
 if __name__ == "__main__":

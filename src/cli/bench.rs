@@ -176,13 +176,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok(())
     })?;
     let rss_unet = peak_rss_mib();
+    // Where the time goes, one run of each stage with op scopes on (after the timed runs, so
+    // the timings above carry no profiling cost).
     let profile = if args.profile {
-        Some(profile_step(|| {
-            pipeline.model.unet.forward(&batch, 500.0, &context)?;
-            Ok(())
-        })?)
+        vec![
+            (
+                "text encode (prompt + negative)",
+                profile_step(|| {
+                    pipeline.encode_prompt(prompt)?;
+                    pipeline.encode_prompt("")?;
+                    Ok(())
+                })?,
+            ),
+            (
+                "UNet step with CFG",
+                profile_step(|| {
+                    pipeline.model.unet.forward(&batch, 500.0, &context)?;
+                    Ok(())
+                })?,
+            ),
+            (
+                "VAE decode",
+                profile_step(|| {
+                    pipeline.model.vae.decode(&latents)?;
+                    Ok(())
+                })?,
+            ),
+        ]
     } else {
-        None
+        Vec::new()
     };
 
     let vae_ms = median(reps, || {
@@ -233,9 +255,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "taesd_decode_ms": taesd.map(|t| t.2),
                 "peak_rss_mib": {"after_load": rss_load, "after_text": rss_text, "after_unet": rss_unet, "after_vae": rss_vae},
                 "anon_rss_mib": anon,
-                "unet_step_profile_ms": profile.as_ref().map(|p| p.iter().map(|(k, ms, n)| {
-                    serde_json::json!({"kind": k, "ms": ms, "calls": n})
-                }).collect::<Vec<_>>()),
+                "profile_ms": profile.iter().map(|(stage, p)| serde_json::json!({
+                    "stage": stage,
+                    "ops": p.iter().map(|(k, ms, n)| serde_json::json!({"kind": k, "ms": ms, "calls": n})).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
             })
         );
     } else {
@@ -270,9 +293,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "peak RSS MiB: after load {rss_load:.0}, text {rss_text:.0}, UNet {rss_unet:.0}, VAE {rss_vae:.0}"
         );
         println!("anonymous RSS MiB at the end (the model's own memory): {anon:.0}");
-        if let Some(p) = &profile {
+        for (stage, p) in &profile {
             let total: f64 = p.iter().map(|(_, ms, _)| ms).sum();
-            println!("\none UNet step with CFG, by kind of op:");
+            println!("\n{stage}, by kind of op:");
             println!("{:<40}{:>10}{:>8}{:>8}", "kind", "ms", "share", "calls");
             for (kind, ms, calls) in p {
                 println!(
