@@ -220,22 +220,46 @@ impl Pipeline {
         text: &str,
         clip_skip: usize,
     ) -> Result<(Tensor, Option<String>), PipelineError> {
-        // `<lora:name:w>` tags choose adapters (see `crate::lora`); CLIP must not read them.
-        let text = crate::lora::prompt::strip_tags(text);
-        let enc = self.model.tokenizer.encode(&text);
-        let warning = enc.truncated.then(|| {
-            format!(
-                "prompt is {} tokens, truncated to the first {} (the text encoder's limit)",
-                enc.n_tokens,
-                self.model.tokenizer.max_len() - 2
-            )
-        });
+        let [one] = self.encode_prompts_skipping([text], clip_skip)?;
+        Ok(one)
+    }
+
+    /// Several prompts encoded as one batch (a guided run's prompt and negative: the text
+    /// encoder's weights are read once for both): [1, 77, hidden] each, with a warning for each
+    /// one that was truncated.
+    pub fn encode_prompts_skipping<const N: usize>(
+        &self,
+        texts: [&str; N],
+        clip_skip: usize,
+    ) -> Result<[(Tensor, Option<String>); N], PipelineError> {
+        let tokenizer = &self.model.tokenizer;
+        let mut ids = Vec::with_capacity(texts.len());
+        let mut warnings = Vec::with_capacity(texts.len());
+        for text in texts {
+            // `<lora:name:w>` tags choose adapters (see `crate::lora`); CLIP must not read them.
+            let enc = tokenizer.encode(&crate::lora::prompt::strip_tags(text));
+            warnings.push(enc.truncated.then(|| {
+                format!(
+                    "prompt is {} tokens, truncated to the first {} (the text encoder's limit)",
+                    enc.n_tokens,
+                    tokenizer.max_len() - 2
+                )
+            }));
+            ids.push(enc.ids);
+        }
         let states = self
             .model
             .text_encoder
-            .encode_ids(&enc.ids, &self.model.device, clip_skip)
+            .encode_batch(&ids, &self.model.device, clip_skip)
             .map_err(compute("text encoding"))?;
-        Ok((states, warning))
+        let mut out = Vec::with_capacity(N);
+        for (i, warning) in warnings.into_iter().enumerate() {
+            let one = states.narrow(0, i, 1).map_err(compute("text encoding"))?;
+            out.push((one, warning));
+        }
+        out.try_into().map_err(|_| {
+            compute("text encoding")(candle_core::Error::Msg("wrong batch size".into()))
+        })
     }
 
     /// Checks a request against the model before any work starts.
@@ -378,15 +402,18 @@ impl Pipeline {
         let device = &self.model.device;
         let mut warnings = Vec::new();
 
-        let (cond, warning) = self.encode_prompt_skipping(&req.prompt, req.clip_skip)?;
-        warnings.extend(warning);
         let cfg = guidance::uses_uncond(req.cfg_scale);
         let context = if cfg {
-            let (uncond, warning) =
-                self.encode_prompt_skipping(&req.negative_prompt, req.clip_skip)?;
-            warnings.extend(warning.map(|w| format!("negative {w}")));
+            // [uncond, cond], encoded as one batch.
+            let both = [req.negative_prompt.as_str(), req.prompt.as_str()];
+            let [(uncond, negative_warning), (cond, warning)] =
+                self.encode_prompts_skipping(both, req.clip_skip)?;
+            warnings.extend(warning);
+            warnings.extend(negative_warning.map(|w| format!("negative {w}")));
             Tensor::cat(&[&uncond, &cond], 0).map_err(compute("text encoding"))?
         } else {
+            let (cond, warning) = self.encode_prompt_skipping(&req.prompt, req.clip_skip)?;
+            warnings.extend(warning);
             cond
         };
 

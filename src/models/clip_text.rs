@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
@@ -16,7 +16,7 @@ use super::error::ModelError;
 use crate::lora::{LoraLinear, LoraSlot};
 
 fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<LoraLinear> {
-    LoraLinear::new(in_dim, out_dim, true, vb)
+    LoraLinear::new(in_dim, out_dim, true, vb)?.stored_transposed()
 }
 
 fn default_eps() -> f64 {
@@ -82,10 +82,11 @@ enum Activation {
     GeluTanh,
 }
 
-impl Module for Activation {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Activation {
+    /// Applies the activation to a layer's fresh output (in place where it can).
+    fn apply(&self, xs: Tensor) -> Result<Tensor> {
         match self {
-            Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+            Activation::QuickGelu => crate::ops::quick_gelu(xs),
             Activation::GeluErf => xs.gelu_erf(),
             Activation::GeluTanh => xs.gelu(),
         }
@@ -98,7 +99,6 @@ struct Attention {
     v_proj: LoraLinear,
     out_proj: LoraLinear,
     heads: usize,
-    head_dim: usize,
 }
 
 impl Attention {
@@ -110,7 +110,6 @@ impl Attention {
             v_proj: linear(h, h, vb.pp("v_proj"))?,
             out_proj: linear(h, h, vb.pp("out_proj"))?,
             heads: c.num_attention_heads,
-            head_dim: h / c.num_attention_heads,
         })
     }
 
@@ -123,20 +122,12 @@ impl Attention {
         ]);
     }
 
-    fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
-        let (b, t, h) = xs.dims3()?;
-        let split = |x: Tensor| -> Result<Tensor> {
-            x.reshape((b, t, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let q = split((self.q_proj.forward(xs)? * scale)?)?;
-        let k = split(self.k_proj.forward(xs)?)?;
-        let v = split(self.v_proj.forward(xs)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(causal_mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let q = self.q_proj.forward(xs)?;
+        let k = self.k_proj.forward(xs)?;
+        let v = self.v_proj.forward(xs)?;
+        // softmax(q·kᵀ/√d + causal mask)·v, the mask applied inside the kernel.
+        let out = crate::ops::causal_attention(&q, &k, &v, self.heads)?;
         self.out_proj.forward(&out)
     }
 }
@@ -167,17 +158,12 @@ impl EncoderLayer {
         out.extend([self.fc1.slot(), self.fc2.slot()]);
     }
 
-    fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
-        let attn = self
-            .self_attn
-            .forward(&self.layer_norm1.forward(xs)?, causal_mask)?;
-        let xs = (xs + attn)?;
-        let mlp = self.fc2.forward(
-            &self
-                .act
-                .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?,
-        )?;
-        xs + mlp
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let attn = self.self_attn.forward(&self.layer_norm1.forward(xs)?)?;
+        let xs = crate::ops::add_in_place(attn, xs)?;
+        let hidden = self.fc1.forward(&self.layer_norm2.forward(&xs)?)?;
+        let mlp = self.fc2.forward(&self.act.apply(hidden)?)?;
+        crate::ops::add_in_place(mlp, &xs)
     }
 }
 
@@ -265,11 +251,10 @@ impl ClipTextModel {
                     .forward(&positions)?
                     .to_dtype(dtype)?,
             )?;
-        let mask = causal_mask(seq, device)?.to_dtype(dtype)?;
         let mut xs = xs;
         let used = self.layers.len() + 1 - clip_skip.clamp(1, self.layers.len());
         for layer in &self.layers[..used] {
-            xs = layer.forward(&xs, &mask)?;
+            xs = layer.forward(&xs)?;
         }
         self.final_layer_norm.forward(&xs)
     }
@@ -280,16 +265,23 @@ impl ClipTextModel {
         self.forward_skipping(&ids, clip_skip)
     }
 
+    /// Encodes tokenised prompts of one length as a batch: [prompts, seq, hidden]. (The prompt
+    /// and the negative of a guided run go together: one pass over the weights for both.)
+    pub fn encode_batch(
+        &self,
+        ids: &[Vec<u32>],
+        device: &Device,
+        clip_skip: usize,
+    ) -> Result<Tensor> {
+        let rows = ids
+            .iter()
+            .map(|ids| Tensor::new(ids.as_slice(), device))
+            .collect::<Result<Vec<_>>>()?;
+        self.forward_skipping(&Tensor::stack(&rows, 0)?, clip_skip)
+    }
+
     /// The number of transformer layers (the largest useful clip skip).
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
-}
-
-/// [seq, seq] with −∞ above the diagonal: a token sees only itself and what precedes it.
-fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
-    let data: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(data, (seq, seq), device)?.to_dtype(DType::F32)
 }

@@ -1,6 +1,6 @@
-//! The feed-forward's GEGLU gate and in-place residual adds.
+//! The feed-forward's GEGLU gate, CLIP's quick GELU and in-place residual adds.
 
-use candle_core::{InplaceOp2, Layout, Result, Tensor, D};
+use candle_core::{InplaceOp1, InplaceOp2, Layout, Result, Tensor, D};
 use rayon::prelude::*;
 
 use super::profile::{scope, Kind};
@@ -62,6 +62,37 @@ pub fn add_in_place(fresh: Tensor, other: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// `x · sigmoid(1.702·x)` (CLIP's `quick_gelu`) over `fresh`, in one pass and in place; as
+/// [`add_in_place`], `fresh` must be a tensor nobody else holds.
+pub fn quick_gelu(fresh: Tensor) -> Result<Tensor> {
+    scope(Kind::ElementWise, || {
+        if own_kernel(&[&fresh]) && fresh.is_contiguous() {
+            fresh.inplace_op1(&QuickGelu)?;
+            Ok(fresh)
+        } else {
+            &fresh * candle_nn::ops::sigmoid(&(&fresh * 1.702)?)?
+        }
+    })
+}
+
+struct QuickGelu;
+
+impl InplaceOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &mut candle_core::CpuStorage, layout: &Layout) -> Result<()> {
+        let (candle_core::CpuStorage::F32(d), Some((a, b))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("quick_gelu: expected a contiguous f32 tensor");
+        };
+        d[a..b].par_chunks_mut(1 << 14).for_each(simd::quick_gelu);
+        Ok(())
+    }
+}
+
 struct AddAssign;
 
 impl InplaceOp2 for AddAssign {
@@ -108,6 +139,13 @@ mod tests {
             let want = (&chunks[0] * chunks[1].gelu_erf().unwrap()).unwrap();
             assert!(rel_diff(&geglu(&h).unwrap(), &want) < 1e-6, "{shape:?}");
         }
+    }
+
+    #[test]
+    fn quick_gelu_matches_candle() {
+        let x = (randn(&[2, 77, 3000]) * 4.0).unwrap();
+        let want = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
+        assert!(rel_diff(&quick_gelu(x.copy().unwrap()).unwrap(), &want) < 1e-6);
     }
 
     #[test]

@@ -17,21 +17,38 @@ use super::{cpu_slice, own_kernel, simd, SharedMut};
 /// [batch, context tokens, heads·d]; the result has `q`'s shape, heads side by side as the
 /// output projection expects.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    run(q, k, v, heads, false)
+}
+
+/// [`attention`] where query i sees only keys 0..=i (a text encoder's causal mask); q and k have
+/// the same tokens.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    if q.dims() != k.dims() {
+        candle_core::bail!(
+            "causal attention: q {:?} and k {:?} differ",
+            q.dims(),
+            k.dims()
+        );
+    }
+    run(q, k, v, heads, true)
+}
+
+fn run(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
     scope(Kind::Attention, || {
         let (_, _, inner) = q.dims3()?;
         if heads == 0 || inner % heads != 0 {
             candle_core::bail!("attention: {inner} channels do not split into {heads} heads");
         }
         if own_kernel(&[q, k, v]) {
-            kernel(q, k, v, heads)
+            kernel(q, k, v, heads, causal)
         } else {
-            reference(q, k, v, heads)
+            reference(q, k, v, heads, causal)
         }
     })
 }
 
 /// candle's ops, for other devices and dtypes (and as the kernel's test oracle).
-fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
     let (b, n, inner) = q.dims3()?;
     let hd = inner / heads;
     let split = |t: &Tensor| -> Result<Tensor> {
@@ -41,7 +58,15 @@ fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor>
     // Scaling q (tokens × d) rather than the scores (tokens × tokens) saves a pass.
     let q = (split(q)? * (hd as f64).powf(-0.5))?;
     let (k, v) = (split(k)?, split(v)?);
-    let scores = q.matmul(&k.t()?)?;
+    let mut scores = q.matmul(&k.t()?)?;
+    if causal {
+        let m = k.dim(2)?;
+        let mask: Vec<f32> = (0..n)
+            .flat_map(|i| (0..m).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (n, m), q.device())?.to_dtype(scores.dtype())?;
+        scores = scores.broadcast_add(&mask)?;
+    }
     let probs = if scores.track_op() {
         candle_nn::ops::softmax(&scores, D::Minus1)?
     } else {
@@ -55,7 +80,7 @@ fn tile_rows(context: usize) -> usize {
     (65_536 / context.max(1)).clamp(8, 256)
 }
 
-fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
     let (b, n, inner) = q.dims3()?;
     let (kb, m, k_inner) = k.dims3()?;
     if kb != b || k_inner != inner || v.dims() != k.dims() {
@@ -128,7 +153,11 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
             }
             let mut inv = [0f32; 256];
             for (r, row) in scores.chunks_exact_mut(m).enumerate() {
-                inv[r] = 1.0 / simd::exp_shifted_sum(row);
+                // Causal: query r0 + r weighs keys 0..=r0 + r; the rest get probability 0.
+                let seen = if causal { (r0 + r + 1).min(m) } else { m };
+                let (kept, masked) = row.split_at_mut(seen);
+                inv[r] = 1.0 / simd::exp_shifted_sum(kept);
+                masked.fill(0.0);
             }
             let o0 = bi * n * inner + r0 * inner + h * hd;
             unsafe {
@@ -177,8 +206,8 @@ mod tests {
             let q = randn(&[2, n, heads * hd]);
             let k = randn(&[2, m, heads * hd]);
             let v = randn(&[2, m, heads * hd]);
-            let got = kernel(&q, &k, &v, heads).unwrap();
-            let want = reference(&q, &k, &v, heads).unwrap();
+            let got = kernel(&q, &k, &v, heads, false).unwrap();
+            let want = reference(&q, &k, &v, heads, false).unwrap();
             let d = rel_diff(&got, &want);
             assert!(d < 1e-5, "n={n} m={m} heads={heads}: {d}");
         }
@@ -193,6 +222,23 @@ mod tests {
             qkv.narrow(2, 24, 12).unwrap(),
         );
         let got = attention(&q, &k, &v, 3).unwrap();
-        assert!(rel_diff(&got, &reference(&q, &k, &v, 3).unwrap()) < 1e-5);
+        assert!(rel_diff(&got, &reference(&q, &k, &v, 3, false).unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn causal_matches_a_masked_softmax() {
+        // 77 tokens (CLIP's) in one tile; 300 in two, so the mask offset crosses a tile.
+        for (n, heads, hd) in [(77, 3, 8), (300, 2, 4)] {
+            let q = randn(&[2, n, heads * hd]);
+            let k = randn(&[2, n, heads * hd]);
+            let v = randn(&[2, n, heads * hd]);
+            let got = causal_attention(&q, &k, &v, heads).unwrap();
+            let want = reference(&q, &k, &v, heads, true).unwrap();
+            let d = rel_diff(&got, &want);
+            assert!(d < 1e-5, "n={n}: {d}");
+            // The first token sees only itself: its output is its own value.
+            let first = got.narrow(1, 0, 1).unwrap();
+            assert!(rel_diff(&first, &v.narrow(1, 0, 1).unwrap()) < 1e-6);
+        }
     }
 }

@@ -34,8 +34,8 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Tensor};
 
-pub use activation::{add_in_place, geglu};
-pub use attention::attention;
+pub use activation::{add_in_place, geglu, quick_gelu};
+pub use attention::{attention, causal_attention};
 pub use conv::{conv2d, Conv2d};
 pub use linear::linear;
 pub use norm::{group_norm, GroupNorm, GroupStats, GroupSums};

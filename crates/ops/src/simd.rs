@@ -75,6 +75,15 @@ pub fn gelu_erf(x: f32) -> f32 {
 }
 
 multiversion! {
+    /// x · sigmoid(1.702·x) in place: CLIP's "quick GELU".
+    pub fn quick_gelu(xs: &mut [f32]) {
+        for x in xs {
+            *x /= 1.0 + exp(-1.702 * *x);
+        }
+    }
+}
+
+multiversion! {
     /// Replaces each value by exp(value − max) and returns the sum: a softmax row, unnormalised.
     pub fn exp_shifted_sum(row: &mut [f32]) -> f32 {
         let mut lanes = [f32::NEG_INFINITY; 8];
