@@ -284,6 +284,55 @@ fn dtype_bf16_keeps_the_picture_and_a_bad_dtype_is_refused() {
 }
 
 #[test]
+fn trailing_spacing_changes_the_picture_and_is_recorded() {
+    // SD-Turbo's recipe on the tiny model: Euler a, trailing, 4 steps, no guidance.
+    let tmp = TempDir::new().unwrap();
+    let run_with = |name: &str, spacing: Option<&str>| {
+        let out = tmp.path().join(name);
+        let mut args = seeded_args(&out, Some(3));
+        args.extend(["--cfg", "0"].map(OsString::from));
+        if let Some(s) = spacing {
+            args.extend(["--spacing".into(), s.into()]);
+        }
+        assert_ok(&generate(args), name);
+        out
+    };
+    let (default, trailing) = (run_with("d.png", None), run_with("t.png", Some("trailing")));
+    // Both start at t = 999; linspace then visits 666, 333, 0 and trailing 749, 499, 249.
+    assert_ne!(read_rgb(&default).2, read_rgb(&trailing).2);
+    let spacing = |p: &Path| read_png_metadata(p).unwrap().easel.unwrap().spacing;
+    assert_eq!(spacing(&trailing).as_deref(), Some("trailing"));
+    assert_eq!(spacing(&default), None);
+
+    let mut args = seeded_args(&tmp.path().join("x.png"), Some(3));
+    args.extend(["--spacing", "uniform"].map(OsString::from));
+    let run = generate(args);
+    assert!(!run.success, "--spacing uniform was accepted");
+    assert!(
+        run.stderr.contains("leading, linspace, trailing"),
+        "{}",
+        run.stderr
+    );
+    let mut args = seeded_args(&tmp.path().join("y.png"), Some(3));
+    let sampler = args.iter().position(|a| a == "--sampler").unwrap() + 1;
+    args[sampler] = "dpmpp_2m_karras".into();
+    args.extend(["--spacing", "trailing"].map(OsString::from));
+    let run = generate(args);
+    assert!(!run.success, "DPM++ Karras with trailing was accepted");
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("--spacing") && errors[0].contains("Karras sigmas"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn unseeded_run_prints_a_seed_that_reproduces_it() {
     let tmp = TempDir::new().unwrap();
     let first = tmp.path().join("first.png");

@@ -326,6 +326,7 @@ fn meta(model: &str, prompt: &str) -> GenerationMetadata {
         sampler_a1111: "Euler".into(),
         model_name: model.into(),
         model_hash: "0123456789".into(),
+        spacing: None,
         clip_skip: 1,
         vae: None,
         loras: Vec::new(),

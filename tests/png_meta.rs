@@ -22,6 +22,7 @@ fn meta() -> GenerationMetadata {
         sampler_a1111: "Euler a".to_string(),
         model_name: "v1-5-pruned-emaonly".to_string(),
         model_hash: "6ce0161689".to_string(),
+        spacing: None,
         clip_skip: 1,
         vae: None,
         loras: vec![
@@ -105,6 +106,7 @@ fn writes_no_negative_line_when_negative_is_empty() {
         sampler_a1111: "DDIM".to_string(),
         model_name: "sd, v1.5".to_string(),
         model_hash: "0123456789".to_string(),
+        spacing: None,
         clip_skip: 1,
         vae: None,
         loras: vec![],

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use easel::diffusion::noise::{NoiseSource, SeededNoise};
 use easel::diffusion::schedulers::{
-    self, PredictionType, Sampler, SchedulerConfig, SchedulerError,
+    self, PredictionType, Sampler, SchedulerConfig, SchedulerError, Spacing,
 };
 
 /// Absolute tolerance on latents (values of order 1–50 in f32).
@@ -68,6 +68,7 @@ fn check_trace(
     pred: &str,
     prediction_type: PredictionType,
     rescale_betas_zero_snr: bool,
+    spacing: Option<Spacing>,
 ) -> f32 {
     let path = trace_path(sampler, pred);
     let refs: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu)
@@ -84,7 +85,7 @@ fn check_trace(
         ..SchedulerConfig::sd15()
     };
     let want_timesteps: Vec<f64> = get("timesteps").to_vec1().unwrap();
-    let mut sched = schedulers::build(sampler, &config, want_timesteps.len()).unwrap();
+    let mut sched = schedulers::build(sampler, &config, want_timesteps.len(), spacing).unwrap();
 
     assert_eq!(sched.timesteps().len(), want_timesteps.len(), "{what}");
     for (i, (got, want)) in sched.timesteps().iter().zip(&want_timesteps).enumerate() {
@@ -156,9 +157,52 @@ fn all_samplers_match_diffusers_traces() {
             ("v_prediction", PredictionType::VPrediction, false),
             ("v_prediction_ztsnr", PredictionType::VPrediction, true),
         ] {
-            check_trace(sampler, pred, prediction_type, zero_snr);
+            check_trace(sampler, pred, prediction_type, zero_snr, None);
         }
     }
+}
+
+/// Each spacing against diffusers' `timestep_spacing`, at 10 steps and at the few steps turbo
+/// models run (1, 2, 4), with zero terminal SNR (which needs "trailing") for DDIM and Euler.
+#[test]
+fn spacings_match_diffusers_traces() {
+    use PredictionType::{Epsilon, VPrediction};
+    let mut checked = 0;
+    for sampler in [Sampler::Ddim, Sampler::Euler, Sampler::EulerAncestral] {
+        for spacing in Spacing::ALL {
+            let name = format!("epsilon_{spacing}");
+            check_trace(sampler, &name, Epsilon, false, Some(spacing));
+            checked += 1;
+        }
+        for steps in [1, 2, 4] {
+            let name = format!("epsilon_trailing_{steps}");
+            check_trace(sampler, &name, Epsilon, false, Some(Spacing::Trailing));
+            checked += 1;
+        }
+        if sampler != Sampler::EulerAncestral {
+            let name = "v_prediction_ztsnr_trailing";
+            check_trace(sampler, name, VPrediction, true, Some(Spacing::Trailing));
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3 * 6 + 2);
+}
+
+#[test]
+fn spacing_names_parse_and_dpm_karras_refuses_one() {
+    for spacing in Spacing::ALL {
+        assert_eq!(spacing.name().parse::<Spacing>().unwrap(), spacing);
+    }
+    let msg = "uniform".parse::<Spacing>().unwrap_err().to_string();
+    assert!(msg.contains("leading, linspace, trailing"), "{msg}");
+    let cfg = SchedulerConfig::sd15();
+    let err = schedulers::build(Sampler::DpmPp2mKarras, &cfg, 4, Some(Spacing::Trailing))
+        .err()
+        .unwrap();
+    assert!(matches!(err, SchedulerError::SpacingUnused { .. }), "{err}");
+    assert!(err.to_string().contains("Karras sigmas"), "{err}");
+    // Its own default is accepted, so a setting carried over from another sampler is harmless.
+    assert!(schedulers::build(Sampler::DpmPp2mKarras, &cfg, 4, Some(Spacing::Linspace)).is_ok());
 }
 
 #[test]
@@ -198,9 +242,9 @@ fn config_errors_name_the_file_and_the_value() {
 fn zero_or_too_many_steps_are_errors() {
     let cfg = SchedulerConfig::sd15();
     for sampler in Sampler::ALL {
-        let err = schedulers::build(sampler, &cfg, 0).err().unwrap();
+        let err = schedulers::build(sampler, &cfg, 0, None).err().unwrap();
         assert!(err.to_string().contains("0 steps"), "{err}");
-        assert!(schedulers::build(sampler, &cfg, 1001).is_err());
+        assert!(schedulers::build(sampler, &cfg, 1001, None).is_err());
     }
 }
 
@@ -242,7 +286,7 @@ fn seeded_noise_is_deterministic() {
 fn seeded_euler_ancestral_run_is_reproducible() {
     let run = || {
         let cfg = SchedulerConfig::sd15();
-        let mut sched = schedulers::build(Sampler::EulerAncestral, &cfg, 5).unwrap();
+        let mut sched = schedulers::build(Sampler::EulerAncestral, &cfg, 5, None).unwrap();
         let mut noise = SeededNoise::new(99);
         let mut x =
             (noise.randn(&[1, 4, 4, 4], &Device::Cpu).unwrap() * sched.init_noise_sigma()).unwrap();

@@ -291,6 +291,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         sampler_a1111: "DDIM".into(),
         model_name: "sd-tiny-a".into(),
         model_hash: "0123456789".into(),
+        spacing: None,
         clip_skip: 1,
         vae: None,
         loras: Vec::new(),

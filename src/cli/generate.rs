@@ -12,7 +12,7 @@ use crate::models::device::{DeviceChoice, Precision};
 use clap::Args;
 
 use crate::diffusion::schedulers::PredictionType;
-use crate::diffusion::schedulers::Sampler;
+use crate::diffusion::schedulers::{Sampler, Spacing};
 use crate::diffusion::{GenerateRequest, Outcome, Pipeline, VaeTiling};
 use crate::gallery::png_meta::{self, GenerationMetadata, VaeUse};
 use crate::models::checkpoint::LoadOptions;
@@ -65,6 +65,11 @@ pub struct GenerateArgs {
     /// ddim | euler | euler_a | dpmpp_2m_karras. Default: the model's own scheduler.
     #[arg(long)]
     pub sampler: Option<Sampler>,
+    /// How the sampler lays out its steps: leading | linspace | trailing (diffusers'
+    /// `timestep_spacing`). Default: the sampler's own (DDIM leading, the others linspace).
+    /// Few-step models (SD-Turbo: euler_a, 1–4 steps, --cfg 0) want trailing.
+    #[arg(long)]
+    pub spacing: Option<Spacing>,
     /// A safetensors file with one tensor [1, C, H/f, W/f] used instead of the seeded noise.
     #[arg(long)]
     pub init_noise: Option<PathBuf>,
@@ -154,6 +159,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(s) = args.sampler {
         req.sampler = s;
     }
+    req.spacing = args.spacing;
     if let Some(path) = &args.init_noise {
         req.init_noise = Some(load_init_noise(path)?);
     }
@@ -227,6 +233,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         model_name: pipeline.model.name.clone(),
         model_hash: pipeline.model.short_hash()?,
         loras: loras.stack.uses(),
+        spacing: req.spacing.map(|s| s.to_string()),
         clip_skip: req.clip_skip,
         vae: match &pipeline.model.vae_file {
             Some(f) => Some(VaeUse {

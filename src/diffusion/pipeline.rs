@@ -15,7 +15,7 @@ use super::guidance;
 use super::memory::{self, VaeTiling};
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, taesd_preview, Preview};
-use super::schedulers::{self, Sampler};
+use super::schedulers::{self, Sampler, Spacing};
 use crate::models::checkpoint::LoadOptions;
 use crate::models::error::without_backtrace;
 use crate::models::taesd::{Taesd, TaesdOptions};
@@ -41,6 +41,8 @@ pub struct GenerateRequest {
     pub width: usize,
     pub height: usize,
     pub sampler: Sampler,
+    /// How the sampler lays its steps over the training timesteps; `None`: its default.
+    pub spacing: Option<Spacing>,
     /// A1111's "Clip skip": 1 = the text encoder's last layer, 2 = the one before, …
     pub clip_skip: usize,
     /// Replaces the seeded initial noise: [1, C, H/f, W/f], before init-sigma scaling
@@ -63,6 +65,7 @@ impl GenerateRequest {
             width: size,
             height: size,
             sampler: default_sampler(model),
+            spacing: None,
             clip_skip: 1,
             init_noise: None,
             vae_tiling: VaeTiling::Auto,
@@ -262,6 +265,22 @@ impl Pipeline {
         })
     }
 
+    /// The request's sampler over its steps; errors name the setting at fault.
+    fn scheduler(
+        &self,
+        req: &GenerateRequest,
+    ) -> Result<Box<dyn schedulers::Scheduler>, PipelineError> {
+        schedulers::build(req.sampler, &self.model.scheduler, req.steps, req.spacing).map_err(|e| {
+            PipelineError::InvalidRequest {
+                arg: match e {
+                    schedulers::SchedulerError::SpacingUnused { .. } => "spacing",
+                    _ => "sampler",
+                },
+                msg: e.to_string(),
+            }
+        })
+    }
+
     /// Checks a request against the model before any work starts.
     pub fn validate(&self, req: &GenerateRequest) -> Result<(), PipelineError> {
         self.plan(req).map(|_| ())
@@ -280,6 +299,7 @@ impl Pipeline {
                 ),
             );
         }
+        self.scheduler(req)?;
         let layers = self.model.text_encoder.num_layers();
         if req.clip_skip == 0 || req.clip_skip > layers {
             return invalid(
@@ -417,11 +437,7 @@ impl Pipeline {
             cond
         };
 
-        let mut scheduler = schedulers::build(req.sampler, &self.model.scheduler, req.steps)
-            .map_err(|e| PipelineError::InvalidRequest {
-                arg: "sampler",
-                msg: e.to_string(),
-            })?;
+        let mut scheduler = self.scheduler(req)?;
         let shape = self.latent_shape(req);
         let init = match &req.init_noise {
             Some(t) => t.to_dtype(DType::F32).and_then(|t| t.to_device(device)),

@@ -54,6 +54,10 @@ pub struct GenerationMetadata {
     pub model_hash: String,
     /// LoRAs applied, in order (empty until LoRA support lands).
     pub loras: Vec<LoraUse>,
+    /// The sampler's timestep spacing when one was chosen ("leading" | "linspace" |
+    /// "trailing"); absent: the sampler's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spacing: Option<String>,
     /// A1111's "Clip skip" (1 = the text encoder's last layer).
     #[serde(default = "one")]
     pub clip_skip: usize,

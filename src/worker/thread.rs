@@ -308,6 +308,7 @@ impl Control {
                     // Filled in by the save task once the background hash is ready.
                     model_hash: String::new(),
                     loras: loras.uses.clone(),
+                    spacing: req.spacing.map(|s| s.to_string()),
                     clip_skip: r.clip_skip,
                     // Its hash too is filled in by the save task.
                     vae: pipeline

@@ -1,16 +1,17 @@
 //! DDIM (Song et al. 2020), deterministic (η = 0), as diffusers' `DDIMScheduler` with its defaults.
 //!
 //! DDIM works directly on ᾱ: no sigmas, no input scaling, unit initial noise. Timesteps are
-//! "leading": `t = i·(N / steps) + steps_offset`, so SD 1.5 at 50 steps runs 981, 961, …, 1.
-//! The step from `t` goes to `t − N/steps` (integer division, as diffusers), and past the start
-//! it uses `final_alpha_cumprod` (1 or ᾱ₀, per `set_alpha_to_one`).
+//! by default "leading": `t = i·(N / steps) + steps_offset`, so SD 1.5 at 50 steps runs 981,
+//! 961, …, 1 (other spacings: [`super::Spacing`]). The step from `t` goes to `t − N/steps`
+//! (integer division, as diffusers, whatever the spacing), and past the start it uses
+//! `final_alpha_cumprod` (1 or ᾱ₀, per `set_alpha_to_one`).
 
 use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig};
 use super::error::SchedulerError;
-use super::schedule::alphas_cumprod;
-use super::{check_step, lincomb, to_f32, NoiseSource, Scheduler, StepOutput};
+use super::schedule::{alphas_cumprod, spaced_timesteps};
+use super::{check_step, lincomb, to_f32, NoiseSource, Scheduler, Spacing, StepOutput};
 
 pub(crate) struct Ddim {
     alphas_cumprod: Vec<f32>,
@@ -24,13 +25,18 @@ pub(crate) struct Ddim {
 }
 
 impl Ddim {
-    pub(crate) fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SchedulerError> {
+    pub(crate) fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        spacing: Spacing,
+    ) -> Result<Self, SchedulerError> {
         let n = config.num_train_timesteps;
         let alphas_cumprod = alphas_cumprod(config);
         let step_ratio = n / steps;
-        let timestep_indices: Vec<usize> = (0..steps)
-            .rev()
-            .map(|i| i * step_ratio + config.steps_offset)
+        // DDIM's timesteps are integers: "linspace" rounds (numpy's half-to-even).
+        let timestep_indices: Vec<usize> = spaced_timesteps(spacing, n, steps, config.steps_offset)
+            .into_iter()
+            .map(|t| t.round_ties_even().max(0.0) as usize)
             .collect();
         // diffusers would fail indexing ᾱ mid-run (e.g. SD 1.5 at 1000 steps reaches t = 1000);
         // say so up front instead.

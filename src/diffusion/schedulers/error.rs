@@ -41,6 +41,14 @@ pub enum SchedulerError {
         steps: usize,
         num_train_timesteps: usize,
     },
+    #[error("unknown timestep spacing \"{name}\" (valid: {valid})")]
+    UnknownSpacing { name: String, valid: String },
+    /// A spacing given to a sampler that does not use one.
+    #[error("{sampler} takes no timestep spacing: its Karras sigmas set the steps, so \"{spacing}\" would do nothing (euler, euler_a and ddim take one)")]
+    SpacingUnused {
+        sampler: &'static str,
+        spacing: String,
+    },
     /// The schedule itself is unusable (for example a timestep past the end of the training schedule).
     #[error("invalid {sampler} schedule: {reason}")]
     InvalidSchedule {

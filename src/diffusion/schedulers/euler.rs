@@ -1,9 +1,9 @@
 //! Euler and Euler ancestral (Karras et al. 2022's k-diffusion samplers), as diffusers'
 //! `EulerDiscreteScheduler` and `EulerAncestralDiscreteScheduler` with their defaults.
 //!
-//! Both walk the same sigma ladder: "linspace" timesteps `linspace(0, N−1, steps)` (float32,
-//! possibly fractional), sigmas linearly interpolated from the training sigmas at those
-//! timesteps, then a final σ = 0. They differ only in the step: Euler moves straight to the next
+//! Both walk the same sigma ladder: timesteps laid out by the spacing (by default "linspace",
+//! `linspace(0, N−1, steps)` in float32, possibly fractional; see [`super::Spacing`]), sigmas
+//! linearly interpolated from the training sigmas at those timesteps, then a final σ = 0. They differ only in the step: Euler moves straight to the next
 //! sigma; Euler ancestral moves to a lower σ_down and adds fresh noise of size σ_up, so that
 //! σ_down² + σ_up² = σ_next².
 //!
@@ -13,8 +13,8 @@
 use candle_core::Tensor;
 
 use super::config::{PredictionType, SchedulerConfig};
-use super::schedule::{alphas_cumprod_for_sigmas, np_interp_unit, np_linspace, train_sigmas};
-use super::{check_step, lincomb, to_f32, NoiseSource, Scheduler, StepOutput};
+use super::schedule::{alphas_cumprod_for_sigmas, np_interp_unit, spaced_timesteps, train_sigmas};
+use super::{check_step, lincomb, to_f32, NoiseSource, Scheduler, Spacing, StepOutput};
 
 pub(crate) struct Euler {
     timesteps: Vec<f64>,
@@ -22,18 +22,28 @@ pub(crate) struct Euler {
     sigmas: Vec<f32>,
     prediction_type: PredictionType,
     ancestral: bool,
+    spacing: Spacing,
 }
 
 impl Euler {
-    pub(crate) fn new(config: &SchedulerConfig, steps: usize, ancestral: bool) -> Self {
+    pub(crate) fn new(
+        config: &SchedulerConfig,
+        steps: usize,
+        ancestral: bool,
+        spacing: Spacing,
+    ) -> Self {
         let train_sigmas = train_sigmas(&alphas_cumprod_for_sigmas(config));
-        let last_t = config.num_train_timesteps.saturating_sub(1) as f64;
-        // np.linspace(..., dtype=np.float32) computes in f64 and rounds once to f32.
-        let timesteps_f32: Vec<f32> = np_linspace(0.0, last_t, steps)
-            .into_iter()
-            .rev()
-            .map(|t| t as f32)
-            .collect();
+        // np.linspace(..., dtype=np.float32) computes in f64 and rounds once to f32; the
+        // other spacings are integers cast to float32.
+        let timesteps_f32: Vec<f32> = spaced_timesteps(
+            spacing,
+            config.num_train_timesteps,
+            steps,
+            config.steps_offset,
+        )
+        .into_iter()
+        .map(|t| t as f32)
+        .collect();
         let mut sigmas: Vec<f32> = timesteps_f32
             .iter()
             .map(|&t| np_interp_unit(f64::from(t), &train_sigmas) as f32)
@@ -44,6 +54,7 @@ impl Euler {
             sigmas,
             prediction_type: config.prediction_type,
             ancestral,
+            spacing,
         }
     }
 
@@ -69,9 +80,14 @@ impl Scheduler for Euler {
         &self.timesteps
     }
 
-    /// diffusers: `sigmas.max()` for "linspace" spacing.
+    /// diffusers: `sigmas.max()` for "linspace" and "trailing", √(max² + 1) for "leading"
+    /// (in float32).
     fn init_noise_sigma(&self) -> f64 {
-        f64::from(self.sigmas.iter().copied().fold(0.0f32, f32::max))
+        let max = self.sigmas.iter().copied().fold(0.0f32, f32::max);
+        match self.spacing {
+            Spacing::Leading => f64::from((max * max + 1.0).sqrt()),
+            Spacing::Linspace | Spacing::Trailing => f64::from(max),
+        }
     }
 
     fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> candle_core::Result<Tensor> {
@@ -128,7 +144,7 @@ mod tests {
     #[test]
     fn sigmas_match_diffusers() {
         for (trace, ancestral) in [("euler_epsilon", false), ("euler_a_epsilon", true)] {
-            let euler = Euler::new(&SchedulerConfig::sd15(), 10, ancestral);
+            let euler = Euler::new(&SchedulerConfig::sd15(), 10, ancestral, Spacing::Linspace);
             super::super::assert_sigmas_match(&euler.sigmas, &super::super::recorded_sigmas(trace));
         }
     }
@@ -136,7 +152,7 @@ mod tests {
     #[test]
     fn fractional_timesteps_are_float32() {
         // diffusers 0.42.1 at 30 steps: timesteps[1] is 964.5517 rounded to f32.
-        let euler = Euler::new(&SchedulerConfig::sd15(), 30, false);
+        let euler = Euler::new(&SchedulerConfig::sd15(), 30, false, Spacing::Linspace);
         assert_eq!(euler.timesteps[1], 964.5516967773438);
         assert_eq!(euler.timesteps[29], 0.0);
     }

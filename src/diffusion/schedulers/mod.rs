@@ -110,6 +110,63 @@ impl FromStr for Sampler {
     }
 }
 
+/// How a sampler lays its steps over the training timesteps: diffusers' `timestep_spacing`
+/// (Lin et al. 2023, Table 2). Each sampler has its own default (DDIM "leading", the others
+/// "linspace"); "trailing" starts at the last training timestep, which few-step models
+/// (SD-Turbo, SDXL-Turbo) and zero-terminal-SNR models need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Spacing {
+    /// `i·(N / steps) + steps_offset`: never reaches the last timestep.
+    Leading,
+    /// `linspace(0, N − 1, steps)`: both ends, possibly fractional.
+    Linspace,
+    /// `N − i·N/steps − 1`: from the last timestep down.
+    Trailing,
+}
+
+impl Spacing {
+    pub const ALL: [Spacing; 3] = [Spacing::Leading, Spacing::Linspace, Spacing::Trailing];
+
+    /// The name on the command line, in settings and in diffusers' config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Spacing::Leading => "leading",
+            Spacing::Linspace => "linspace",
+            Spacing::Trailing => "trailing",
+        }
+    }
+}
+
+impl fmt::Display for Spacing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Spacing {
+    type Err = SchedulerError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Spacing::ALL
+            .into_iter()
+            .find(|spacing| spacing.name() == s)
+            .ok_or_else(|| SchedulerError::UnknownSpacing {
+                name: s.to_string(),
+                valid: Spacing::ALL.map(|s| s.name()).join(", "),
+            })
+    }
+}
+
+impl Sampler {
+    /// The spacing this sampler uses unless told otherwise (its diffusers class's default).
+    pub fn default_spacing(&self) -> Spacing {
+        match self {
+            Sampler::Ddim => Spacing::Leading,
+            _ => Spacing::Linspace,
+        }
+    }
+}
+
 /// The result of one sampler step.
 #[derive(Debug, Clone)]
 pub struct StepOutput {
@@ -142,11 +199,14 @@ pub trait Scheduler: Send {
     ) -> candle_core::Result<StepOutput>;
 }
 
-/// Builds `sampler` over `steps` steps of the model's training schedule.
+/// Builds `sampler` over `steps` steps of the model's training schedule, its steps laid out by
+/// `spacing` (`None`: the sampler's default). DPM++ 2M Karras takes no spacing: its Karras
+/// sigmas set the steps.
 pub fn build(
     sampler: Sampler,
     config: &SchedulerConfig,
     steps: usize,
+    spacing: Option<Spacing>,
 ) -> Result<Box<dyn Scheduler>, SchedulerError> {
     if steps == 0 || steps > config.num_train_timesteps {
         return Err(SchedulerError::InvalidSteps {
@@ -154,11 +214,20 @@ pub fn build(
             num_train_timesteps: config.num_train_timesteps,
         });
     }
+    let spaced = spacing.unwrap_or(sampler.default_spacing());
     Ok(match sampler {
-        Sampler::Ddim => Box::new(ddim::Ddim::new(config, steps)?),
-        Sampler::Euler => Box::new(euler::Euler::new(config, steps, false)),
-        Sampler::EulerAncestral => Box::new(euler::Euler::new(config, steps, true)),
-        Sampler::DpmPp2mKarras => Box::new(dpmpp_2m::DpmPp2mKarras::new(config, steps)),
+        Sampler::Ddim => Box::new(ddim::Ddim::new(config, steps, spaced)?),
+        Sampler::Euler => Box::new(euler::Euler::new(config, steps, false, spaced)),
+        Sampler::EulerAncestral => Box::new(euler::Euler::new(config, steps, true, spaced)),
+        Sampler::DpmPp2mKarras => match spacing {
+            Some(spacing) if spacing != sampler.default_spacing() => {
+                return Err(SchedulerError::SpacingUnused {
+                    sampler: "DPM++ 2M Karras",
+                    spacing: spacing.to_string(),
+                })
+            }
+            _ => Box::new(dpmpp_2m::DpmPp2mKarras::new(config, steps)),
+        },
     })
 }
 
@@ -256,11 +325,11 @@ mod tests {
         let cfg = SchedulerConfig::sd15();
         for sampler in Sampler::ALL {
             assert!(matches!(
-                build(sampler, &cfg, 0),
+                build(sampler, &cfg, 0, None),
                 Err(SchedulerError::InvalidSteps { steps: 0, .. })
             ));
-            assert!(build(sampler, &cfg, 1001).is_err());
-            let sched = build(sampler, &cfg, 1).unwrap();
+            assert!(build(sampler, &cfg, 1001, None).is_err());
+            let sched = build(sampler, &cfg, 1, None).unwrap();
             assert_eq!(sched.timesteps().len(), 1);
         }
     }

@@ -15,6 +15,7 @@
 //! itself in the same way. Integer timesteps are unaffected (checked for 1–1000 steps).
 
 use super::config::{BetaSchedule, SchedulerConfig};
+use super::Spacing;
 
 /// `torch.linspace(start, end, n, dtype=torch.float32)`, bit for bit.
 fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
@@ -165,6 +166,41 @@ pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     (1.0 - w) * low_idx as f64 + w * high_idx as f64
 }
 
+/// The timesteps `steps` steps visit under `spacing`, descending, as numpy computes them in
+/// diffusers' `set_timesteps` before the cast: fractional for "linspace" (Euler keeps them,
+/// DDIM rounds), integers otherwise.
+///
+/// "trailing" is `round(arange(N, 0, −N/steps)) − 1`. For some step counts (61, 103, …) numpy's
+/// float `arange` yields one value too many, so diffusers would run a step more than asked,
+/// at timestep −1; here the list stops at `steps`.
+pub(crate) fn spaced_timesteps(
+    spacing: Spacing,
+    num_train_timesteps: usize,
+    steps: usize,
+    steps_offset: usize,
+) -> Vec<f64> {
+    let n = num_train_timesteps;
+    match spacing {
+        Spacing::Linspace => np_linspace(0.0, n.saturating_sub(1) as f64, steps)
+            .into_iter()
+            .rev()
+            .collect(),
+        Spacing::Leading => {
+            let ratio = n / steps.max(1);
+            (0..steps)
+                .rev()
+                .map(|i| (i * ratio + steps_offset) as f64)
+                .collect()
+        }
+        Spacing::Trailing => {
+            let ratio = n as f64 / steps.max(1) as f64;
+            (0..steps)
+                .map(|i| (n as f64 + i as f64 * -ratio).round_ties_even() - 1.0)
+                .collect()
+        }
+    }
+}
+
 /// Karras et al. (2022) sigmas, ρ = 7, from `sigma_max` down to `sigma_min` (diffusers'
 /// `_convert_to_karras`, in f64).
 pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, steps: usize) -> Vec<f64> {
@@ -204,6 +240,29 @@ mod tests {
             let sigma = f64::from(log_sigmas[t]).exp();
             assert!((sigma_to_t(sigma, &log_sigmas) - t as f64).abs() < 1e-3);
         }
+    }
+
+    #[test]
+    fn spacings_match_numpy() {
+        // diffusers' Table 2 examples (Lin et al. 2023) at 10 steps of 1000.
+        let t = |s| spaced_timesteps(s, 1000, 10, 1);
+        assert_eq!(t(Spacing::Leading)[..3], [901.0, 801.0, 701.0]);
+        assert_eq!(t(Spacing::Leading)[9], 1.0);
+        assert_eq!(t(Spacing::Trailing)[..3], [999.0, 899.0, 799.0]);
+        assert_eq!(t(Spacing::Trailing)[9], 99.0);
+        assert_eq!(t(Spacing::Linspace)[0], 999.0);
+        assert_eq!(t(Spacing::Linspace)[9], 0.0);
+        // np.round(np.arange(1000, 0, -1000/3)) - 1 = [999, 666, 332]: halves round to even.
+        assert_eq!(
+            spaced_timesteps(Spacing::Trailing, 1000, 3, 0),
+            [999.0, 666.0, 332.0]
+        );
+        // One step: the very last training timestep.
+        assert_eq!(spaced_timesteps(Spacing::Trailing, 1000, 1, 0), [999.0]);
+        // 61 steps: numpy's arange gives 62 values; the list stops at 61, the last t = 15.
+        let many = spaced_timesteps(Spacing::Trailing, 1000, 61, 0);
+        assert_eq!(many.len(), 61);
+        assert_eq!(many[60], 15.0);
     }
 
     #[test]
