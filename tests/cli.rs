@@ -326,10 +326,29 @@ fn trailing_spacing_changes_the_picture_and_is_recorded() {
         .collect();
     assert_eq!(errors.len(), 1, "{}", run.stderr);
     assert!(
-        errors[0].contains("--spacing") && errors[0].contains("Karras sigmas"),
+        errors[0].contains("--spacing") && errors[0].contains("sets its own steps"),
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn lcm_runs_four_unguided_steps() {
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("lcm.png");
+    let mut args = seeded_args(&out, Some(8));
+    let sampler = args.iter().position(|a| a == "--sampler").unwrap() + 1;
+    args[sampler] = "lcm".into();
+    args.extend(["--cfg", "1"].map(OsString::from));
+    let run = generate(args);
+    assert_ok(&run, "lcm");
+    let e = read_png_metadata(&out).unwrap().easel.unwrap();
+    assert_eq!((e.sampler.as_str(), e.steps), ("lcm", 4));
+    // A1111's name for it, which other tools read back.
+    let a1111 = read_png_metadata(&out).unwrap().a1111.unwrap();
+    assert_eq!(a1111.sampler.as_deref(), Some("LCM"));
+    let (_, _, rgb) = read_rgb(&out);
+    assert!(rgb.iter().any(|&v| v != rgb[0]));
 }
 
 #[test]

@@ -62,7 +62,8 @@ pub struct GenerateArgs {
     pub width: Option<usize>,
     #[arg(long, allow_negative_numbers = true)]
     pub height: Option<usize>,
-    /// ddim | euler | euler_a | dpmpp_2m_karras. Default: the model's own scheduler.
+    /// ddim | euler | euler_a | dpmpp_2m_karras | lcm (LCM models and LCM-LoRA: 2–8 steps,
+    /// --cfg 1–2). Default: the model's own scheduler.
     #[arg(long)]
     pub sampler: Option<Sampler>,
     /// How the sampler lays out its steps: leading | linspace | trailing (diffusers'

@@ -60,6 +60,9 @@ pub struct SchedulerConfig {
     /// diffusers' `rescale_betas_zero_snr`: betas rescaled so the last step is pure noise
     /// (zero terminal SNR), as some v-prediction fine-tunes are trained.
     pub rescale_betas_zero_snr: bool,
+    /// LCM only: the steps of the schedule it was distilled on (diffusers'
+    /// `original_inference_steps`, 50); its timesteps are picked among them.
+    pub original_inference_steps: usize,
 }
 
 impl SchedulerConfig {
@@ -77,6 +80,7 @@ impl SchedulerConfig {
             clip_sample: false,
             clip_sample_range: 1.0,
             rescale_betas_zero_snr: false,
+            original_inference_steps: 50,
         }
     }
 
@@ -119,6 +123,7 @@ struct RawConfig {
     clip_sample_range: Option<f64>,
     thresholding: Option<bool>,
     rescale_betas_zero_snr: Option<bool>,
+    original_inference_steps: Option<usize>,
 }
 
 impl RawConfig {
@@ -179,6 +184,7 @@ impl RawConfig {
             clip_sample: self.clip_sample.unwrap_or(true),
             clip_sample_range: self.clip_sample_range.unwrap_or(1.0),
             rescale_betas_zero_snr: self.rescale_betas_zero_snr.unwrap_or(false),
+            original_inference_steps: self.original_inference_steps.unwrap_or(50),
         })
     }
 }

@@ -44,7 +44,7 @@ pub enum SchedulerError {
     #[error("unknown timestep spacing \"{name}\" (valid: {valid})")]
     UnknownSpacing { name: String, valid: String },
     /// A spacing given to a sampler that does not use one.
-    #[error("{sampler} takes no timestep spacing: its Karras sigmas set the steps, so \"{spacing}\" would do nothing (euler, euler_a and ddim take one)")]
+    #[error("{sampler} takes no timestep spacing: it sets its own steps, so \"{spacing}\" would do nothing (euler, euler_a and ddim take one)")]
     SpacingUnused {
         sampler: &'static str,
         spacing: String,

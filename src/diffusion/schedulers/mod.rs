@@ -18,6 +18,7 @@ mod ddim;
 mod dpmpp_2m;
 mod error;
 mod euler;
+mod lcm;
 mod schedule;
 
 use std::fmt;
@@ -41,15 +42,18 @@ pub enum Sampler {
     EulerAncestral,
     /// diffusers `DPMSolverMultistepScheduler(use_karras_sigmas=True)`: DPM-Solver++ (2M).
     DpmPp2mKarras,
+    /// diffusers `LCMScheduler`: latent consistency models and LCM-LoRA, 2–8 steps, CFG 1–2.
+    Lcm,
 }
 
 impl Sampler {
     /// Every sampler, in the order menus list them.
-    pub const ALL: [Sampler; 4] = [
+    pub const ALL: [Sampler; 5] = [
         Sampler::Ddim,
         Sampler::Euler,
         Sampler::EulerAncestral,
         Sampler::DpmPp2mKarras,
+        Sampler::Lcm,
     ];
 
     /// The name used on the command line and in settings.
@@ -59,6 +63,7 @@ impl Sampler {
             Sampler::Euler => "euler",
             Sampler::EulerAncestral => "euler_a",
             Sampler::DpmPp2mKarras => "dpmpp_2m_karras",
+            Sampler::Lcm => "lcm",
         }
     }
 
@@ -69,6 +74,7 @@ impl Sampler {
             Sampler::Euler => "Euler",
             Sampler::EulerAncestral => "Euler a",
             Sampler::DpmPp2mKarras => "DPM++ 2M Karras",
+            Sampler::Lcm => "LCM",
         }
     }
 
@@ -85,6 +91,7 @@ impl Sampler {
             "EulerDiscreteScheduler" => Some(Sampler::Euler),
             "EulerAncestralDiscreteScheduler" => Some(Sampler::EulerAncestral),
             "DPMSolverMultistepScheduler" => Some(Sampler::DpmPp2mKarras),
+            "LCMScheduler" => Some(Sampler::Lcm),
             _ => None,
         }
     }
@@ -158,10 +165,11 @@ impl FromStr for Spacing {
 }
 
 impl Sampler {
-    /// The spacing this sampler uses unless told otherwise (its diffusers class's default).
+    /// The spacing this sampler uses unless told otherwise (its diffusers class's default;
+    /// LCM's own timesteps are none of the three, and it takes no other).
     pub fn default_spacing(&self) -> Spacing {
         match self {
-            Sampler::Ddim => Spacing::Leading,
+            Sampler::Ddim | Sampler::Lcm => Spacing::Leading,
             _ => Spacing::Linspace,
         }
     }
@@ -219,15 +227,18 @@ pub fn build(
         Sampler::Ddim => Box::new(ddim::Ddim::new(config, steps, spaced)?),
         Sampler::Euler => Box::new(euler::Euler::new(config, steps, false, spaced)),
         Sampler::EulerAncestral => Box::new(euler::Euler::new(config, steps, true, spaced)),
-        Sampler::DpmPp2mKarras => match spacing {
-            Some(spacing) if spacing != sampler.default_spacing() => {
+        Sampler::DpmPp2mKarras | Sampler::Lcm => {
+            if let Some(spacing) = spacing.filter(|&s| s != sampler.default_spacing()) {
                 return Err(SchedulerError::SpacingUnused {
-                    sampler: "DPM++ 2M Karras",
+                    sampler: sampler.a1111_name(),
                     spacing: spacing.to_string(),
-                })
+                });
             }
-            _ => Box::new(dpmpp_2m::DpmPp2mKarras::new(config, steps)),
-        },
+            match sampler {
+                Sampler::Lcm => Box::new(lcm::Lcm::new(config, steps)?),
+                _ => Box::new(dpmpp_2m::DpmPp2mKarras::new(config, steps)),
+            }
+        }
     })
 }
 
