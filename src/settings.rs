@@ -87,6 +87,9 @@ pub struct Settings {
     pub seed_locked: bool,
     /// Sampler CLI name; `None` = the model's own.
     pub sampler: Option<String>,
+    /// Timestep spacing ("leading" | "linspace" | "trailing"); `None` = automatic (the
+    /// sampler's default, or the model's for its own sampler).
+    pub spacing: Option<String>,
     pub batch_count: usize,
     /// Re-queue on slider release.
     pub live: bool,
@@ -158,6 +161,7 @@ impl Default for Settings {
             seed: 42,
             seed_locked: false,
             sampler: None,
+            spacing: None,
             batch_count: 1,
             live: false,
             last_model: None,

@@ -332,6 +332,49 @@ fn trailing_spacing_changes_the_picture_and_is_recorded() {
     );
 }
 
+/// SD-Turbo's scheduler file says Euler with "trailing": its own sampler runs so, and says so
+/// in the PNG; another sampler keeps its default.
+#[test]
+fn the_model_files_spacing_applies_to_its_own_sampler() {
+    let tmp = TempDir::new().unwrap();
+    let turbo = tmp.path().join("turbo");
+    copy_dir(&fixture_model("sd-tiny-a"), &turbo);
+    let config_path = turbo.join("scheduler/scheduler_config.json");
+    let mut config = read_json(&config_path);
+    config["_class_name"] = "EulerDiscreteScheduler".into();
+    config["timestep_spacing"] = "trailing".into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let run = |model: &Path, name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args: Vec<OsString> = ["--prompt", PROMPT, "--steps", "3", "--seed", "4"]
+            .map(OsString::from)
+            .to_vec();
+        args.extend([
+            "--model".into(),
+            model.into(),
+            "-o".into(),
+            out.clone().into(),
+        ]);
+        args.extend(extra.iter().map(OsString::from));
+        assert_ok(&generate(args), name);
+        let spacing = read_png_metadata(&out).unwrap().easel.unwrap().spacing;
+        (read_rgb(&out).2, spacing)
+    };
+    let (auto, auto_spacing) = run(&turbo, "auto.png", &[]);
+    let (explicit, _) = run(
+        &fixture_model("sd-tiny-a"),
+        "explicit.png",
+        &["--sampler", "euler", "--spacing", "trailing"],
+    );
+    assert_eq!(auto_spacing.as_deref(), Some("trailing"));
+    assert!(auto == explicit, "the file's trailing spacing was not used");
+    let (_, other) = run(&turbo, "other.png", &["--sampler", "euler_a"]);
+    assert_eq!(
+        other, None,
+        "a sampler of another class took the file's spacing"
+    );
+}
+
 #[test]
 fn lcm_runs_four_unguided_steps() {
     let tmp = TempDir::new().unwrap();

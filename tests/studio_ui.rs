@@ -291,7 +291,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         sampler_a1111: "DDIM".into(),
         model_name: "sd-tiny-a".into(),
         model_hash: "0123456789".into(),
-        spacing: None,
+        spacing: Some("trailing".into()),
         clip_skip: 1,
         vae: None,
         loras: Vec::new(),
@@ -305,6 +305,24 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         a.studio.settings.prompt == "an easel picture"
     });
     assert_eq!(h.state().studio.settings.sampler.as_deref(), Some("ddim"));
+    // Its spacing comes back too, shown in the sampler's spacing choice, and goes into the
+    // next job's recipe.
+    assert_eq!(
+        h.state().studio.settings.spacing.as_deref(),
+        Some("trailing")
+    );
+    h.step();
+    let combo = h.get_by_role_and_label(egui::accesskit::Role::ComboBox, "Spacing");
+    let shown = combo.value();
+    assert_eq!(
+        shown.as_deref(),
+        Some("trailing"),
+        "the Spacing choice shows it"
+    );
+    assert_eq!(
+        h.state().studio.recipe(1).spacing,
+        Some(easel::diffusion::schedulers::Spacing::Trailing)
+    );
 
     // A file without settings is explained, not ignored.
     let plain = dir.path().join("plain.png");

@@ -221,6 +221,8 @@ impl Studio {
         }
         if let Some(v) = r.sampler {
             s.sampler = Some(v.cli_name().to_string());
+            // The image's spacing, or the automatic one when it recorded none.
+            s.spacing = r.spacing.map(|v| v.name().to_string());
         }
         if let Some(v) = r.clip_skip {
             s.clip_skip = v.clamp(1, 12);

@@ -5,7 +5,7 @@ use egui::{Response, RichText, Slider};
 
 use super::actions::Action;
 use super::state::{ModelState, Studio};
-use crate::diffusion::schedulers::Sampler;
+use crate::diffusion::schedulers::{Sampler, Spacing};
 
 pub const MAX_STEPS: usize = 150;
 pub const MAX_CFG: f64 = 30.0;
@@ -106,6 +106,7 @@ fn released(r: &Response) -> bool {
 fn sliders(ui: &mut egui::Ui, studio: &mut Studio) {
     let m = studio.size_multiple();
     let mut requeue = false;
+    let studio_sampler = studio.sampler();
     let s = &mut studio.settings;
     // Each slider carries its own label, which is also its accessible name.
     requeue |= released(&ui.add(Slider::new(&mut s.steps, 1..=MAX_STEPS).text("Steps")));
@@ -138,6 +139,7 @@ fn sliders(ui: &mut egui::Ui, studio: &mut Studio) {
         );
     });
     sampler_combo(ui, s);
+    spacing_combo(ui, s, studio_sampler);
     requeue |= released(
         &ui.add(Slider::new(&mut s.clip_skip, 1..=12).text("Clip skip"))
             .on_hover_text(
@@ -182,6 +184,37 @@ fn sampler_combo(ui: &mut egui::Ui, s: &mut crate::settings::Settings) {
                 }
             }
         });
+}
+
+/// The sampler's timestep spacing: "Auto" is the sampler's default (or, for the model's own
+/// sampler, what its scheduler file says: SD-Turbo's trailing). Greyed out for samplers that set
+/// their own steps.
+fn spacing_combo(ui: &mut egui::Ui, s: &mut crate::settings::Settings, sampler: Sampler) {
+    let current = s.spacing.as_deref().and_then(|n| n.parse::<Spacing>().ok());
+    let label = current.map_or("Auto", |c| c.name());
+    ui.add_enabled_ui(sampler.takes_spacing(), |ui| {
+        egui::ComboBox::from_label("Spacing")
+            .selected_text(label)
+            .show_ui(ui, |ui| {
+                if ui.selectable_label(current.is_none(), "Auto").clicked() {
+                    s.spacing = None;
+                }
+                for spacing in Spacing::ALL {
+                    if ui
+                        .selectable_label(current == Some(spacing), spacing.name())
+                        .clicked()
+                    {
+                        s.spacing = Some(spacing.name().to_string());
+                    }
+                }
+            })
+    })
+    .response
+    .on_hover_text(
+        "How the steps are spread over the noise schedule. Trailing: for few-step models \
+         (SD-Turbo: Euler a, 1–4 steps, CFG 0). Auto: the sampler's default, or the model's own.",
+    )
+    .on_disabled_hover_text("This sampler sets its own steps");
 }
 
 fn generate_button(ui: &mut egui::Ui, studio: &mut Studio) {

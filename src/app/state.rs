@@ -221,6 +221,7 @@ impl Studio {
             width: s.width,
             height: s.height,
             sampler: self.sampler(),
+            spacing: s.spacing.as_deref().and_then(|n| n.parse().ok()),
             clip_skip: s.clip_skip.max(1),
             loras: super::lora_panel::recipe_loras(s),
         }

@@ -234,7 +234,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         model_name: pipeline.model.name.clone(),
         model_hash: pipeline.model.short_hash()?,
         loras: loras.stack.uses(),
-        spacing: req.spacing.map(|s| s.to_string()),
+        spacing: pipeline.spacing(&req).map(|s| s.to_string()),
         clip_skip: req.clip_skip,
         vae: match &pipeline.model.vae_file {
             Some(f) => Some(VaeUse {

@@ -265,12 +265,27 @@ impl Pipeline {
         })
     }
 
+    /// The spacing a request's sampler runs with, when not its default: the request's own,
+    /// else the one the model's scheduler file sets for the sampler of its class (SD-Turbo's
+    /// Euler, "trailing").
+    pub fn spacing(&self, req: &GenerateRequest) -> Option<Spacing> {
+        if req.spacing.is_some() {
+            return req.spacing;
+        }
+        let file = &self.model.scheduler;
+        let own_class = Sampler::from_diffusers_class(&file.class_name) == Some(req.sampler);
+        file.timestep_spacing.filter(|&s| {
+            own_class && req.sampler.takes_spacing() && s != req.sampler.default_spacing()
+        })
+    }
+
     /// The request's sampler over its steps; errors name the setting at fault.
     fn scheduler(
         &self,
         req: &GenerateRequest,
     ) -> Result<Box<dyn schedulers::Scheduler>, PipelineError> {
-        schedulers::build(req.sampler, &self.model.scheduler, req.steps, req.spacing).map_err(|e| {
+        let spacing = self.spacing(req);
+        schedulers::build(req.sampler, &self.model.scheduler, req.steps, spacing).map_err(|e| {
             PipelineError::InvalidRequest {
                 arg: match e {
                     schedulers::SchedulerError::SpacingUnused { .. } => "spacing",

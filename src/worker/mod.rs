@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::diffusion::preview::Preview;
-use crate::diffusion::schedulers::Sampler;
+use crate::diffusion::schedulers::{Sampler, Spacing};
 use crate::gallery::png_meta::GenerationMetadata;
 
 pub use io::{library_file_name, model_short_hash};
@@ -51,6 +51,9 @@ pub struct Recipe {
     pub width: usize,
     pub height: usize,
     pub sampler: Sampler,
+    /// The sampler's timestep spacing; `None`: its default (or the model file's, see
+    /// `Pipeline::spacing`).
+    pub spacing: Option<Spacing>,
     /// A1111's "Clip skip" (1 = the text encoder's last layer).
     pub clip_skip: usize,
     /// The LoRA adapters, applied from memory before the first step.
@@ -70,6 +73,7 @@ impl Default for Recipe {
             width: 512,
             height: 512,
             sampler: Sampler::DpmPp2mKarras,
+            spacing: None,
             clip_skip: 1,
             loras: Default::default(),
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::diffusion::schedulers::Sampler;
+use crate::diffusion::schedulers::{Sampler, Spacing};
 use crate::gallery::png_meta::{read_png_metadata, ParsedParameters, PngMetadata};
 
 /// Which format the settings came from.
@@ -42,6 +42,7 @@ pub struct Restored {
     pub width: Option<usize>,
     pub height: Option<usize>,
     pub sampler: Option<Sampler>,
+    pub spacing: Option<Spacing>,
     pub model_name: Option<String>,
     /// A1111's short hash of the model, to find it in the model library.
     pub model_hash: Option<String>,
@@ -62,6 +63,7 @@ impl Restored {
             width: None,
             height: None,
             sampler: None,
+            spacing: None,
             model_name: None,
             model_hash: None,
             clip_skip: None,
@@ -96,6 +98,9 @@ impl Restored {
         }
         if let Some(s) = self.sampler {
             found.push(s.a1111_name().to_string());
+        }
+        if let Some(s) = self.spacing {
+            found.push(format!("{s} spacing"));
         }
         if let Some(c) = self.clip_skip {
             found.push(format!("clip skip {c}"));
@@ -134,6 +139,8 @@ pub fn from_metadata(meta: &PngMetadata) -> Option<Restored> {
         r.width = Some(e.width);
         r.height = Some(e.height);
         r.sampler = e.sampler.parse().ok();
+        // Names only: an unknown spacing from a newer Easel is dropped, not guessed at.
+        r.spacing = e.spacing.as_deref().and_then(|s| s.parse().ok());
         if r.sampler.is_none() {
             r.notes
                 .push(format!("sampler {} is not available here", e.sampler));

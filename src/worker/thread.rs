@@ -259,6 +259,7 @@ impl Control {
         req.width = r.width;
         req.height = r.height;
         req.sampler = r.sampler;
+        req.spacing = r.spacing;
         req.clip_skip = r.clip_skip;
 
         let job = p.job;
@@ -308,7 +309,7 @@ impl Control {
                     // Filled in by the save task once the background hash is ready.
                     model_hash: String::new(),
                     loras: loras.uses.clone(),
-                    spacing: req.spacing.map(|s| s.to_string()),
+                    spacing: pipeline.spacing(&req).map(|s| s.to_string()),
                     clip_skip: r.clip_skip,
                     // Its hash too is filled in by the save task.
                     vae: pipeline

@@ -6,12 +6,14 @@
 //! `SomeScheduler.from_config(other.config)` does. Fields absent from the file take diffusers'
 //! constructor defaults, as `from_config` would.
 //!
+//! `timestep_spacing` is read, but only the sampler of the file's own class uses it (see
+//! `Pipeline::spacing`): SD-Turbo's file says Euler with "trailing", and its Euler must run so.
+//! Any other sampler keeps its class's default (DDIM "leading" + `steps_offset`; Euler, Euler a
+//! and DPM++ "linspace"): samplers named "Euler" or "DDIM" in the ecosystem (A1111, diffusers'
+//! pipelines) mean those defaults, so a spacing inherited from another class's file must not
+//! change what the sampler does.
+//!
 //! Deliberately ignored fields:
-//! - `timestep_spacing`: each sampler lays out its steps the way its own diffusers class does by
-//!   default (DDIM "leading" + `steps_offset`; Euler, Euler a and DPM++ "linspace"). SD 1.5's file
-//!   comes from PNDM and carries no spacing, and samplers named "Euler" or "DDIM" in the
-//!   ecosystem (A1111, diffusers' pipelines) mean those defaults, so a spacing inherited from
-//!   another class's file must not change what the sampler does.
 //! - `use_karras_sigmas`, `solver_order`, `algorithm_type` and friends: the [`super::Sampler`]
 //!   chosen by the user defines these, not the file.
 
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::error::SchedulerError;
+use super::Spacing;
 
 /// How the per-timestep noise variances (betas) are spaced over training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,8 @@ pub struct SchedulerConfig {
     /// diffusers' `rescale_betas_zero_snr`: betas rescaled so the last step is pure noise
     /// (zero terminal SNR), as some v-prediction fine-tunes are trained.
     pub rescale_betas_zero_snr: bool,
+    /// The file's `timestep_spacing`, for its own class's sampler.
+    pub timestep_spacing: Option<Spacing>,
     /// LCM only: the steps of the schedule it was distilled on (diffusers'
     /// `original_inference_steps`, 50); its timesteps are picked among them.
     pub original_inference_steps: usize,
@@ -80,6 +85,7 @@ impl SchedulerConfig {
             clip_sample: false,
             clip_sample_range: 1.0,
             rescale_betas_zero_snr: false,
+            timestep_spacing: None,
             original_inference_steps: 50,
         }
     }
@@ -124,6 +130,7 @@ struct RawConfig {
     thresholding: Option<bool>,
     rescale_betas_zero_snr: Option<bool>,
     original_inference_steps: Option<usize>,
+    timestep_spacing: Option<String>,
 }
 
 impl RawConfig {
@@ -172,6 +179,16 @@ impl RawConfig {
         if self.thresholding == Some(true) {
             return Err(unsupported("thresholding", "true".into(), "false"));
         }
+        let timestep_spacing = match self.timestep_spacing.as_deref() {
+            None => None,
+            Some(s) => Some(s.parse::<Spacing>().map_err(|_| {
+                unsupported(
+                    "timestep_spacing",
+                    format!("{s:?}"),
+                    "\"leading\", \"linspace\", \"trailing\"",
+                )
+            })?),
+        };
         Ok(SchedulerConfig {
             class_name: self.class_name.unwrap_or_default(),
             num_train_timesteps: self.num_train_timesteps.unwrap_or(1000),
@@ -184,6 +201,7 @@ impl RawConfig {
             clip_sample: self.clip_sample.unwrap_or(true),
             clip_sample_range: self.clip_sample_range.unwrap_or(1.0),
             rescale_betas_zero_snr: self.rescale_betas_zero_snr.unwrap_or(false),
+            timestep_spacing,
             original_inference_steps: self.original_inference_steps.unwrap_or(50),
         })
     }
@@ -223,6 +241,19 @@ mod tests {
         assert_eq!(cfg.prediction_type, PredictionType::Epsilon);
         assert!(cfg.set_alpha_to_one && cfg.clip_sample);
         assert_eq!(cfg.steps_offset, 0);
+    }
+
+    #[test]
+    fn timestep_spacing_is_read_and_checked() {
+        let (_dir, path) =
+            write(r#"{"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"}"#);
+        let cfg = SchedulerConfig::from_json_file(&path).unwrap();
+        assert_eq!(cfg.timestep_spacing, Some(Spacing::Trailing));
+        let (_dir, path) = write(r#"{"timestep_spacing": "uniform"}"#);
+        let err = SchedulerConfig::from_json_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("uniform") && err.contains("trailing"), "{err}");
     }
 
     #[test]

@@ -165,6 +165,12 @@ impl FromStr for Spacing {
 }
 
 impl Sampler {
+    /// Whether a spacing changes what this sampler does (DPM++ 2M Karras and LCM set their own
+    /// steps).
+    pub fn takes_spacing(&self) -> bool {
+        !matches!(self, Sampler::DpmPp2mKarras | Sampler::Lcm)
+    }
+
     /// The spacing this sampler uses unless told otherwise (its diffusers class's default;
     /// LCM's own timesteps are none of the three, and it takes no other).
     pub fn default_spacing(&self) -> Spacing {
