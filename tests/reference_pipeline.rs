@@ -79,3 +79,26 @@ fn dpmpp_2m_karras_matches_diffusers() {
 fn guidance_one_skips_the_unconditional_pass_like_diffusers() {
     check_case("sd-tiny-a", "euler_cfg1");
 }
+
+/// An LCM-distilled UNet (the guidance scale as an embedding, no unconditional pass) with the
+/// LCM sampler, against diffusers' `LatentConsistencyModelPipeline`: sd-tiny-b (v-prediction)
+/// with lcm-tiny's UNet (sd-tiny-b's plus `time_embedding.cond_proj`) and LCMScheduler config.
+#[test]
+fn lcm_distilled_unet_matches_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("lcm-tiny");
+    copy_dir(&fixtures().join("sd-tiny-b"), &model);
+    for part in ["unet", "scheduler"] {
+        std::fs::remove_dir_all(model.join(part)).unwrap();
+        copy_dir(&fixtures().join("lcm-tiny").join(part), &model.join(part));
+    }
+    let p = Pipeline::load(&model, &Device::Cpu).unwrap();
+    assert_eq!(p.model.unet.config.time_cond_proj_dim, Some(16));
+    assert_eq!(
+        easel::diffusion::pipeline::default_sampler(&p.model),
+        easel::diffusion::schedulers::Sampler::Lcm,
+        "an LCMScheduler config picks the LCM sampler"
+    );
+    let init = load(&fixtures().join("refs/sd-tiny-b/init_noise.safetensors"))["noise"].clone();
+    check_recorded_run(&p, &fixtures().join("refs/lcm-tiny"), "lcm", init, 1);
+}

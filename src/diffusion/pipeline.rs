@@ -265,6 +265,12 @@ impl Pipeline {
         })
     }
 
+    /// Whether the request runs classifier-free guidance (an unconditional pass beside the
+    /// prompt's): scales above 1, except on LCM-distilled UNets, which embed the scale instead.
+    fn guided_by_cfg(&self, req: &GenerateRequest) -> bool {
+        guidance::uses_uncond(req.cfg_scale) && self.model.unet.config.time_cond_proj_dim.is_none()
+    }
+
     /// The spacing a request's sampler runs with, when not its default: the request's own,
     /// else the one the model's scheduler file sets for the sampler of its class (SD-Turbo's
     /// Euler, "trailing").
@@ -389,7 +395,7 @@ impl Pipeline {
             vae_channels: vae_channels.first().copied().unwrap_or(128),
             vae_latent_channels: vae_channels.last().copied().unwrap_or(512),
         };
-        let batch = if req.cfg_scale > 1.0 { 2 } else { 1 };
+        let batch = if self.guided_by_cfg(req) { 2 } else { 1 };
         let multiple = self.model.size_multiple();
         memory::plan(
             shape,
@@ -437,7 +443,15 @@ impl Pipeline {
         let device = &self.model.device;
         let mut warnings = Vec::new();
 
-        let cfg = guidance::uses_uncond(req.cfg_scale);
+        let cfg = self.guided_by_cfg(req);
+        // LCM-distilled UNets take the scale as an embedding instead.
+        let scale_embedding = match self.model.unet.config.time_cond_proj_dim {
+            Some(dim) => Some(
+                guidance::scale_embedding(req.cfg_scale, dim, device)
+                    .map_err(compute("guidance embedding"))?,
+            ),
+            None => None,
+        };
         let context = if cfg {
             // [uncond, cond], encoded as one batch.
             let both = [req.negative_prompt.as_str(), req.prompt.as_str()];
@@ -475,7 +489,12 @@ impl Pipeline {
                     latents.clone()
                 };
                 let input = scheduler.scale_model_input(&input, i)?;
-                let pred = self.model.unet.forward(&input, t, &context)?;
+                let pred = self.model.unet.forward_guided(
+                    &input,
+                    t,
+                    &context,
+                    scale_embedding.as_ref(),
+                )?;
                 let pred = if cfg {
                     guidance::combine(
                         &pred.get(0)?.unsqueeze(0)?,

@@ -153,11 +153,6 @@ impl UNetConfig {
         if let Some(t) = &self.class_embed_type {
             return Err(unsupported(format!("class_embed_type {t:?}")));
         }
-        if self.time_cond_proj_dim.is_some() {
-            return Err(unsupported(
-                "time_cond_proj_dim (LCM guidance embedding)".into(),
-            ));
-        }
         if self.encoder_hid_dim.is_some() || self.dual_cross_attention {
             return Err(unsupported("encoder_hid_dim / dual_cross_attention".into()));
         }
@@ -267,6 +262,9 @@ pub struct UNet {
     conv_in: LoraConv2d,
     time_linear_1: LoraLinear,
     time_linear_2: LoraLinear,
+    /// LCM-distilled UNets: the guidance-scale embedding's projection, added to the timestep
+    /// embedding (diffusers' `time_embedding.cond_proj`, `time_cond_proj_dim` wide).
+    time_cond_proj: Option<candle_nn::Linear>,
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
@@ -344,6 +342,14 @@ impl UNet {
                 true,
                 vb.pp("time_embedding").pp("linear_2"),
             )?,
+            time_cond_proj: match config.time_cond_proj_dim {
+                Some(dim) => Some(candle_nn::linear_no_bias(
+                    dim,
+                    c0,
+                    vb.pp("time_embedding").pp("cond_proj"),
+                )?),
+                None => None,
+            },
             down,
             mid,
             up,
@@ -383,6 +389,19 @@ impl UNet {
         timestep: f64,
         context: &Tensor,
     ) -> CandleResult<Tensor> {
+        self.forward_guided(latents, timestep, context, None)
+    }
+
+    /// [`Self::forward`] for an LCM-distilled UNet: `guidance` is the guidance-scale embedding
+    /// ([`guidance_embedding`], [1, time_cond_proj_dim]) that takes the place of classifier-free
+    /// guidance. Ignored by UNets without `time_cond_proj_dim`.
+    pub fn forward_guided(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        guidance: Option<&Tensor>,
+    ) -> CandleResult<Tensor> {
         let (batch, _, _, _) = latents.dims4()?;
         let c0 = self.time_linear_1.weight().dim(1)?;
         let t = timestep_embedding(
@@ -394,6 +413,13 @@ impl UNet {
             latents.device(),
         )?
         .to_dtype(latents.dtype())?;
+        let t = match (&self.time_cond_proj, guidance) {
+            (Some(proj), Some(w)) => {
+                let w = crate::ops::linear(&w.to_dtype(t.dtype())?, proj)?;
+                t.broadcast_add(&w)?
+            }
+            _ => t,
+        };
         let temb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&t)?.silu()?)?;
