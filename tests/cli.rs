@@ -373,6 +373,16 @@ fn the_model_files_spacing_applies_to_its_own_sampler() {
         other, None,
         "a sampler of another class took the file's spacing"
     );
+    // The studio offers such a model its recipe: 4 steps, no guidance.
+    let load =
+        |dir: &Path| easel::diffusion::Pipeline::load(dir, &candle_core::Device::Cpu).unwrap();
+    let few = easel::diffusion::pipeline::few_step_defaults(&load(&turbo).model).unwrap();
+    assert_eq!((few.steps, few.cfg_scale), (4, 0.0));
+    let plain = load(&fixture_model("sd-tiny-a"));
+    assert_eq!(
+        easel::diffusion::pipeline::few_step_defaults(&plain.model),
+        None
+    );
 }
 
 #[test]

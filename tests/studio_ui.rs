@@ -465,3 +465,40 @@ fn settings_round_trip_through_eframe_storage() {
         eframe::get_value(&store, "easel-settings").expect("stored");
     assert_eq!(&back, h.state().settings());
 }
+
+/// An LCM-distilled model (lcm-tiny's UNet in a copy of sd-tiny-b) loaded with the studio's
+/// 20 steps and CFG 7.5: its recipe is offered, and one click takes it.
+#[test]
+fn a_few_step_model_offers_its_steps_and_cfg() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let models = tempfile::tempdir().expect("tempdir");
+    let lcm = models.path().join("lcm-tiny");
+    common::copy_dir(&common::fixtures().join("sd-tiny-b"), &lcm);
+    for part in ["unet", "scheduler"] {
+        std::fs::remove_dir_all(lcm.join(part)).unwrap();
+        common::copy_dir(
+            &common::fixtures().join("lcm-tiny").join(part),
+            &lcm.join(part),
+        );
+    }
+    let mut h = harness(Some(lcm), lib.path());
+    ready(&mut h);
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("looks like an LCM-distilled model")
+            .is_some(),
+        "no few-step offer"
+    );
+    h.get_by_label("Use 4 steps, CFG 8").click();
+    h.run_steps(2);
+    let s = &h.state().studio.settings;
+    assert_eq!((s.steps, s.cfg_scale), (4, 8.0));
+    assert!(h.state().studio.few_step_offer.is_none());
+    assert!(h.query_by_label_contains("looks like").is_none());
+
+    // An ordinary model offers nothing.
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    h.run_steps(2);
+    assert!(h.state().studio.few_step_offer.is_none());
+}

@@ -41,6 +41,16 @@ impl Studio {
                     self.settings.height = snap(self.settings.height, m);
                 }
                 self.settings.last_model = Some(info.path.clone());
+                // A few-step model run at 20 steps and CFG 7.5 gives burnt images: offer its
+                // recipe (not forced: the user may know better).
+                self.few_step_offer = info
+                    .few_step
+                    .as_deref()
+                    .filter(|f| {
+                        self.settings.steps > 2 * f.steps
+                            || (self.settings.cfg_scale - f.cfg_scale).abs() > 1.0
+                    })
+                    .map(|f| (info.name.clone(), f.clone()));
                 self.info(format!(
                     "Loaded {} in {:.1} s",
                     info.name,

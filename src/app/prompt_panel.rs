@@ -69,6 +69,29 @@ fn model_line(ui: &mut egui::Ui, studio: &mut Studio) {
     if dismiss {
         studio.switch_offer = None;
     }
+    let mut dismiss = false;
+    if let Some((name, few)) = studio.few_step_offer.clone() {
+        super::theme::notice_frame(ui, false).show(ui, |ui| {
+            ui.label(format!(
+                "{name} looks like {}: it is made for {} steps at CFG {}.",
+                few.kind, few.steps, few.cfg_scale
+            ));
+            ui.horizontal(|ui| {
+                let apply = format!("Use {} steps, CFG {}", few.steps, few.cfg_scale);
+                if ui.button(apply).clicked() {
+                    studio.settings.steps = few.steps;
+                    studio.settings.cfg_scale = few.cfg_scale;
+                    dismiss = true;
+                }
+                if ui.small_button("Keep my settings").clicked() {
+                    dismiss = true;
+                }
+            });
+        });
+    }
+    if dismiss {
+        studio.few_step_offer = None;
+    }
 }
 
 fn folder_name(dir: &std::path::Path) -> String {

@@ -113,6 +113,8 @@ pub struct Studio {
     pub library_scanning: bool,
     /// A library model a dropped image was made with, offered as a switch.
     pub switch_offer: Option<LibraryEntry>,
+    /// A just-loaded few-step model's recipe, offered while the settings are far from it.
+    pub few_step_offer: Option<(String, crate::diffusion::pipeline::FewStep)>,
 }
 
 impl Studio {
@@ -136,6 +138,7 @@ impl Studio {
             library: Vec::new(),
             library_scanning: false,
             switch_offer: None,
+            few_step_offer: None,
         }
     }
 

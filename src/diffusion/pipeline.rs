@@ -73,6 +73,38 @@ impl GenerateRequest {
     }
 }
 
+/// What a few-step model is made to run with, when the files say it is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FewStep {
+    /// "an LCM-distilled model", …: completes "this model looks like …".
+    pub kind: &'static str,
+    pub steps: usize,
+    pub cfg_scale: f64,
+}
+
+/// The settings a few-step model wants, read from its files: an LCM-distilled UNet
+/// (`time_cond_proj_dim`: 4 steps at guidance 8, its model cards' recipe) or a scheduler file
+/// that asks its Euler sampler for "trailing" spacing (SD-Turbo: 1–4 steps, no guidance).
+pub fn few_step_defaults(model: &StableDiffusion) -> Option<FewStep> {
+    if model.unet.config.time_cond_proj_dim.is_some() {
+        return Some(FewStep {
+            kind: "an LCM-distilled model",
+            steps: 4,
+            cfg_scale: 8.0,
+        });
+    }
+    let file = &model.scheduler;
+    let euler = matches!(
+        Sampler::from_diffusers_class(&file.class_name),
+        Some(Sampler::Euler | Sampler::EulerAncestral)
+    );
+    (euler && file.timestep_spacing == Some(Spacing::Trailing)).then_some(FewStep {
+        kind: "a few-step model (SD-Turbo style)",
+        steps: 4,
+        cfg_scale: 0.0,
+    })
+}
+
 /// The sampler named by the model's `scheduler_config.json`; DPM++ 2M Karras for classes Easel
 /// does not implement (SD 1.5 ships PNDM), since it is the best general choice at 20 steps.
 pub fn default_sampler(model: &StableDiffusion) -> Sampler {

@@ -138,6 +138,8 @@ pub struct ModelInfo {
     /// Width and height must be multiples of this.
     pub size_multiple: usize,
     pub default_sampler: Sampler,
+    /// Set for few-step models (LCM, SD-Turbo): the steps and CFG they are made for.
+    pub few_step: Option<Box<crate::diffusion::pipeline::FewStep>>,
     pub load_duration: Duration,
 }
 

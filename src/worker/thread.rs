@@ -372,6 +372,7 @@ fn model_info(pipeline: &Pipeline, path: PathBuf, took: std::time::Duration) -> 
         native_size: model.native_size(),
         size_multiple: model.size_multiple(),
         default_sampler: default_sampler(model),
+        few_step: crate::diffusion::pipeline::few_step_defaults(model).map(Box::new),
         load_duration: took,
     }
 }
