@@ -259,12 +259,6 @@ impl ClipTextModel {
         self.final_layer_norm.forward(&xs)
     }
 
-    /// Encodes one tokenised prompt: ids → [1, seq, hidden].
-    pub fn encode_ids(&self, ids: &[u32], device: &Device, clip_skip: usize) -> Result<Tensor> {
-        let ids = Tensor::new(ids, device)?.unsqueeze(0)?;
-        self.forward_skipping(&ids, clip_skip)
-    }
-
     /// Encodes tokenised prompts of one length as a batch: [prompts, seq, hidden]. (The prompt
     /// and the negative of a guided run go together: one pass over the weights for both.)
     pub fn encode_batch(
