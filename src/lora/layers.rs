@@ -280,10 +280,11 @@ impl LoraLinear {
     /// The same layer with its weight held as [in, out] in memory (still read as [out, in]):
     /// for layers that only ever see a few rows (a text encoder's 77 tokens per prompt), where
     /// the product reads that layout directly instead of re-packing the weight on every call.
-    /// Trained weights (`Var`s) stay as they are.
+    /// Trained weights (`Var`s) and half-precision ones (widened per call, which wants them
+    /// contiguous) stay as they are.
     pub fn stored_transposed(self) -> Result<Self> {
         let w = self.base.weight();
-        if w.is_variable() || !w.device().is_cpu() {
+        if w.is_variable() || !w.device().is_cpu() || w.dtype() != candle_core::DType::F32 {
             return Ok(self);
         }
         let w = w.t()?.contiguous()?.t()?;
