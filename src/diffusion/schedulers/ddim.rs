@@ -11,7 +11,10 @@ use candle_core::Tensor;
 use super::config::{PredictionType, SchedulerConfig};
 use super::error::SchedulerError;
 use super::schedule::{alphas_cumprod, spaced_timesteps};
-use super::{check_step, lincomb, to_f32, NoiseSource, Scheduler, Spacing, StepOutput};
+use super::{
+    alpha_roots, check_step, lincomb, to_f32, x0_from_alpha, NoiseSource, Scheduler, Spacing,
+    StepOutput,
+};
 
 pub(crate) struct Ddim {
     alphas_cumprod: Vec<f32>,
@@ -95,27 +98,19 @@ impl Scheduler for Ddim {
         let alpha_prod_prev = t
             .checked_sub(self.step_ratio)
             .map_or(self.final_alpha_cumprod, |prev| self.alphas_cumprod[prev]);
-        // diffusers does these scalar ops on float32 tensors; so do we.
-        let beta_prod_t = 1.0 - alpha_prod_t;
-        let (sqrt_a, sqrt_b) = (
-            f64::from(alpha_prod_t.sqrt()),
-            f64::from(beta_prod_t.sqrt()),
-        );
-
-        let (pred_original, pred_epsilon) = match self.prediction_type {
-            PredictionType::Epsilon => {
-                let x0 =
-                    (&sample - model_output.affine(sqrt_b, 0.0)?)?.affine(1.0 / sqrt_a, 0.0)?;
-                (x0, model_output)
+        let pred_original = x0_from_alpha(
+            self.prediction_type,
+            alpha_prod_t,
+            &model_output,
+            &sample,
+            self.clip_sample_range,
+        )?;
+        let pred_epsilon = match self.prediction_type {
+            PredictionType::Epsilon => model_output,
+            PredictionType::VPrediction => {
+                let (sqrt_a, sqrt_b) = alpha_roots(alpha_prod_t);
+                lincomb(sqrt_a, &model_output, sqrt_b, &sample)?
             }
-            PredictionType::VPrediction => (
-                lincomb(sqrt_a, &sample, -sqrt_b, &model_output)?,
-                lincomb(sqrt_a, &model_output, sqrt_b, &sample)?,
-            ),
-        };
-        let pred_original = match self.clip_sample_range {
-            Some(range) => pred_original.clamp(-range, range)?,
-            None => pred_original,
         };
         // η = 0: no variance term, so the direction uses √(1 − ᾱ_prev) in full.
         let direction = f64::from((1.0 - alpha_prod_prev).sqrt());

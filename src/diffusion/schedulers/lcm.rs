@@ -14,7 +14,9 @@ use candle_core::Tensor;
 use super::config::{PredictionType, SchedulerConfig};
 use super::error::SchedulerError;
 use super::schedule::{alphas_cumprod, np_linspace};
-use super::{check_step, lincomb, to_f32, NoiseSource, Scheduler, StepOutput};
+use super::{
+    alpha_roots, check_step, lincomb, to_f32, x0_from_alpha, NoiseSource, Scheduler, StepOutput,
+};
 
 pub(crate) struct Lcm {
     alphas_cumprod: Vec<f32>,
@@ -90,36 +92,23 @@ impl Scheduler for Lcm {
         let out_dtype = model_output.dtype();
         let (model_output, sample) = (to_f32(model_output)?, to_f32(sample)?);
         let t = self.timestep_indices[step_index];
-        let alpha_prod_t = self.alphas_cumprod[t];
-        let (sqrt_a, sqrt_b) = (
-            f64::from(alpha_prod_t.sqrt()),
-            f64::from((1.0 - alpha_prod_t).sqrt()),
-        );
-        let pred_original = match self.prediction_type {
-            PredictionType::Epsilon => {
-                (&sample - model_output.affine(sqrt_b, 0.0)?)?.affine(1.0 / sqrt_a, 0.0)?
-            }
-            PredictionType::VPrediction => lincomb(sqrt_a, &sample, -sqrt_b, &model_output)?,
-        };
-        let pred_original = match self.clip_sample_range {
-            Some(range) => pred_original.clamp(-range, range)?,
-            None => pred_original,
-        };
+        let pred_original = x0_from_alpha(
+            self.prediction_type,
+            self.alphas_cumprod[t],
+            &model_output,
+            &sample,
+            self.clip_sample_range,
+        )?;
         let (c_skip, c_out) = Self::boundary_scalings(t);
         let denoised = lincomb(f64::from(c_out), &pred_original, f64::from(c_skip), &sample)?;
         let prev_sample = match self.timestep_indices.get(step_index + 1) {
             // Back up to the next timestep's noise level with fresh noise.
             Some(&next) => {
-                let alpha_prev = self.alphas_cumprod[next];
+                let (sqrt_a, sqrt_b) = alpha_roots(self.alphas_cumprod[next]);
                 let fresh = noise
                     .randn(denoised.dims(), denoised.device())?
                     .to_dtype(candle_core::DType::F32)?;
-                lincomb(
-                    f64::from(alpha_prev.sqrt()),
-                    &denoised,
-                    f64::from((1.0 - alpha_prev).sqrt()),
-                    &fresh,
-                )?
+                lincomb(sqrt_a, &denoised, sqrt_b, &fresh)?
             }
             None => denoised.clone(),
         };

@@ -263,6 +263,37 @@ fn lincomb(a: f64, x: &Tensor, b: f64, y: &Tensor) -> candle_core::Result<Tensor
     x.affine(a, 0.0)? + y.affine(b, 0.0)?
 }
 
+/// The x0 estimate at ᾱ_t from a UNet output, for the samplers that work on ᾱ directly (DDIM,
+/// LCM): `(x − √(1−ᾱ)·ε)/√ᾱ` or `√ᾱ·x − √(1−ᾱ)·v`, the square roots taken in f32 as diffusers
+/// does on its tensors; clamped to ±`clip` when the config clips samples.
+fn x0_from_alpha(
+    prediction: PredictionType,
+    alpha_prod_t: f32,
+    output: &Tensor,
+    sample: &Tensor,
+    clip: Option<f64>,
+) -> candle_core::Result<Tensor> {
+    let (sqrt_a, sqrt_b) = alpha_roots(alpha_prod_t);
+    let x0 = match prediction {
+        PredictionType::Epsilon => {
+            (sample - output.affine(sqrt_b, 0.0)?)?.affine(1.0 / sqrt_a, 0.0)?
+        }
+        PredictionType::VPrediction => lincomb(sqrt_a, sample, -sqrt_b, output)?,
+    };
+    match clip {
+        Some(range) => x0.clamp(-range, range),
+        None => Ok(x0),
+    }
+}
+
+/// (√ᾱ, √(1 − ᾱ)), computed in f32.
+fn alpha_roots(alpha_prod_t: f32) -> (f64, f64) {
+    (
+        f64::from(alpha_prod_t.sqrt()),
+        f64::from((1.0 - alpha_prod_t).sqrt()),
+    )
+}
+
 /// Samplers do their arithmetic in f32, as diffusers does, whatever dtype the UNet ran in.
 fn to_f32(t: &Tensor) -> candle_core::Result<Tensor> {
     t.to_dtype(DType::F32)
