@@ -188,25 +188,17 @@ fn size_slider<'a>(v: &'a mut usize, multiple: usize, label: &str) -> Slider<'a>
 
 fn sampler_combo(ui: &mut egui::Ui, s: &mut crate::settings::Settings) {
     let current = s.sampler.as_deref().and_then(|n| n.parse::<Sampler>().ok());
-    let label = current.map_or("Model default", |c| c.a1111_name());
-    egui::ComboBox::from_label("Sampler")
-        .selected_text(label)
-        .show_ui(ui, |ui| {
-            if ui
-                .selectable_label(current.is_none(), "Model default")
-                .clicked()
-            {
-                s.sampler = None;
-            }
-            for sampler in Sampler::ALL {
-                if ui
-                    .selectable_label(current == Some(sampler), sampler.a1111_name())
-                    .clicked()
-                {
-                    s.sampler = Some(sampler.cli_name().to_string());
-                }
-            }
-        });
+    let picked = optional_combo(
+        ui,
+        "Sampler",
+        "Model default",
+        current,
+        &Sampler::ALL,
+        |x| x.a1111_name(),
+    );
+    if let Some(choice) = picked {
+        s.sampler = choice.map(|x| x.cli_name().to_string());
+    }
 }
 
 /// The sampler's timestep spacing: "Auto" is the sampler's default (or, for the model's own
@@ -214,30 +206,48 @@ fn sampler_combo(ui: &mut egui::Ui, s: &mut crate::settings::Settings) {
 /// their own steps.
 fn spacing_combo(ui: &mut egui::Ui, s: &mut crate::settings::Settings, sampler: Sampler) {
     let current = s.spacing.as_deref().and_then(|n| n.parse::<Spacing>().ok());
-    let label = current.map_or("Auto", |c| c.name());
-    ui.add_enabled_ui(sampler.takes_spacing(), |ui| {
-        egui::ComboBox::from_label("Spacing")
-            .selected_text(label)
-            .show_ui(ui, |ui| {
-                if ui.selectable_label(current.is_none(), "Auto").clicked() {
-                    s.spacing = None;
+    let picked = ui.add_enabled_ui(sampler.takes_spacing(), |ui| {
+        optional_combo(ui, "Spacing", "Auto", current, &Spacing::ALL, |x| x.name())
+    });
+    picked
+        .response
+        .on_hover_text(
+            "How the steps are spread over the noise schedule. Trailing: for few-step models \
+             (SD-Turbo: Euler a, 1–4 steps, CFG 0). Auto: the sampler's default, or the model's own.",
+        )
+        .on_disabled_hover_text("This sampler sets its own steps");
+    if let Some(choice) = picked.inner {
+        s.spacing = choice.map(|x| x.name().to_string());
+    }
+}
+
+/// A combo box over `options` plus an automatic entry (`None`); returns the entry clicked, if
+/// any: `Some(None)` for the automatic one.
+fn optional_combo<T: Copy + PartialEq>(
+    ui: &mut egui::Ui,
+    label: &str,
+    auto: &'static str,
+    current: Option<T>,
+    options: &[T],
+    name: impl Fn(T) -> &'static str,
+) -> Option<Option<T>> {
+    let mut picked = None;
+    egui::ComboBox::from_label(label)
+        .selected_text(current.map_or(auto, &name))
+        .show_ui(ui, |ui| {
+            if ui.selectable_label(current.is_none(), auto).clicked() {
+                picked = Some(None);
+            }
+            for &option in options {
+                if ui
+                    .selectable_label(current == Some(option), name(option))
+                    .clicked()
+                {
+                    picked = Some(Some(option));
                 }
-                for spacing in Spacing::ALL {
-                    if ui
-                        .selectable_label(current == Some(spacing), spacing.name())
-                        .clicked()
-                    {
-                        s.spacing = Some(spacing.name().to_string());
-                    }
-                }
-            })
-    })
-    .response
-    .on_hover_text(
-        "How the steps are spread over the noise schedule. Trailing: for few-step models \
-         (SD-Turbo: Euler a, 1–4 steps, CFG 0). Auto: the sampler's default, or the model's own.",
-    )
-    .on_disabled_hover_text("This sampler sets its own steps");
+            }
+        });
+    picked
 }
 
 fn generate_button(ui: &mut egui::Ui, studio: &mut Studio) {

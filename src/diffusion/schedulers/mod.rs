@@ -196,11 +196,18 @@ pub trait Scheduler: Send {
     /// The UNet timestep for each step; its length is the number of steps.
     fn timesteps(&self) -> &[f64];
 
-    /// The standard deviation of the initial latent noise (multiply N(0, 1) noise by it).
-    fn init_noise_sigma(&self) -> f64;
+    /// The standard deviation of the initial latent noise (multiply N(0, 1) noise by it):
+    /// 1 for the samplers that work in ᾱ space (DDIM, DPM++, LCM), σ_max for Euler.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// The UNet input for `sample` at `step_index` (Euler samplers divide by √(σ² + 1)).
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> candle_core::Result<Tensor>;
+    /// The UNet input for `sample` at `step_index`: the sample itself, except for the Euler
+    /// samplers, which divide by √(σ² + 1).
+    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> candle_core::Result<Tensor> {
+        check_step(step_index, self.timesteps().len())?;
+        Ok(sample.clone())
+    }
 
     /// Advances `sample` by one step given the (guided) UNet output. Takes `&mut self` because
     /// multistep samplers keep earlier outputs; ancestral samplers draw fresh noise from `noise`.
