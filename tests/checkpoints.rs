@@ -301,7 +301,7 @@ fn bad_files_get_one_line_naming_the_file_and_the_reason() {
         ("wrong-shape.safetensors", &["out.2.weight", "shape"][..]),
         (
             "sdxl.safetensors",
-            &["SDXL checkpoint", "SD 1.x and SD 2.x"][..],
+            &["an SDXL checkpoint without its first text encoder"][..],
         ),
         ("inpaint.safetensors", &["inpainting model"][..]),
         ("vae-only.safetensors", &["a VAE on its own"][..]),
@@ -590,5 +590,48 @@ fn full_size_sd21_layout_is_detected_and_maps_completely() {
     );
     assert_eq!(t.hidden_act, "gelu");
     assert_eq!(f.text_encoder.num_layers(), 23);
+    easel::models::StableDiffusion::validate(&path, &LoadOptions::default()).unwrap();
+}
+
+/// SDXL 1.0's full-size layout (random weights converted by diffusers' SGM script; 2 515
+/// tensors with the position ids and logit scale real files carry), as a sparse file.
+#[test]
+fn full_size_sdxl_layout_is_detected_and_maps_completely() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sparse_checkpoint("sdxl.json", dir.path());
+    let f = layout_of(&path);
+    let u = &f.layout.unet;
+    assert_eq!(u.block_out_channels, [320, 640, 1280]);
+    assert_eq!(
+        u.down_block_types,
+        ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    );
+    assert_eq!(
+        format!("{:?}", u.transformer_layers_per_block),
+        "Each([1, 2, 10])"
+    );
+    assert_eq!(format!("{:?}", u.attention_head_dim), "Each([5, 10, 20])");
+    assert_eq!(u.cross_attention_dim(), Some(2048));
+    assert!(u.use_linear_projection);
+    assert_eq!(u.addition_time_embed_dim, Some(256));
+    assert_eq!(u.projection_class_embeddings_input_dim, Some(2816));
+    let t = &f.layout.text_config;
+    assert_eq!(
+        (t.hidden_size, t.num_hidden_layers, t.hidden_act.as_str()),
+        (768, 12, "quick_gelu")
+    );
+    let (_, t2) = f.layout.text_2.as_ref().unwrap();
+    assert_eq!(
+        (
+            t2.hidden_size,
+            t2.num_attention_heads,
+            t2.num_hidden_layers,
+            t2.intermediate_size,
+            t2.projection_dim
+        ),
+        (1280, 20, 32, 5120, Some(1280))
+    );
+    assert_eq!(f.text_encoder_2.as_ref().unwrap().num_layers(), 32);
+    assert_eq!(f.vae.config.scaling_factor, 0.13025);
     easel::models::StableDiffusion::validate(&path, &LoadOptions::default()).unwrap();
 }

@@ -134,17 +134,20 @@ fn sdxl_adapter_on_an_sd_model_says_what_matched_and_what_did_not() {
     else {
         panic!("{err}")
     };
-    // The CLIP-L keys fit by name (SDXL's first text encoder is SD 1.x's); the rest do not.
-    assert_eq!((matched_keys, total_keys), (2, 7));
+    // The CLIP-L keys fit by name (SDXL's first text encoder is SD 1.x's), and so does the
+    // UNet layer (this model has an `input_blocks.4.1` in LDM's names, though of another
+    // width); the second text encoder's do not.
+    assert_eq!((matched_keys, total_keys), (5, 7));
     let keys: Vec<&str> = unmatched.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys.len(), 5);
-    assert!(keys
-        .iter()
-        .all(|k| k.contains("input_blocks") || k.contains("lora_te2_")));
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k.contains("lora_te2_")));
     assert!(hint.as_deref().unwrap_or("").contains("SDXL"), "{hint:?}");
     let msg = err.to_string();
-    assert!(msg.contains("2 of 7 keys"), "{msg}");
-    assert!(msg.contains("lora_unet_input_blocks_4_1"), "{msg}");
+    assert!(msg.contains("5 of 7 keys"), "{msg}");
+    assert!(
+        msg.contains("lora_te2_text_model_encoder_layers_0"),
+        "{msg}"
+    );
     assert!(msg.contains("Nothing was applied"), "{msg}");
 }
 

@@ -291,7 +291,9 @@ fn lora_list_and_info() {
     let run = easel(&["lora", "list", &s(&loras())], None);
     assert_ok(&run, "list");
     let rows: Vec<_> = run.stdout.lines().skip(1).collect();
-    assert_eq!(rows.len(), 4, "{}", run.stdout);
+    assert_eq!(rows.len(), 6, "{}", run.stdout);
+    let sdxl = rows.iter().find(|r| r.starts_with("sdxl-style ")).unwrap();
+    assert!(sdxl.contains("SDXL"), "{sdxl}");
     let style = rows.iter().find(|r| r.starts_with("tiny-style ")).unwrap();
     for part in [
         "4",

@@ -18,12 +18,21 @@ fn scan_lists_every_adapter_with_what_it_is() {
     assert_eq!(
         names,
         [
+            "sdxl-style",
+            "sdxl-style-peft",
             "tiny-detail",
             "tiny-style",
             "tiny-style-diffusers-old",
             "tiny-style-peft"
         ]
     );
+    // SDXL adapters are told apart from SD 1.x ones: by their second text encoder's keys
+    // (the tiny models' widths say nothing), in both formats.
+    for sdxl in &infos[..2] {
+        assert_eq!(sdxl.family, Family::Sdxl, "{}", sdxl.name);
+        assert_eq!(sdxl.touches.text_layers, 42, "{}", sdxl.name);
+    }
+    let infos = &infos[2..];
     let style = &infos[1];
     assert_eq!(style.format, Format::Kohya);
     assert_eq!(style.rank, Some((4, 4)));
@@ -76,8 +85,9 @@ fn search_matches_names_trigger_words_and_family() {
     assert_eq!(hits("RED circle"), ["tiny-style"]);
     assert_eq!(hits("sd 1.x"), ["tiny-style"]);
     assert_eq!(hits("detail"), ["tiny-detail", "tiny-style"]);
-    assert_eq!(hits("style peft").len(), 1);
-    assert_eq!(hits("").len(), 4);
+    assert_eq!(hits("tiny style peft").len(), 1);
+    assert_eq!(hits("sdxl"), ["sdxl-style", "sdxl-style-peft"]);
+    assert_eq!(hits("").len(), 6);
     assert!(hits("nothing-like-this").is_empty());
 }
 

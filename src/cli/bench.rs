@@ -218,7 +218,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let anon = anon_rss_mib();
 
     let preview_ms = median(50, || {
-        latent_preview(&latents)?;
+        latent_preview(&latents, pipeline.model.latent_rgb())?;
         Ok(())
     })?;
     let ratio = preview_ms / unet_ms;

@@ -13,7 +13,7 @@ use clap::Args;
 
 use crate::diffusion::schedulers::PredictionType;
 use crate::diffusion::schedulers::{Sampler, Spacing};
-use crate::diffusion::{GenerateRequest, Outcome, Pipeline, VaeTiling};
+use crate::diffusion::{GenerateRequest, Outcome, Pipeline, SizeConditioning, VaeTiling};
 use crate::gallery::png_meta::{self, GenerationMetadata, VaeUse};
 use crate::models::checkpoint::LoadOptions;
 
@@ -44,9 +44,27 @@ pub struct GenerateArgs {
     pub dtype: Precision,
     #[arg(long)]
     pub prompt: String,
-    /// What the image should not show; empty = unconditional.
+    /// What the image should not show; empty = unconditional (SDXL: zeros, as diffusers and
+    /// A1111 do).
     #[arg(long, default_value = "")]
     pub negative: String,
+    /// SDXL: what the second text encoder (OpenCLIP bigG) reads. Default: --prompt.
+    #[arg(long = "prompt-2")]
+    pub prompt_2: Option<String>,
+    /// SDXL: the second text encoder's negative. Default: --negative.
+    #[arg(long = "negative-2")]
+    pub negative_2: Option<String>,
+    /// SDXL micro-conditioning: the size of the "original" image, WIDTHxHEIGHT (small sizes
+    /// look upscaled and soft). Default: the image size.
+    #[arg(long, value_parser = parse_size_arg, value_name = "WxH")]
+    pub original_size: Option<(usize, usize)>,
+    /// SDXL micro-conditioning: where that image was cropped, LEFT,TOP (0,0 centres the subject).
+    #[arg(long, value_parser = parse_crop_arg, value_name = "LEFT,TOP", default_value = "0,0")]
+    pub crop: (usize, usize),
+    /// SDXL micro-conditioning: the size the image is meant for, WIDTHxHEIGHT. Default: the
+    /// image size.
+    #[arg(long, value_parser = parse_size_arg, value_name = "WxH")]
+    pub target_size: Option<(usize, usize)>,
     #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
     pub steps: usize,
     /// Classifier-free guidance scale; ≤ 1 skips the unconditional pass.
@@ -124,7 +142,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         taesd: None,
     };
     let mut pipeline = Pipeline::load_with(&model_dir, &options, &device)?;
-    if let Some(taesd) = load_taesd(&args, &model_dir, &device)? {
+    let sdxl = pipeline.model.is_sdxl();
+    if let Some(taesd) = load_taesd(&args, &model_dir, sdxl, &device)? {
         pipeline.set_taesd(taesd)?;
     }
     let model = &pipeline.model;
@@ -151,6 +170,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let mut req = GenerateRequest::new(&pipeline.model, &args.prompt, seed);
     req.negative_prompt = args.negative.clone();
+    req.prompt_2 = args.prompt_2.clone();
+    req.negative_prompt_2 = args.negative_2.clone();
+    req.size_cond = SizeConditioning {
+        original: args.original_size,
+        crop: args.crop,
+        target: args.target_size,
+    };
     req.steps = args.steps;
     req.cfg_scale = args.cfg;
     req.clip_skip = args.clip_skip;
@@ -253,6 +279,30 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--original-size` / `--target-size`: WIDTHxHEIGHT, each side 1..=65536.
+fn parse_size_arg(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not WIDTHxHEIGHT (e.g. 1024x1024)"))?;
+    let side = |v: &str| match v.trim().parse::<usize>() {
+        Ok(n) if (1..=65536).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: {v:?} is not a side in 1..=65536")),
+    };
+    Ok((side(w)?, side(h)?))
+}
+
+/// `--crop`: LEFT,TOP in pixels, each 0..=65536.
+fn parse_crop_arg(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (l, t) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?} is not LEFT,TOP (e.g. 0,0)"))?;
+    let offset = |v: &str| match v.trim().parse::<usize>() {
+        Ok(n) if n <= 65536 => Ok(n),
+        _ => Err(format!("{s:?}: {v:?} is not an offset in 0..=65536")),
+    };
+    Ok((offset(l)?, offset(t)?))
+}
+
 /// `--decoder` / `--preview`: the built-in way, or TAESD from a path or the model folders.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaesdChoice {
@@ -284,6 +334,7 @@ pub fn parse_preview_arg(s: &str) -> Result<TaesdChoice, String> {
 fn load_taesd(
     args: &GenerateArgs,
     model: &Path,
+    sdxl: bool,
     device: &Device,
 ) -> Result<Option<crate::diffusion::TaesdUse>> {
     let paths: Vec<(&str, &Option<PathBuf>)> =
@@ -312,7 +363,7 @@ fn load_taesd(
                 .map(|p| vec![p.to_path_buf()])
                 .unwrap_or_else(|| vec![model.to_path_buf()]);
             dirs.extend(crate::models::library::default_model_dirs());
-            crate::models::taesd::find(&dirs, crate::models::taesd::DECODER_FILES[0])
+            crate::models::taesd::find(&dirs, crate::models::taesd::decoder_file(sdxl))
                 .map_err(|e| anyhow!("--{flag} taesd: {e}"))?
         }
     };

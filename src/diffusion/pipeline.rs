@@ -19,6 +19,7 @@ use super::schedulers::{self, Sampler, Spacing};
 use crate::models::checkpoint::LoadOptions;
 use crate::models::error::without_backtrace;
 use crate::models::taesd::{Taesd, TaesdOptions};
+use crate::models::unet::Conditioning;
 use crate::models::vae::TileConfig;
 use crate::models::{ModelError, StableDiffusion};
 
@@ -43,7 +44,14 @@ pub struct GenerateRequest {
     pub sampler: Sampler,
     /// How the sampler lays its steps over the training timesteps; `None`: its default.
     pub spacing: Option<Spacing>,
+    /// SDXL: what the second text encoder reads; `None`: the prompt (diffusers' `prompt_2`).
+    pub prompt_2: Option<String>,
+    /// SDXL: the second text encoder's negative; `None`: the negative prompt.
+    pub negative_prompt_2: Option<String>,
+    /// SDXL's micro-conditioning (original size, crop, target size).
+    pub size_cond: SizeConditioning,
     /// A1111's "Clip skip": 1 = the text encoder's last layer, 2 = the one before, …
+    /// (SDXL: 1 = the penultimate layer, which SDXL was trained on.)
     pub clip_skip: usize,
     /// Replaces the seeded initial noise: [1, C, H/f, W/f], before init-sigma scaling
     /// (diffusers' `latents=` argument).
@@ -66,11 +74,52 @@ impl GenerateRequest {
             height: size,
             sampler: default_sampler(model),
             spacing: None,
+            prompt_2: None,
+            negative_prompt_2: None,
+            size_cond: SizeConditioning::default(),
             clip_skip: 1,
             init_noise: None,
             vae_tiling: VaeTiling::Auto,
         }
     }
+}
+
+/// SDXL's micro-conditioning: what the UNet is told about the training image the output should
+/// look like it came from. Sizes are (width, height) in pixels; `None` means the image's own
+/// size, as in diffusers and ComfyUI.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SizeConditioning {
+    /// The size the "original" image had (small values look upscaled and soft).
+    pub original: Option<(usize, usize)>,
+    /// Where that image was cropped, (left, top); (0, 0) centres the subject.
+    pub crop: (usize, usize),
+    /// The size the image was meant for.
+    pub target: Option<(usize, usize)>,
+}
+
+impl SizeConditioning {
+    /// The six values in diffusers' order for an image of `width` × `height`: original
+    /// (height, width), crop (top, left), target (height, width).
+    pub fn time_ids(&self, width: usize, height: usize) -> [f32; 6] {
+        let (ow, oh) = self.original.unwrap_or((width, height));
+        let (left, top) = self.crop;
+        let (tw, th) = self.target.unwrap_or((width, height));
+        [oh, ow, top, left, th, tw].map(|v| v as f32)
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Prompts encoded for the UNet.
+pub struct TextEncoding {
+    /// The text states: [prompts, 77, width] (SDXL: both encoders' side by side).
+    pub states: Tensor,
+    /// SDXL: the second encoder's pooled projection, [prompts, pooled].
+    pub pooled: Option<Tensor>,
+    /// One slot per prompt: set when it was truncated.
+    pub warnings: Vec<Option<String>>,
 }
 
 /// What a few-step model is made to run with, when the files say it is one.
@@ -267,33 +316,129 @@ impl Pipeline {
         texts: [&str; N],
         clip_skip: usize,
     ) -> Result<[(Tensor, Option<String>); N], PipelineError> {
-        let tokenizer = &self.model.tokenizer;
-        let mut ids = Vec::with_capacity(texts.len());
-        let mut warnings = Vec::with_capacity(texts.len());
-        for text in texts {
-            // `<lora:name:w>` tags choose adapters (see `crate::lora`); CLIP must not read them.
-            let enc = tokenizer.encode(&crate::lora::prompt::strip_tags(text));
-            warnings.push(enc.truncated.then(|| {
-                format!(
-                    "prompt is {} tokens, truncated to the first {} (the text encoder's limit)",
-                    enc.n_tokens,
-                    tokenizer.max_len() - 2
-                )
-            }));
-            ids.push(enc.ids);
-        }
-        let states = self
-            .model
-            .text_encoder
-            .encode_batch(&ids, &self.model.device, clip_skip)
-            .map_err(compute("text encoding"))?;
+        let enc = self.encode_texts(&texts, &texts, clip_skip)?;
         let mut out = Vec::with_capacity(N);
-        for (i, warning) in warnings.into_iter().enumerate() {
-            let one = states.narrow(0, i, 1).map_err(compute("text encoding"))?;
+        for (i, warning) in enc.warnings.into_iter().enumerate() {
+            let one = enc
+                .states
+                .narrow(0, i, 1)
+                .map_err(compute("text encoding"))?;
             out.push((one, warning));
         }
         out.try_into().map_err(|_| {
             compute("text encoding")(candle_core::Error::Msg("wrong batch size".into()))
+        })
+    }
+
+    /// Encodes prompts as one batch. `texts_2` go to SDXL's second encoder (ignored by other
+    /// models), whose states are joined to the first's along the width.
+    pub fn encode_texts(
+        &self,
+        texts: &[&str],
+        texts_2: &[&str],
+        clip_skip: usize,
+    ) -> Result<TextEncoding, PipelineError> {
+        let model = &self.model;
+        let device = &model.device;
+        let mut warnings = vec![None; texts.len()];
+        let ids = tokenize(&model.tokenizer, texts, &mut warnings);
+        let err = compute("text encoding");
+        let Some(second) = &model.text_encoder_2 else {
+            let states = model
+                .text_encoder
+                .encode_batch(&ids, device, clip_skip)
+                .map_err(err)?;
+            return Ok(TextEncoding {
+                states,
+                pooled: None,
+                warnings,
+            });
+        };
+        let ids_2 = tokenize(&second.tokenizer, texts_2, &mut warnings);
+        (|| {
+            let eos = model.tokenizer.eos_id();
+            let (first, _) = model
+                .text_encoder
+                .encode_hidden(&ids, eos, device, clip_skip)?;
+            let eos = second.tokenizer.eos_id();
+            let (states, pooled) = second
+                .encoder
+                .encode_hidden(&ids_2, eos, device, clip_skip)?;
+            let states = Tensor::cat(&[&first, &states], 2)?;
+            Ok(TextEncoding {
+                states,
+                pooled,
+                warnings,
+            })
+        })()
+        .map_err(err)
+    }
+
+    /// What the UNet is conditioned on for a request: the text states ([uncond, cond] when
+    /// guided), SDXL's pooled text and micro-conditioning, an LCM UNet's guidance embedding.
+    fn conditioning(
+        &self,
+        req: &GenerateRequest,
+        cfg: bool,
+        warnings: &mut Vec<String>,
+    ) -> Result<Conditioning, PipelineError> {
+        let device = &self.model.device;
+        let prompt_2 = req.prompt_2.as_deref().unwrap_or(&req.prompt);
+        let negative_2 = req
+            .negative_prompt_2
+            .as_deref()
+            .unwrap_or(&req.negative_prompt);
+        // SDXL conditions an empty negative on zeros (diffusers' `force_zeros_for_empty_prompt`,
+        // A1111's rule), not on the encoding of "".
+        let sdxl = self.model.text_encoder_2.is_some();
+        let zero_negative = cfg && sdxl && req.negative_prompt.is_empty() && negative_2.is_empty();
+        let (texts, texts_2) = if cfg && !zero_negative {
+            (
+                vec![req.negative_prompt.as_str(), req.prompt.as_str()],
+                vec![negative_2, prompt_2],
+            )
+        } else {
+            (vec![req.prompt.as_str()], vec![prompt_2])
+        };
+        let TextEncoding {
+            mut states,
+            mut pooled,
+            warnings: text_warnings,
+        } = self.encode_texts(&texts, &texts_2, req.clip_skip)?;
+        let n = texts.len();
+        // The prompt's warning first, then the negative's.
+        for (i, warning) in text_warnings.into_iter().enumerate().rev() {
+            let negative = n == 2 && i == 0;
+            warnings.extend(warning.map(|w| if negative { format!("negative {w}") } else { w }));
+        }
+        let err = || compute("text encoding");
+        if zero_negative {
+            let zeros = |t: &Tensor| Tensor::cat(&[&t.zeros_like()?, t], 0);
+            states = zeros(&states).map_err(err())?;
+            pooled = pooled.as_ref().map(zeros).transpose().map_err(err())?;
+        }
+        let batch = if cfg { 2 } else { 1 };
+        let text_time = match pooled {
+            Some(pooled) => {
+                let ids = req.size_cond.time_ids(req.width, req.height);
+                let ids: Vec<f32> = (0..batch).flat_map(|_| ids).collect();
+                let ids = Tensor::from_vec(ids, (batch, 6), device).map_err(err())?;
+                Some((pooled, ids))
+            }
+            None => None,
+        };
+        // LCM-distilled UNets take the scale as an embedding instead.
+        let guidance = match self.model.unet.config.time_cond_proj_dim {
+            Some(dim) => Some(
+                guidance::scale_embedding(req.cfg_scale, dim, device)
+                    .map_err(compute("guidance embedding"))?,
+            ),
+            None => None,
+        };
+        Ok(Conditioning {
+            context: states,
+            text_time,
+            guidance,
         })
     }
 
@@ -476,27 +621,7 @@ impl Pipeline {
         let mut warnings = Vec::new();
 
         let cfg = self.guided_by_cfg(req);
-        // LCM-distilled UNets take the scale as an embedding instead.
-        let scale_embedding = match self.model.unet.config.time_cond_proj_dim {
-            Some(dim) => Some(
-                guidance::scale_embedding(req.cfg_scale, dim, device)
-                    .map_err(compute("guidance embedding"))?,
-            ),
-            None => None,
-        };
-        let context = if cfg {
-            // [uncond, cond], encoded as one batch.
-            let both = [req.negative_prompt.as_str(), req.prompt.as_str()];
-            let [(uncond, negative_warning), (cond, warning)] =
-                self.encode_prompts_skipping(both, req.clip_skip)?;
-            warnings.extend(warning);
-            warnings.extend(negative_warning.map(|w| format!("negative {w}")));
-            Tensor::cat(&[&uncond, &cond], 0).map_err(compute("text encoding"))?
-        } else {
-            let (cond, warning) = self.encode_prompt_skipping(&req.prompt, req.clip_skip)?;
-            warnings.extend(warning);
-            cond
-        };
+        let cond = self.conditioning(req, cfg, &mut warnings)?;
 
         let mut scheduler = self.scheduler(req)?;
         let shape = self.latent_shape(req);
@@ -521,12 +646,7 @@ impl Pipeline {
                     latents.clone()
                 };
                 let input = scheduler.scale_model_input(&input, i)?;
-                let pred = self.model.unet.forward_guided(
-                    &input,
-                    t,
-                    &context,
-                    scale_embedding.as_ref(),
-                )?;
+                let pred = self.model.unet.forward_with(&input, t, &cond)?;
                 let pred = if cfg {
                     guidance::combine(
                         &pred.get(0)?.unsqueeze(0)?,
@@ -542,7 +662,7 @@ impl Pipeline {
             latents = step_out.prev_sample;
             let preview = match &self.taesd {
                 Some(t) if t.preview => taesd_preview(&t.model, &step_out.pred_original),
-                _ => latent_preview(&step_out.pred_original),
+                _ => latent_preview(&step_out.pred_original, self.model.latent_rgb()),
             }
             .map_err(compute("preview"))?;
             on_step(&StepProgress {
@@ -614,6 +734,31 @@ impl Pipeline {
             warnings: Vec::new(),
         })
     }
+}
+
+/// Tokenises prompts for one text encoder, noting in `warnings` (one slot per prompt) those
+/// that were truncated. `<lora:name:w>` tags choose adapters (see `crate::lora`); CLIP must not
+/// read them.
+fn tokenize(
+    tokenizer: &crate::models::tokenizer::ClipTokenizer,
+    texts: &[&str],
+    warnings: &mut [Option<String>],
+) -> Vec<Vec<u32>> {
+    texts
+        .iter()
+        .zip(warnings.iter_mut())
+        .map(|(text, warning)| {
+            let enc = tokenizer.encode(&crate::lora::prompt::strip_tags(text));
+            if enc.truncated && warning.is_none() {
+                *warning = Some(format!(
+                    "prompt is {} tokens, truncated to the first {} (the text encoder's limit)",
+                    enc.n_tokens,
+                    tokenizer.max_len() - 2
+                ));
+            }
+            enc.ids
+        })
+        .collect()
 }
 
 fn round_to(v: usize, multiple: usize) -> usize {

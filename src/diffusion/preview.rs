@@ -2,8 +2,8 @@
 //!
 //! A 4-channel SD latent maps to RGB almost linearly, so a 4×3 projection of the predicted clean
 //! latents (x0) gives a recognisable thumbnail for the price of a few thousand multiply-adds —
-//! nothing next to a UNet step. The SD 1.x factors are the ones ComfyUI and stable-diffusion.cpp
-//! publish. Latents with another channel count (or an unknown model family) fall back to
+//! nothing next to a UNet step. The SD 1.x and SDXL factors (SDXL's VAE has its own latent
+//! space) are the ones ComfyUI publishes. Latents with another channel count (or an unknown model family) fall back to
 //! grouping channels into R, G and B and stretching each image to its own range: not faithful
 //! colours, but the composition shows.
 
@@ -11,13 +11,34 @@ use candle_core::{DType, Result, Tensor};
 
 use crate::models::taesd::Taesd;
 
-/// SD 1.x latent → RGB factors (rows: latent channels; columns: R, G, B).
-pub const SD1_LATENT_RGB: [[f32; 3]; 4] = [
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.7177],
-];
+/// A linear latent → RGB map: rows are latent channels, columns R, G, B; then the bias.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatentRgb {
+    pub factors: [[f32; 3]; 4],
+    pub bias: [f32; 3],
+}
+
+/// SD 1.x and 2.x latents (their VAEs share one latent space).
+pub const SD1_LATENT_RGB: LatentRgb = LatentRgb {
+    factors: [
+        [0.3512, 0.2297, 0.3227],
+        [0.3250, 0.4974, 0.2350],
+        [-0.2829, 0.1762, 0.2721],
+        [-0.2120, -0.2616, -0.7177],
+    ],
+    bias: [0.0; 3],
+};
+
+/// SDXL latents.
+pub const SDXL_LATENT_RGB: LatentRgb = LatentRgb {
+    factors: [
+        [0.3651, 0.4232, 0.4341],
+        [-0.2533, -0.0042, 0.1068],
+        [0.1076, 0.1111, -0.0362],
+        [-0.3165, -0.2492, -0.2188],
+    ],
+    bias: [0.1084, -0.0175, -0.0011],
+};
 
 /// An 8-bit RGB image at latent resolution (the UI scales it up).
 #[derive(Debug, Clone, PartialEq)]
@@ -28,8 +49,8 @@ pub struct Preview {
     pub rgb: Vec<u8>,
 }
 
-/// Projects the first latent of a [batch, channels, h, w] tensor to RGB.
-pub fn latent_preview(latents: &Tensor) -> Result<Preview> {
+/// Projects the first latent of a [batch, channels, h, w] tensor to RGB with `map`.
+pub fn latent_preview(latents: &Tensor, map: &LatentRgb) -> Result<Preview> {
     let (_, c, h, w) = latents.dims4()?;
     let data: Vec<f32> = latents
         .get(0)?
@@ -38,12 +59,13 @@ pub fn latent_preview(latents: &Tensor) -> Result<Preview> {
         .to_vec1()?;
     let plane = h * w;
     let mut rgb = vec![0u8; plane * 3];
-    if c == SD1_LATENT_RGB.len() {
+    if c == map.factors.len() {
         for p in 0..plane {
             for (k, out) in rgb[p * 3..p * 3 + 3].iter_mut().enumerate() {
                 let v: f32 = (0..c)
-                    .map(|ch| data[ch * plane + p] * SD1_LATENT_RGB[ch][k])
-                    .sum();
+                    .map(|ch| data[ch * plane + p] * map.factors[ch][k])
+                    .sum::<f32>()
+                    + map.bias[k];
                 *out = to_u8((v + 1.0) * 0.5);
             }
         }
@@ -123,16 +145,20 @@ mod tests {
     use candle_core::Device;
 
     #[test]
-    fn sd1_projection_uses_the_published_factors() -> Result<()> {
-        // One pixel whose latent is (1, 0, 0, 0) previews as the first factor row.
+    fn projection_uses_the_published_factors_and_bias() -> Result<()> {
+        // One pixel whose latent is (1, 0, 0, 0) previews as the first factor row plus the bias.
         let t = Tensor::new(&[1f32, 0., 0., 0.], &Device::Cpu)?.reshape((1, 4, 1, 1))?;
-        let p = latent_preview(&t)?;
-        let expect: Vec<u8> = SD1_LATENT_RGB[0]
-            .iter()
-            .map(|v| to_u8((v + 1.0) * 0.5))
-            .collect();
-        assert_eq!(p.rgb, expect);
-        assert_eq!((p.width, p.height), (1, 1));
+        for map in [SD1_LATENT_RGB, SDXL_LATENT_RGB] {
+            let p = latent_preview(&t, &map)?;
+            let expect: Vec<u8> = (0..3)
+                .map(|k| to_u8((map.factors[0][k] + map.bias[k] + 1.0) * 0.5))
+                .collect();
+            assert_eq!(p.rgb, expect);
+            assert_eq!((p.width, p.height), (1, 1));
+        }
+        // The two families' maps differ: an SDXL latent shown with SD 1.x colours is wrong.
+        let sd1 = latent_preview(&t, &SD1_LATENT_RGB)?;
+        assert_ne!(sd1.rgb, latent_preview(&t, &SDXL_LATENT_RGB)?.rgb);
         Ok(())
     }
 
@@ -144,7 +170,7 @@ mod tests {
             v[ch * 2 + 1] = 1.0;
         }
         let t = Tensor::from_vec(v, (1, 8, 1, 2), &Device::Cpu)?;
-        let p = latent_preview(&t)?;
+        let p = latent_preview(&t, &SD1_LATENT_RGB)?;
         assert_eq!(p.rgb, vec![0, 0, 0, 255, 255, 255]);
         Ok(())
     }

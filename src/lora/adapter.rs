@@ -48,7 +48,7 @@ impl Adapter {
         let header = read_header(path)?;
         let parsed = parse_keys(header.tensors.keys().map(String::as_str));
         let slots = ModelSlots::of(model);
-        let index = SlotIndex::new(&slots);
+        let index = SlotIndex::new(&slots, &model.unet);
         let total_keys = header.tensors.len();
 
         let mut unmatched = parsed.unrecognised.clone();
@@ -181,6 +181,8 @@ fn scalar(t: &Tensor) -> candle_core::Result<f64> {
 pub(crate) struct ModelSlots<'a> {
     pub unet: Vec<&'a LoraSlot>,
     pub text: Vec<&'a LoraSlot>,
+    /// SDXL's second text encoder (empty for SD 1.x/2.x).
+    pub text_2: Vec<&'a LoraSlot>,
 }
 
 impl<'a> ModelSlots<'a> {
@@ -188,6 +190,11 @@ impl<'a> ModelSlots<'a> {
         Self {
             unet: model.unet.lora_slots(),
             text: model.text_encoder.lora_slots(),
+            text_2: model
+                .text_encoder_2
+                .as_ref()
+                .map(|t| t.encoder.lora_slots())
+                .unwrap_or_default(),
         }
     }
 
@@ -195,6 +202,7 @@ impl<'a> ModelSlots<'a> {
         match c {
             Component::Unet => &self.unet,
             Component::TextEncoder => &self.text,
+            Component::TextEncoder2 => &self.text_2,
         }
     }
 }
@@ -202,7 +210,7 @@ impl<'a> ModelSlots<'a> {
 /// A slot's name as adapters spell it: text-encoder names without `text_model.`.
 pub(crate) fn canonical_name(c: Component, slot: &LoraSlot) -> &str {
     match c {
-        Component::TextEncoder => slot
+        Component::TextEncoder | Component::TextEncoder2 => slot
             .name()
             .strip_prefix("text_model.")
             .unwrap_or(slot.name()),
@@ -216,14 +224,23 @@ struct SlotIndex {
 }
 
 impl SlotIndex {
-    fn new(slots: &ModelSlots) -> Self {
+    fn new(slots: &ModelSlots, unet: &crate::models::unet::UNet) -> Self {
         let mut dotted = HashMap::new();
         let mut under = HashMap::new();
-        for c in [Component::Unet, Component::TextEncoder] {
+        for c in Component::ALL {
             for (i, slot) in slots.get(c).iter().enumerate() {
                 let name = canonical_name(c, slot);
                 dotted.insert((c, name.to_string()), i);
                 under.insert((c, underscored(name)), i);
+                // kohya's SDXL files (and some SD 1.x ones) name UNet layers by the original
+                // LDM/SGM blocks: `input_blocks.4.1.transformer_blocks.0.attn1.to_q`.
+                if let Some(ldm) = (c == Component::Unet)
+                    .then(|| unet.ldm_name(name))
+                    .flatten()
+                {
+                    under.insert((c, underscored(&ldm)), i);
+                    dotted.insert((c, ldm), i);
+                }
             }
         }
         Self {
@@ -275,6 +292,7 @@ impl PeftConfigs {
         for (c, prefix) in [
             (Component::Unet, "unet."),
             (Component::TextEncoder, "text_encoder."),
+            (Component::TextEncoder2, "text_encoder_2."),
         ] {
             let field = |name: &str| json.get(&format!("{prefix}{name}"));
             if field("r").is_none() && field("lora_alpha").is_none() {
@@ -313,7 +331,7 @@ impl PeftConfigs {
         let name = canonical_name(c, slot);
         let prefixed = format!("text_model.{name}");
         for (re, alpha) in &cfg.patterns {
-            if re.is_match(name) || (c == Component::TextEncoder && re.is_match(&prefixed)) {
+            if re.is_match(name) || (c.is_text() && re.is_match(&prefixed)) {
                 return Some(*alpha);
             }
         }

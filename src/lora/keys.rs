@@ -9,8 +9,11 @@
 //! - **diffusers before peft** (0.14–0.21): `unet.<block>.attn1.processor.to_q_lora.down.weight`,
 //!   `<layer>.lora.down.weight` on convolutions, `text_encoder.<layer>.lora_linear_layer.down.weight`.
 //!
-//! Keys that are not plain LoRA (LoHa, LoKr, DoRA, SDXL's second text encoder, DiT models) are
-//! classified with the reason, so the user is told why an adapter does not load instead of it
+//! SDXL adapters add `lora_te2_…` / `text_encoder_2.…` for the second text encoder, and kohya
+//! names SDXL's UNet layers by the original (SGM) blocks: `lora_unet_input_blocks_4_1_…`; those
+//! are matched through the UNet's own LDM names (see `adapter`).
+//!
+//! Keys that are not plain LoRA (LoHa, LoKr, DoRA, DiT models) are classified with the reason, so the user is told why an adapter does not load instead of it
 //! silently doing less than it should.
 
 use std::collections::BTreeMap;
@@ -20,6 +23,20 @@ use std::collections::BTreeMap;
 pub enum Component {
     Unet,
     TextEncoder,
+    /// SDXL's second text encoder (OpenCLIP bigG).
+    TextEncoder2,
+}
+
+impl Component {
+    pub const ALL: [Component; 3] = [
+        Component::Unet,
+        Component::TextEncoder,
+        Component::TextEncoder2,
+    ];
+
+    pub fn is_text(self) -> bool {
+        self != Component::Unet
+    }
 }
 
 impl std::fmt::Display for Component {
@@ -27,6 +44,7 @@ impl std::fmt::Display for Component {
         f.write_str(match self {
             Component::Unet => "UNet",
             Component::TextEncoder => "text encoder",
+            Component::TextEncoder2 => "second text encoder",
         })
     }
 }
@@ -185,8 +203,9 @@ fn classify_kohya(key: &str) -> Result<Classified, String> {
     {
         let r = r.strip_prefix("text_model_").unwrap_or(r);
         (Component::TextEncoder, r)
-    } else if base.starts_with("lora_te2_") {
-        return Err("SDXL's second text encoder; this model has one text encoder".into());
+    } else if let Some(r) = base.strip_prefix("lora_te2_") {
+        let r = r.strip_prefix("text_model_").unwrap_or(r);
+        (Component::TextEncoder2, r)
     } else {
         return Err("a layer of a model family Easel does not run (SD3, Flux, …)".into());
     };
@@ -263,7 +282,7 @@ fn classify_dotted(key: &str) -> Result<Classified, String> {
                 let parent = parent.strip_suffix(".processor").unwrap_or(parent);
                 let leaf = match component {
                     Component::Unet => unet_leaf,
-                    Component::TextEncoder => te_leaf,
+                    Component::TextEncoder | Component::TextEncoder2 => te_leaf,
                 };
                 let layer = dotted_layer(component, &format!("{parent}.{leaf}"));
                 return Ok((component, layer, role, Some(Format::DiffusersOld)));
@@ -288,8 +307,8 @@ fn dotted_component(key: &str) -> Result<(Component, &str), String> {
     if let Some(r) = key.strip_prefix("text_encoder.") {
         return Ok((Component::TextEncoder, r));
     }
-    if key.starts_with("text_encoder_2.") {
-        return Err("SDXL's second text encoder; this model has one text encoder".into());
+    if let Some(r) = key.strip_prefix("text_encoder_2.") {
+        return Ok((Component::TextEncoder2, r));
     }
     if key.starts_with("transformer.") {
         return Err("a layer of a transformer-based model (SD3, Flux, …)".into());
@@ -314,14 +333,17 @@ fn dotted_component(key: &str) -> Result<(Component, &str), String> {
         || r.starts_with("output_blocks.")
         || r.starts_with("middle_block.")
     {
-        return Err("original-SD (LDM) block names, which Easel does not map yet".into());
+        // Matched through the UNet's LDM names, as kohya's underscored ones are.
+        return Ok((Component::Unet, r));
     }
     Err("not a tensor name of any LoRA format Easel knows".into())
 }
 
 fn dotted_layer(component: Component, layer: &str) -> LayerKey {
     let layer = match component {
-        Component::TextEncoder => layer.strip_prefix("text_model.").unwrap_or(layer),
+        Component::TextEncoder | Component::TextEncoder2 => {
+            layer.strip_prefix("text_model.").unwrap_or(layer)
+        }
         Component::Unet => layer,
     };
     LayerKey::Dotted(layer.to_string())
@@ -417,10 +439,6 @@ mod tests {
             ("lora_unet_conv_in.lokr_w1", "LoKr"),
             ("lora_unet_conv_in.dora_scale", "DoRA"),
             (
-                "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
-                "second text encoder",
-            ),
-            (
                 "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight",
                 "transformer",
             ),
@@ -431,6 +449,36 @@ mod tests {
         ] {
             let e = classify(key).unwrap_err();
             assert!(e.contains(why), "{key}: {e}");
+        }
+    }
+
+    /// SDXL: the second text encoder in both schemes, and kohya's SGM block names.
+    #[test]
+    fn sdxl_keys_are_classified() {
+        for (key, component, layer) in [
+            (
+                "lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+                Component::TextEncoder2,
+                "encoder_layers_0_mlp_fc1",
+            ),
+            (
+                "text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
+                Component::TextEncoder2,
+                "encoder.layers.0.mlp.fc1",
+            ),
+            (
+                "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
+                Component::TextEncoder,
+                "encoder_layers_0_mlp_fc1",
+            ),
+            (
+                "lora_unet_input_blocks_4_1_proj_in.lora_up.weight",
+                Component::Unet,
+                "input_blocks_4_1_proj_in",
+            ),
+        ] {
+            let (c, l, _, _) = classify(key).unwrap();
+            assert_eq!((c, l.to_string().as_str()), (component, layer), "{key}");
         }
     }
 

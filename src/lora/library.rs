@@ -103,6 +103,18 @@ pub fn guess_family(header: &Header, parsed: &ParsedKeys) -> Family {
         Some(768) => Family::Sd1,
         Some(1024) => Family::Sd2,
         Some(2048) => Family::Sdxl,
+        // kohya's sd-scripts names UNet layers by the original blocks for SDXL only.
+        _ if keys().any(|k| {
+            ["input_blocks_", "middle_block_", "output_blocks_"]
+                .iter()
+                .any(|b| {
+                    k.strip_prefix("lora_unet_")
+                        .is_some_and(|r| r.starts_with(b))
+                })
+        }) =>
+        {
+            Family::Sdxl
+        }
         _ => Family::Unknown,
     }
 }
@@ -201,7 +213,7 @@ pub fn inspect(path: &Path) -> Result<LoraInfo, LoraError> {
         };
         match layer.component {
             Component::Unet => touches.unet_layers += 1,
-            Component::TextEncoder => touches.text_layers += 1,
+            Component::TextEncoder | Component::TextEncoder2 => touches.text_layers += 1,
         }
         if let [r, _, kh, _] = down.shape[..] {
             touches.conv_layers += 1;

@@ -48,7 +48,7 @@ impl AdapterSettings {
         }
         match c {
             Component::Unet => self.weight,
-            Component::TextEncoder => self.text_weight(),
+            Component::TextEncoder | Component::TextEncoder2 => self.text_weight(),
         }
     }
 
@@ -259,7 +259,7 @@ fn apply_entries(
         terms: terms.values().map(Vec::len).sum(),
         elapsed: Duration::ZERO,
     };
-    for c in [Component::Unet, Component::TextEncoder] {
+    for c in Component::ALL {
         for (i, slot) in slots.get(c).iter().enumerate() {
             slot.set_terms(terms.remove(&(c, i)).unwrap_or_default());
         }

@@ -43,6 +43,9 @@ pub struct ClipTextConfig {
     pub hidden_act: String,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// `CLIPTextModelWithProjection`'s output width (SDXL's second encoder).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
 }
 
 impl ClipTextConfig {
@@ -174,6 +177,9 @@ pub struct ClipTextModel {
     position_embedding: Embedding,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection`'s `text_projection` (SDXL's second encoder): maps the
+    /// pooled state to the embedding SDXL's UNet takes beside the text states.
+    text_projection: Option<candle_nn::Linear>,
     pub config: ClipTextConfig,
 }
 
@@ -185,10 +191,36 @@ impl ClipTextModel {
     ) -> std::result::Result<Self, super::error::BuildError> {
         use super::error::BuildError as E;
         let act = config.activation(config_path).map_err(E::Config)?;
-        Self::build(vb, config, act).map_err(E::Weights)
+        Self::build(vb, config, act, None).map_err(E::Weights)
     }
 
-    fn build(vb: VarBuilder, c: ClipTextConfig, act: Activation) -> Result<Self> {
+    /// A `CLIPTextModelWithProjection` (SDXL's second text encoder): also reads
+    /// `text_projection`, [projection_dim, hidden_size], for the pooled embedding.
+    pub fn with_projection(
+        vb: VarBuilder,
+        config: ClipTextConfig,
+        projection_dim: usize,
+        config_path: &Path,
+    ) -> std::result::Result<Self, super::error::BuildError> {
+        use super::error::BuildError as E;
+        let act = config.activation(config_path).map_err(E::Config)?;
+        Self::build(vb, config, act, Some(projection_dim)).map_err(E::Weights)
+    }
+
+    fn build(
+        vb: VarBuilder,
+        c: ClipTextConfig,
+        act: Activation,
+        projection_dim: Option<usize>,
+    ) -> Result<Self> {
+        let text_projection = match projection_dim {
+            Some(dim) => Some(candle_nn::linear_no_bias(
+                c.hidden_size,
+                dim,
+                vb.pp("text_projection"),
+            )?),
+            None => None,
+        };
         // Real SD checkpoints carry the `text_model.` prefix; transformers 5 saves without it.
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")
@@ -213,6 +245,7 @@ impl ClipTextModel {
             position_embedding,
             layers,
             final_layer_norm,
+            text_projection,
             config: c,
         })
     }
@@ -235,14 +268,22 @@ impl ClipTextModel {
     /// A1111's "Clip skip" (1 = the last layer; 2 = the one before, which many SD 1.x
     /// fine-tunes were trained on), the same as diffusers' `clip_skip = clip_skip - 1`.
     pub fn forward_skipping(&self, ids: &Tensor, clip_skip: usize) -> Result<Tensor> {
+        let mut xs = self.embed(ids)?;
+        let used = self.layers.len() + 1 - clip_skip.clamp(1, self.layers.len());
+        for layer in &self.layers[..used] {
+            xs = layer.forward(&xs)?;
+        }
+        self.final_layer_norm.forward(&xs)
+    }
+
+    /// Token plus position embeddings: [batch, seq, hidden].
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (_, seq) = ids.dims2()?;
-        let device = ids.device();
-        let positions = Tensor::arange(0u32, seq as u32, device)?;
+        let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
         // Embedding tables may be kept in half precision (`--dtype`); the looked-up rows are
         // widened to the dtype the model computes in, its norms'.
         let dtype = self.final_layer_norm.weight().dtype();
-        let xs = self
-            .token_embedding
+        self.token_embedding
             .forward(ids)?
             .to_dtype(dtype)?
             .broadcast_add(
@@ -250,13 +291,62 @@ impl ClipTextModel {
                     .position_embedding
                     .forward(&positions)?
                     .to_dtype(dtype)?,
-            )?;
-        let mut xs = xs;
-        let used = self.layers.len() + 1 - clip_skip.clamp(1, self.layers.len());
-        for layer in &self.layers[..used] {
+            )
+    }
+
+    /// SDXL's use of a text encoder: the hidden states after all but `clip_skip` layers, with
+    /// no final layer norm (clip skip 1 = the penultimate layer, diffusers' `hidden_states[-2]`;
+    /// N = `hidden_states[-(N + 1)]`), and, for a model with a projection, the pooled embedding:
+    /// the final-norm state at each row's first `eos` token, projected (transformers'
+    /// `text_embeds`).
+    pub fn encode_hidden(
+        &self,
+        ids: &[Vec<u32>],
+        eos: u32,
+        device: &Device,
+        clip_skip: usize,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let n = self.layers.len();
+        let keep = n - clip_skip.clamp(1, n);
+        let mut xs = self.embed(&Self::batch(ids, device)?)?;
+        let mut hidden = (keep == 0).then(|| xs.clone());
+        let run = if self.text_projection.is_some() {
+            n
+        } else {
+            keep
+        };
+        for (i, layer) in self.layers[..run].iter().enumerate() {
             xs = layer.forward(&xs)?;
+            if i + 1 == keep {
+                hidden = Some(xs.clone());
+            }
         }
-        self.final_layer_norm.forward(&xs)
+        let hidden = hidden.unwrap_or_else(|| xs.clone());
+        let Some(projection) = &self.text_projection else {
+            return Ok((hidden, None));
+        };
+        let last = self.final_layer_norm.forward(&xs)?;
+        let rows = ids
+            .iter()
+            .enumerate()
+            .map(|(b, row)| {
+                let at = row
+                    .iter()
+                    .position(|&t| t == eos)
+                    .unwrap_or(row.len().saturating_sub(1));
+                last.get(b)?.narrow(0, at, 1)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pooled = crate::ops::linear(&Tensor::cat(&rows, 0)?, projection)?;
+        Ok((hidden, Some(pooled)))
+    }
+
+    fn batch(ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let rows = ids
+            .iter()
+            .map(|ids| Tensor::new(ids.as_slice(), device))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&rows, 0)
     }
 
     /// Encodes tokenised prompts of one length as a batch: [prompts, seq, hidden]. (The prompt
@@ -267,11 +357,7 @@ impl ClipTextModel {
         device: &Device,
         clip_skip: usize,
     ) -> Result<Tensor> {
-        let rows = ids
-            .iter()
-            .map(|ids| Tensor::new(ids.as_slice(), device))
-            .collect::<Result<Vec<_>>>()?;
-        self.forward_skipping(&Tensor::stack(&rows, 0)?, clip_skip)
+        self.forward_skipping(&Self::batch(ids, device)?, clip_skip)
     }
 
     /// The number of transformer layers (the largest useful clip skip).

@@ -30,6 +30,9 @@ pub struct StableDiffusion {
     pub description: String,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second text encoder (OpenCLIP bigG, with the projection that makes the pooled
+    /// embedding) and its own tokenizer.
+    pub text_encoder_2: Option<SecondTextEncoder>,
     pub unet: UNet,
     pub vae: Vae,
     pub scheduler: SchedulerConfig,
@@ -48,6 +51,12 @@ pub struct StableDiffusion {
     pub device: Device,
     /// What the modules compute in (f32); the weights are kept in `options.precision`.
     pub dtype: DType,
+}
+
+/// SDXL's second text encoder with its tokenizer (which pads with "!").
+pub struct SecondTextEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub encoder: ClipTextModel,
 }
 
 impl StableDiffusion {
@@ -91,8 +100,10 @@ impl StableDiffusion {
         model.dtype = dtype;
         if let Some(vae) = &opts.vae {
             let channels = model.latent_channels();
-            let external = checkpoint::load_vae(vae, channels, device, stored, shapes_only)?;
+            let mut external = checkpoint::load_vae(vae, channels, device, stored, shapes_only)?;
             checkpoint::same_scale(vae, &external, model.vae_scale())?;
+            // The latent scaling belongs to the model (SDXL's 0.13025), not the VAE file.
+            external.config.scaling_factor = model.vae.config.scaling_factor;
             model.vae = external;
             model.vae_file = Some(vae.clone());
         }
@@ -154,6 +165,19 @@ impl StableDiffusion {
             ),
             tokenizer,
             text_encoder: f.text_encoder,
+            text_encoder_2: match f.text_encoder_2 {
+                // Single files carry no tokenizer; SDXL's second one pads with "!".
+                Some(encoder) => Some(SecondTextEncoder {
+                    tokenizer: ClipTokenizer::bundled_openai("!").map_err(|e| {
+                        ModelError::Tokenizer {
+                            path: path.to_path_buf(),
+                            source: Box::new(e),
+                        }
+                    })?,
+                    encoder,
+                }),
+                None => None,
+            },
             unet: f.unet,
             vae: f.vae,
             scheduler: f.scheduler,
@@ -186,7 +210,6 @@ impl StableDiffusion {
                 what: "not a diffusers model folder".into(),
             });
         }
-        let _: serde_json::Value = weights::read_json(&index)?;
         for component in ["unet", "vae", "text_encoder", "scheduler"] {
             let p = dir.join(component);
             if !p.is_dir() {
@@ -201,25 +224,41 @@ impl StableDiffusion {
         let scheduler = SchedulerConfig::from_json_file(&scheduler_path)
             .map_err(|e| ModelError::bad_config(&scheduler_path, e.to_string()))?;
 
-        let te_cfg_path = dir.join("text_encoder").join("config.json");
-        let te_cfg = ClipTextConfig::from_file(&te_cfg_path)?;
-        let tokenizer = load_tokenizer(dir, &te_cfg)?;
-        if tokenizer.max_len() > te_cfg.max_position_embeddings {
-            return Err(ModelError::bad_config(
-                &te_cfg_path,
-                format!(
-                    "max_position_embeddings {} is shorter than the tokenizer's {} tokens",
-                    te_cfg.max_position_embeddings,
-                    tokenizer.max_len()
-                ),
-            ));
-        }
-        let te_w = open_component(dir, "text_encoder", "model", dtype, device, shapes_only)?;
-        let text_encoder = build(
-            ClipTextModel::new(te_w.vb.clone(), te_cfg, &te_cfg_path),
-            &te_w,
-            &te_cfg_path,
+        let index_json: serde_json::Value = weights::read_json(&index)?;
+        refuse_refiner(&index, &index_json)?;
+        let (tokenizer, text_encoder) = load_text_encoder(
+            dir,
+            "text_encoder",
+            "tokenizer",
+            None,
+            device,
+            dtype,
+            shapes_only,
         )?;
+        let text_encoder_2 = if dir.join("text_encoder_2").is_dir() {
+            let cfg_path = dir.join("text_encoder_2").join("config.json");
+            let projection = ClipTextConfig::from_file(&cfg_path)?.projection_dim;
+            let Some(projection) = projection else {
+                return Err(ModelError::bad_config(
+                    &cfg_path,
+                    "no projection_dim: SDXL's second text encoder is a \
+                     CLIPTextModelWithProjection"
+                        .to_string(),
+                ));
+            };
+            let (tokenizer, encoder) = load_text_encoder(
+                dir,
+                "text_encoder_2",
+                "tokenizer_2",
+                Some(projection),
+                device,
+                dtype,
+                shapes_only,
+            )?;
+            Some(SecondTextEncoder { tokenizer, encoder })
+        } else {
+            None
+        };
 
         let unet_cfg_path = dir.join("unet").join("config.json");
         let unet_cfg = UNetConfig::from_file(&unet_cfg_path)?;
@@ -238,18 +277,12 @@ impl StableDiffusion {
             &unet_w,
             &unet_cfg_path,
         )?;
-        let cross_dim = unet.config.cross_attention_dim();
-        if cross_dim != Some(text_encoder.config.hidden_size) {
-            return Err(ModelError::bad_config(
-                &unet_cfg_path,
-                format!(
-                    "cross_attention_dim {} does not match the text encoder's hidden_size {} ({})",
-                    cross_dim.map_or_else(|| "(none)".to_string(), |d| d.to_string()),
-                    text_encoder.config.hidden_size,
-                    te_cfg_path.display()
-                ),
-            ));
-        }
+        check_text_widths(
+            &unet,
+            &unet_cfg_path,
+            &text_encoder,
+            text_encoder_2.as_ref(),
+        )?;
 
         let vae_cfg_path = dir.join("vae").join("config.json");
         let vae_cfg = VaeConfig::from_file(&vae_cfg_path)?;
@@ -286,9 +319,13 @@ impl StableDiffusion {
         Ok(Self {
             path: dir.to_path_buf(),
             name,
-            description: "diffusers folder".into(),
+            description: match &text_encoder_2 {
+                Some(_) => "SDXL · diffusers folder".into(),
+                None => "diffusers folder".into(),
+            },
             tokenizer,
             text_encoder,
+            text_encoder_2,
             unet,
             vae,
             scheduler,
@@ -310,7 +347,7 @@ impl StableDiffusion {
                 Some(v) => v.clone(),
                 None => self.own_vae_source(),
             };
-            let vae = checkpoint::load_vae(
+            let mut vae = checkpoint::load_vae(
                 &source,
                 self.latent_channels(),
                 &self.device,
@@ -318,6 +355,7 @@ impl StableDiffusion {
                 false,
             )?;
             checkpoint::same_scale(&source, &vae, self.vae_scale())?;
+            vae.config.scaling_factor = self.vae.config.scaling_factor;
             self.vae = vae;
             self.vae_file =
                 (source != self.path && source != self.path.join("vae")).then_some(source);
@@ -343,6 +381,20 @@ impl StableDiffusion {
             self.path.join("vae")
         } else {
             checkpoint::sidecar::vae_beside(&self.path).unwrap_or_else(|| self.path.clone())
+        }
+    }
+
+    /// Whether this is an SDXL model (two text encoders, pooled and size conditioning).
+    pub fn is_sdxl(&self) -> bool {
+        self.text_encoder_2.is_some()
+    }
+
+    /// How the per-step preview maps this model's latents to RGB.
+    pub fn latent_rgb(&self) -> &'static crate::diffusion::preview::LatentRgb {
+        if self.is_sdxl() {
+            &crate::diffusion::preview::SDXL_LATENT_RGB
+        } else {
+            &crate::diffusion::preview::SD1_LATENT_RGB
         }
     }
 
@@ -405,11 +457,109 @@ fn build<T>(
     Ok(built)
 }
 
+/// A text encoder folder (`component`) and its tokenizer, with `projection` for a
+/// `CLIPTextModelWithProjection`.
+fn load_text_encoder(
+    dir: &Path,
+    component: &str,
+    tokenizer: &str,
+    projection: Option<usize>,
+    device: &Device,
+    dtype: DType,
+    shapes_only: bool,
+) -> Result<(ClipTokenizer, ClipTextModel), ModelError> {
+    let cfg_path = dir.join(component).join("config.json");
+    let cfg = ClipTextConfig::from_file(&cfg_path)?;
+    let tokenizer = load_tokenizer(dir, tokenizer, &cfg)?;
+    if tokenizer.max_len() > cfg.max_position_embeddings {
+        return Err(ModelError::bad_config(
+            &cfg_path,
+            format!(
+                "max_position_embeddings {} is shorter than the tokenizer's {} tokens",
+                cfg.max_position_embeddings,
+                tokenizer.max_len()
+            ),
+        ));
+    }
+    let w = open_component(dir, component, "model", dtype, device, shapes_only)?;
+    let model = match projection {
+        Some(p) => ClipTextModel::with_projection(w.vb.clone(), cfg, p, &cfg_path),
+        None => ClipTextModel::new(w.vb.clone(), cfg, &cfg_path),
+    };
+    Ok((tokenizer, build(model, &w, &cfg_path)?))
+}
+
+/// An SDXL refiner (one OpenCLIP text encoder, aesthetic-score conditioning) is refused by
+/// name: it only finishes a base model's images.
+fn refuse_refiner(index: &Path, json: &serde_json::Value) -> Result<(), ModelError> {
+    let aesthetic = json
+        .get("requires_aesthetics_score")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    if aesthetic {
+        return Err(ModelError::unsupported(
+            index,
+            "this is an SDXL refiner (aesthetic-score conditioning): it refines a base model's \
+             images and cannot make one from text; load an SDXL base model"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The UNet cross-attends to the text states (both encoders' side by side for SDXL) and, for
+/// SDXL, takes the second encoder's pooled projection: the widths must agree.
+fn check_text_widths(
+    unet: &UNet,
+    unet_cfg_path: &Path,
+    text_encoder: &ClipTextModel,
+    second: Option<&SecondTextEncoder>,
+) -> Result<(), ModelError> {
+    let cross_dim = unet.config.cross_attention_dim();
+    let text_width =
+        text_encoder.config.hidden_size + second.map_or(0, |s| s.encoder.config.hidden_size);
+    let mismatch = |msg: String| Err(ModelError::bad_config(unet_cfg_path, msg));
+    if cross_dim != Some(text_width) {
+        let encoders = match second {
+            Some(_) => "the text encoders' hidden sizes together",
+            None => "the text encoder's hidden_size",
+        };
+        return mismatch(format!(
+            "cross_attention_dim {} does not match {encoders}, {text_width}",
+            cross_dim.map_or_else(|| "(none)".to_string(), |d| d.to_string()),
+        ));
+    }
+    match (unet.text_time(), second) {
+        (Some(tt), Some(s)) => {
+            let projection = s.encoder.config.projection_dim.unwrap_or(0);
+            if tt.pooled_dim != projection {
+                return mismatch(format!(
+                    "the add embedding takes a {}-wide pooled text embedding; text_encoder_2 \
+                     projects to {projection}",
+                    tt.pooled_dim
+                ));
+            }
+            Ok(())
+        }
+        (Some(_), None) => {
+            mismatch("an SDXL UNet (addition_embed_type \"text_time\") needs text_encoder_2".into())
+        }
+        (None, Some(_)) => mismatch(
+            "the folder has text_encoder_2 but the UNet takes no pooled text embedding".into(),
+        ),
+        (None, None) => Ok(()),
+    }
+}
+
 /// The model's own tokenizer, or OpenAI's bundled vocabulary when the folder has none
 /// (single-file conversions often lack it). SD 2.x pads with "!", which its exact-GELU
 /// text encoder identifies.
-fn load_tokenizer(dir: &Path, te: &ClipTextConfig) -> Result<ClipTokenizer, ModelError> {
-    let tok_dir = dir.join("tokenizer");
+fn load_tokenizer(
+    dir: &Path,
+    folder: &str,
+    te: &ClipTextConfig,
+) -> Result<ClipTokenizer, ModelError> {
+    let tok_dir = dir.join(folder);
     let result = if tok_dir.is_dir() {
         ClipTokenizer::from_dir(&tok_dir)
     } else {

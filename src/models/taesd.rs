@@ -45,13 +45,23 @@ pub const DECODER_FILES: [&str; 2] = ["taesd_decoder.safetensors", "taesdxl_deco
 
 /// Where TAESD is looked for under each model-library folder `D` (and under `D`'s parent, for a
 /// library pointed at `models/checkpoints`): ComfyUI's `D/vae_approx`, A1111's `D/VAE-taesd`
-/// and `D` itself, each for the decoder file, then for a `taesd/` folder (either layout).
+/// and `D` itself, each for the decoder file, then for a folder named after it (`taesd/`,
+/// `taesdxl/`; either layout).
 pub fn candidates(dirs: &[PathBuf], decoder_file: &str) -> Vec<PathBuf> {
+    let folder = decoder_file
+        .strip_suffix("_decoder.safetensors")
+        .unwrap_or("taesd");
     search_roots(dirs)
         .iter()
         .flat_map(|r| ["vae_approx", "VAE-taesd", ""].map(|sub| r.join(sub)))
-        .flat_map(|base| [base.join(decoder_file), base.join("taesd")])
+        .flat_map(|base| [base.join(decoder_file), base.join(folder)])
         .collect()
+}
+
+/// The decoder file for a model family: TAESDXL for SDXL (same shapes as TAESD, but trained
+/// on SDXL's latent space: the other one gives wrong colours, silently).
+pub fn decoder_file(sdxl: bool) -> &'static str {
+    DECODER_FILES[usize::from(sdxl)]
 }
 
 fn search_roots(dirs: &[PathBuf]) -> Vec<PathBuf> {

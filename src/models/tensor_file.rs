@@ -134,6 +134,24 @@ impl TensorInfo {
     }
 }
 
+impl TensorInfo {
+    /// A stored matrix read as its transpose (through strides: nothing is copied until read).
+    pub fn transposed(&self) -> Option<TensorInfo> {
+        let [rows, cols] = self.shape[..] else {
+            return None;
+        };
+        let [row_stride, col_stride] = match &self.strides {
+            Some(s) => <[usize; 2]>::try_from(s.as_slice()).ok()?,
+            None => [cols, 1],
+        };
+        Some(TensorInfo {
+            shape: vec![cols, rows],
+            strides: Some(vec![col_stride, row_stride]),
+            ..self.clone()
+        })
+    }
+}
+
 /// What can be wrong with a weight file or one of its tensors.
 #[derive(Debug, thiserror::Error)]
 pub enum TensorFileError {

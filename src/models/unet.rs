@@ -15,7 +15,9 @@ use crate::ops::{group_norm, GroupNorm};
 
 use crate::lora::{LoraConv2d, LoraLinear, LoraSlot};
 
-use super::unet_blocks::{timestep_embedding, BlockParams, DownBlock, MidBlock, UpBlock};
+use super::unet_blocks::{
+    sinusoidal_embedding, timestep_embedding, BlockParams, DownBlock, MidBlock, UpBlock,
+};
 use serde::Deserialize;
 
 use super::error::{BuildError, ModelError};
@@ -109,6 +111,12 @@ pub struct UNetConfig {
     pub class_embed_type: Option<String>,
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// SDXL: the width of each micro-conditioning value's sinusoidal embedding.
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    /// SDXL: the add-embedding's input width (pooled text width + 6 × the above).
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
     #[serde(default)]
@@ -145,11 +153,7 @@ impl UNetConfig {
                 n
             )));
         }
-        if let Some(t) = &self.addition_embed_type {
-            return Err(unsupported(format!(
-                "addition_embed_type {t:?} (SDXL-style conditioning) is not supported yet"
-            )));
-        }
+        self.text_time(path)?;
         if let Some(t) = &self.class_embed_type {
             return Err(unsupported(format!("class_embed_type {t:?}")));
         }
@@ -239,12 +243,95 @@ impl UNetConfig {
         Ok(plan)
     }
 
+    /// SDXL's added conditioning (`addition_embed_type: "text_time"`): the pooled text width
+    /// and the width of each micro-conditioning value's embedding. `None` for SD 1.x/2.x.
+    pub fn text_time(&self, path: &Path) -> Result<Option<TextTime>, ModelError> {
+        let Some(kind) = &self.addition_embed_type else {
+            return Ok(None);
+        };
+        if kind != "text_time" {
+            return Err(ModelError::unsupported(
+                path,
+                format!("addition_embed_type {kind:?} (only SDXL's \"text_time\")"),
+            ));
+        }
+        let (Some(time_dim), Some(input)) = (
+            self.addition_time_embed_dim,
+            self.projection_class_embeddings_input_dim,
+        ) else {
+            return Err(ModelError::bad_config(
+                path,
+                "addition_embed_type \"text_time\" needs addition_time_embed_dim and \
+                 projection_class_embeddings_input_dim"
+                    .to_string(),
+            ));
+        };
+        let times = TIME_IDS * time_dim;
+        if input <= times {
+            return Err(ModelError::bad_config(
+                path,
+                format!(
+                    "projection_class_embeddings_input_dim {input} leaves no room for a pooled \
+                     text embedding beside {TIME_IDS} × {time_dim} time values"
+                ),
+            ));
+        }
+        Ok(Some(TextTime {
+            pooled_dim: input - times,
+            time_dim,
+        }))
+    }
+
     pub fn cross_attention_dim(&self) -> Option<usize> {
         match self.cross_attention_dim {
             PerBlock::One(v) => Some(v),
             PerBlock::Each(_) => None,
         }
     }
+}
+
+/// The number of SDXL micro-conditioning values: original size, crop top-left, target size.
+pub const TIME_IDS: usize = 6;
+
+/// SDXL's added conditioning, resolved from the config.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TextTime {
+    /// The pooled text embedding's width (the second text encoder's projection: 1280).
+    pub pooled_dim: usize,
+    /// Each micro-conditioning value's sinusoidal embedding width (256).
+    pub time_dim: usize,
+}
+
+/// What the UNet is conditioned on besides the latents and the timestep.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// The text states it cross-attends to: [batch, tokens, cross_attention_dim].
+    pub context: Tensor,
+    /// SDXL: the pooled text embedding [batch, pooled] and the micro-conditioning values
+    /// [batch, 6] (original height and width, crop top and left, target height and width).
+    pub text_time: Option<(Tensor, Tensor)>,
+    /// LCM-distilled UNets: the guidance-scale embedding [1, time_cond_proj_dim] that takes
+    /// the place of classifier-free guidance (see `guidance::scale_embedding`).
+    pub guidance: Option<Tensor>,
+}
+
+impl Conditioning {
+    /// Text states alone (SD 1.x/2.x).
+    pub fn text(context: Tensor) -> Self {
+        Self {
+            context,
+            text_time: None,
+            guidance: None,
+        }
+    }
+}
+
+/// SDXL's add embedding: pooled text and micro-conditioning → a vector added to the time
+/// embedding (diffusers' `add_time_proj` + `add_embedding`).
+struct AddEmbedding {
+    linear_1: LoraLinear,
+    linear_2: LoraLinear,
+    spec: TextTime,
 }
 
 /// One resolution level of the UNet, resolved from the config.
@@ -265,6 +352,8 @@ pub struct UNet {
     /// LCM-distilled UNets: the guidance-scale embedding's projection, added to the timestep
     /// embedding (diffusers' `time_embedding.cond_proj`, `time_cond_proj_dim` wide).
     time_cond_proj: Option<candle_nn::Linear>,
+    /// SDXL's pooled-text and micro-conditioning embedding.
+    add_embedding: Option<AddEmbedding>,
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
@@ -276,10 +365,16 @@ pub struct UNet {
 impl UNet {
     pub fn new(vb: VarBuilder, config: UNetConfig, config_path: &Path) -> Result<Self, BuildError> {
         let plan = config.plan(config_path).map_err(BuildError::Config)?;
-        Self::build(vb, config, &plan).map_err(BuildError::Weights)
+        let text_time = config.text_time(config_path).map_err(BuildError::Config)?;
+        Self::build(vb, config, &plan, text_time).map_err(BuildError::Weights)
     }
 
-    fn build(vb: VarBuilder, config: UNetConfig, plan: &[BlockPlan]) -> CandleResult<Self> {
+    fn build(
+        vb: VarBuilder,
+        config: UNetConfig,
+        plan: &[BlockPlan],
+        text_time: Option<TextTime>,
+    ) -> CandleResult<Self> {
         let n = plan.len();
         let c0 = plan[0].channels;
         let temb = c0 * 4;
@@ -350,6 +445,18 @@ impl UNet {
                 )?),
                 None => None,
             },
+            add_embedding: match text_time {
+                Some(spec) => {
+                    let vb = vb.pp("add_embedding");
+                    let input = spec.pooled_dim + TIME_IDS * spec.time_dim;
+                    Some(AddEmbedding {
+                        linear_1: LoraLinear::new(input, temb, true, vb.pp("linear_1"))?,
+                        linear_2: LoraLinear::new(temb, temb, true, vb.pp("linear_2"))?,
+                        spec,
+                    })
+                }
+                None => None,
+            },
             down,
             mid,
             up,
@@ -371,6 +478,9 @@ impl UNet {
             self.time_linear_1.slot(),
             self.time_linear_2.slot(),
         ];
+        if let Some(add) = &self.add_embedding {
+            out.extend([add.linear_1.slot(), add.linear_2.slot()]);
+        }
         for block in &self.down {
             block.lora_slots(&mut out);
         }
@@ -382,26 +492,43 @@ impl UNet {
         out
     }
 
-    /// Predicts the model output (noise or v) for a batch of latents at one timestep.
+    /// The original (LDM/SGM) name of one of this UNet's modules, as kohya's SDXL adapters
+    /// spell layers (`down_blocks.1.attentions.0.proj_in` → `input_blocks.4.1.proj_in`);
+    /// `None` for UNets whose levels differ in depth (no LDM layout has them).
+    pub fn ldm_name(&self, name: &str) -> Option<String> {
+        let n = self.up.len();
+        let layers = self.config.layers_per_block.get(0)?;
+        if (0..n).any(|i| self.config.layers_per_block.get(i) != Some(layers)) {
+            return None;
+        }
+        let up_attention: Vec<bool> = self.up.iter().map(UpBlock::has_attention).collect();
+        crate::models::checkpoint::keymap::unet::to_ldm(name, layers, &up_attention)
+    }
+
+    /// Whether this UNet takes SDXL's pooled text and micro-conditioning.
+    pub fn text_time(&self) -> Option<TextTime> {
+        self.add_embedding.as_ref().map(|a| a.spec)
+    }
+
+    /// Predicts the model output (noise or v) for a batch of latents at one timestep, from
+    /// text states alone (SD 1.x/2.x).
     pub fn forward(
         &self,
         latents: &Tensor,
         timestep: f64,
         context: &Tensor,
     ) -> CandleResult<Tensor> {
-        self.forward_guided(latents, timestep, context, None)
+        self.forward_with(latents, timestep, &Conditioning::text(context.clone()))
     }
 
-    /// [`Self::forward`] for an LCM-distilled UNet: `guidance` is the guidance-scale embedding
-    /// ([`guidance_embedding`], [1, time_cond_proj_dim]) that takes the place of classifier-free
-    /// guidance. Ignored by UNets without `time_cond_proj_dim`.
-    pub fn forward_guided(
+    /// Predicts the model output (noise or v) for a batch of latents at one timestep.
+    pub fn forward_with(
         &self,
         latents: &Tensor,
         timestep: f64,
-        context: &Tensor,
-        guidance: Option<&Tensor>,
+        cond: &Conditioning,
     ) -> CandleResult<Tensor> {
+        let context = &cond.context;
         let (batch, _, _, _) = latents.dims4()?;
         let c0 = self.time_linear_1.weight().dim(1)?;
         let t = timestep_embedding(
@@ -413,7 +540,7 @@ impl UNet {
             latents.device(),
         )?
         .to_dtype(latents.dtype())?;
-        let t = match (&self.time_cond_proj, guidance) {
+        let t = match (&self.time_cond_proj, &cond.guidance) {
             (Some(proj), Some(w)) => {
                 let w = crate::ops::linear(&w.to_dtype(t.dtype())?, proj)?;
                 t.broadcast_add(&w)?
@@ -423,6 +550,23 @@ impl UNet {
         let temb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&t)?.silu()?)?;
+        let temb = match &self.add_embedding {
+            Some(add) => {
+                let Some((pooled, time_ids)) = &cond.text_time else {
+                    candle_core::bail!(
+                        "this UNet (SDXL) needs a pooled text embedding and micro-conditioning"
+                    )
+                };
+                let input = self.add_embedding_input(add.spec, pooled, time_ids)?;
+                let aug = add.linear_2.forward(
+                    &add.linear_1
+                        .forward(&input.to_dtype(temb.dtype())?)?
+                        .silu()?,
+                )?;
+                (temb + aug)?
+            }
+            None => temb,
+        };
         // Every resnet applies silu to the time embedding first; do it once.
         let temb = temb.silu()?;
         let xs = if self.config.center_input_sample {
@@ -447,5 +591,37 @@ impl UNet {
         }
         let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
+    }
+
+    /// [pooled text, sinusoidal embedding of each micro-conditioning value] per batch row.
+    fn add_embedding_input(
+        &self,
+        spec: TextTime,
+        pooled: &Tensor,
+        time_ids: &Tensor,
+    ) -> CandleResult<Tensor> {
+        let (batch, n) = time_ids.dims2()?;
+        if n != TIME_IDS || pooled.dims() != [batch, spec.pooled_dim] {
+            candle_core::bail!(
+                "SDXL conditioning: pooled {:?} and time ids {:?}, expected [{batch}, {}] and \
+                 [{batch}, {TIME_IDS}]",
+                pooled.dims(),
+                time_ids.dims(),
+                spec.pooled_dim
+            )
+        }
+        let values = time_ids
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let times = sinusoidal_embedding(
+            &values,
+            spec.time_dim,
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+            time_ids.device(),
+        )?
+        .reshape((batch, TIME_IDS * spec.time_dim))?;
+        Tensor::cat(&[&pooled.to_dtype(candle_core::DType::F32)?, &times], 1)
     }
 }

@@ -43,7 +43,8 @@ fn norm_tokens(norm: &LayerNorm, xs: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Sinusoidal embedding of the timestep (diffusers' `get_timestep_embedding`).
+/// Sinusoidal embedding of the timestep (diffusers' `get_timestep_embedding`), repeated for
+/// each batch row: [batch, dim].
 pub fn timestep_embedding(
     t: f64,
     dim: usize,
@@ -52,22 +53,37 @@ pub fn timestep_embedding(
     batch: usize,
     dev: &candle_core::Device,
 ) -> Result<Tensor> {
+    sinusoidal_embedding(&[t as f32], dim, flip_sin_to_cos, freq_shift, dev)?.repeat((batch, 1))
+}
+
+/// Sinusoidal embeddings of several values (timesteps, SDXL's micro-conditioning sizes):
+/// [values, dim], as diffusers' `get_timestep_embedding`.
+pub fn sinusoidal_embedding(
+    values: &[f32],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
     let half = dim / 2;
+    // diffusers computes exp in f32 and multiplies by the f32 value.
     let freqs: Vec<f32> = (0..half)
         .map(|i| {
             let exponent = -(10000f64.ln()) * i as f64 / (half as f64 - freq_shift);
-            // diffusers computes exp in f32 and multiplies by the f32 timestep.
-            (t as f32) * (exponent as f32).exp()
+            (exponent as f32).exp()
         })
         .collect();
-    let args = Tensor::from_vec(freqs, (1, half), dev)?;
+    let args: Vec<f32> = values
+        .iter()
+        .flat_map(|&v| freqs.iter().map(move |&f| v * f))
+        .collect();
+    let args = Tensor::from_vec(args, (values.len(), half), dev)?;
     let (sin, cos) = (args.sin()?, args.cos()?);
-    let emb = if flip_sin_to_cos {
-        Tensor::cat(&[cos, sin], D::Minus1)?
+    if flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], D::Minus1)
     } else {
-        Tensor::cat(&[sin, cos], D::Minus1)?
-    };
-    emb.repeat((batch, 1))
+        Tensor::cat(&[sin, cos], D::Minus1)
+    }
 }
 
 pub struct ResnetBlock {
@@ -559,6 +575,10 @@ impl UpBlock {
             a.lora_slots(out);
         }
         out.extend(self.upsample.as_ref().map(LoraConv2d::slot));
+    }
+
+    pub fn has_attention(&self) -> bool {
+        !self.attentions.is_empty()
     }
 
     pub fn n_skips(&self) -> usize {

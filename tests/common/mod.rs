@@ -127,15 +127,9 @@ impl NoiseSource for Replay {
 /// Runs one case recorded by the fixture scripts (`<dir>/<case>.json` + `.safetensors` +
 /// `.png`) from `init` noise and checks every step's latents and the final image against it.
 pub fn check_recorded_run(p: &Pipeline, dir: &Path, case: &str, init: Tensor, clip_skip: usize) {
-    let model = dir
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap())
             .unwrap();
-    let refs = load(&dir.join(format!("{case}.safetensors")));
     let sampler: Sampler = meta["sampler"].as_str().unwrap().parse().unwrap();
 
     let mut req = GenerateRequest::new(&p.model, meta["prompt"].as_str().unwrap(), 0);
@@ -147,7 +141,18 @@ pub fn check_recorded_run(p: &Pipeline, dir: &Path, case: &str, init: Tensor, cl
     req.sampler = sampler;
     req.clip_skip = clip_skip;
     req.init_noise = Some(init);
+    check_request(p, dir, case, &req);
+}
 
+/// Runs `req` (with `init_noise` set) and checks every step's latents and the final image
+/// against the case recorded in `<dir>/<case>.safetensors` and `.png`.
+pub fn check_request(p: &Pipeline, dir: &Path, case: &str, req: &GenerateRequest) {
+    let model = dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let refs = load(&dir.join(format!("{case}.safetensors")));
     let mut noise = Replay(
         (0..req.steps)
             .filter_map(|i| refs.get(&format!("noise_{i}")).cloned())
@@ -156,7 +161,7 @@ pub fn check_recorded_run(p: &Pipeline, dir: &Path, case: &str, init: Tensor, cl
     let mut worst = 0f32;
     let mut steps_seen = 0;
     let outcome = p
-        .generate_with_noise(&req, &mut noise, &AtomicBool::new(false), &mut |s| {
+        .generate_with_noise(req, &mut noise, &AtomicBool::new(false), &mut |s| {
             let i = s.step - 1;
             let d = max_abs_diff(s.latents, &refs[&format!("latents_{i}")]);
             let tol = step_tolerance(&refs, i);

@@ -28,14 +28,20 @@ pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 pub const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
-/// SD 2.x saved by Stability's newer (SGM) code.
+/// SD 2.x saved by Stability's newer (SGM) code; also where an SDXL refiner keeps its only
+/// text encoder.
 pub const OPEN_CLIP_SGM_PREFIX: &str = "conditioner.embedders.0.model.";
+/// SDXL's first text encoder (OpenAI CLIP ViT-L, transformers' names).
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// SDXL's second text encoder (OpenCLIP ViT-bigG, with its projection).
+pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// The model families Easel runs from single files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
     Sd1,
     Sd2,
+    Sdxl,
 }
 
 impl Family {
@@ -43,6 +49,15 @@ impl Family {
         match self {
             Family::Sd1 => "SD 1.x",
             Family::Sd2 => "SD 2.x",
+            Family::Sdxl => "SDXL",
+        }
+    }
+
+    /// The VAE's latent scaling factor (its config's `scaling_factor`).
+    pub fn vae_scaling(self) -> f64 {
+        match self {
+            Family::Sd1 | Family::Sd2 => 0.18215,
+            Family::Sdxl => 0.13025,
         }
     }
 }
@@ -76,6 +91,8 @@ pub struct PipelineLayout {
     pub unet_layers_per_block: usize,
     pub text: TextLayout,
     pub text_config: ClipTextConfig,
+    /// SDXL's second text encoder (OpenCLIP with `text_projection`).
+    pub text_2: Option<(TextLayout, ClipTextConfig)>,
     /// `None` when the file carries no VAE (one must be given).
     pub vae: Option<VaeLayout>,
     /// The weights' precision (the UNet's dominant float type).
@@ -121,8 +138,8 @@ impl Identified {
 }
 
 /// What Easel runs, for the one-line answer to a file it does not.
-pub const SUPPORTED: &str =
-    "Easel runs SD 1.x and SD 2.x checkpoints (single .safetensors/.ckpt files or diffusers folders)";
+pub const SUPPORTED: &str = "Easel runs SD 1.x, SD 2.x and SDXL checkpoints (single \
+     .safetensors/.ckpt files or diffusers folders)";
 
 struct Keys<'a>(&'a BTreeMap<String, TensorInfo>);
 
@@ -216,7 +233,8 @@ pub fn identify(tensors: &BTreeMap<String, TensorInfo>) -> Result<Identified, St
         return Ok(other("an upscaler (ESRGAN-style), not a model", SUPPORTED));
     }
     if !k.has(&format!("{UNET_PREFIX}input_blocks.0.0.weight")) {
-        if let Some(vae) = vae_layout(&k)? {
+        // A VAE file alone: SD 1.x's scaling unless the model it is used with says otherwise.
+        if let Some(vae) = vae_layout(&k, Family::Sd1.vae_scaling())? {
             return Ok(Identified::Vae(vae));
         }
         if k.has("conv_in.weight") && k.any_prefix("down_blocks.0.") {
@@ -248,22 +266,22 @@ fn pipeline(k: &Keys) -> Result<Result<PipelineLayout, Identified>, String> {
             .find(|(n, _)| n.starts_with(UNET_PREFIX) && n.ends_with("attn2.to_k.weight"))
             .and_then(|(_, t)| t.shape.get(1).copied());
     let sdxl = k.any_prefix("conditioner.embedders.1.") || k.has(&u("label_emb.0.0.weight"));
-    if sdxl {
-        let refiner = context == Some(1280);
+    // The refiner keeps only OpenCLIP bigG (under `embedders.0`) and cross-attends to 1280.
+    let refiner = sdxl
+        && (context == Some(1280)
+            || (k.any_prefix(OPEN_CLIP_SGM_PREFIX) && !k.any_prefix(SDXL_CLIP_PREFIX)));
+    if refiner {
         return Ok(Err(other(
-            if refiner {
-                "an SDXL refiner checkpoint"
-            } else {
-                "an SDXL checkpoint"
-            },
-            "SDXL support is coming; Easel runs SD 1.x and SD 2.x checkpoints today",
+            "an SDXL refiner checkpoint (it refines a base model's images and cannot make one \
+             from text)",
+            "load an SDXL base model",
         )));
     }
     let in_channels = k.dim(&u("input_blocks.0.0.weight"), 1)?;
-    let family_guess = if context == Some(1024) {
-        "SD 2.x"
-    } else {
-        "SD 1.x"
+    let family_guess = match context {
+        _ if sdxl => "SDXL",
+        Some(1024) => "SD 2.x",
+        _ => "SD 1.x",
     };
     let unusual = match in_channels {
         4 => None,
@@ -280,6 +298,9 @@ fn pipeline(k: &Keys) -> Result<Result<PipelineLayout, Identified>, String> {
             what,
             hint: SUPPORTED,
         }));
+    }
+    if sdxl {
+        return sdxl_pipeline(k).map(Ok);
     }
     let text = if k.any_prefix(CLIP_PREFIX) {
         TextLayout::Clip {
@@ -317,18 +338,84 @@ fn pipeline(k: &Keys) -> Result<Result<PipelineLayout, Identified>, String> {
     };
     let text_config = text_config(k, &text)?;
     let (unet, layers) = unet_config(k, family)?;
-    let vae = vae_layout(k)?;
+    let vae = vae_layout(k, family.vae_scaling())?;
     Ok(Ok(PipelineLayout {
         family,
         unet,
         unet_layers_per_block: layers,
         text,
         text_config,
+        text_2: None,
         vae,
         precision: precision(k),
         v_pred_marker: k.has("v_pred"),
         ztsnr_marker: k.has("ztsnr"),
     }))
+}
+
+/// An SDXL base checkpoint in Stability's SGM layout: CLIP ViT-L under
+/// `conditioner.embedders.0.transformer.`, OpenCLIP bigG (all its layers, with
+/// `text_projection`) under `conditioner.embedders.1.model.`, the UNet with `label_emb`.
+fn sdxl_pipeline(k: &Keys) -> Result<PipelineLayout, String> {
+    for (prefix, which) in [
+        (SDXL_CLIP_PREFIX, "first"),
+        (SDXL_OPEN_CLIP_PREFIX, "second"),
+    ] {
+        if !k.any_prefix(prefix) {
+            return Err(format!(
+                "an SDXL checkpoint without its {which} text encoder ({prefix}*): the file holds \
+                 only part of a model"
+            ));
+        }
+    }
+    let text = TextLayout::Clip {
+        prefix: SDXL_CLIP_PREFIX,
+    };
+    let config_1 = text_config(k, &text)?;
+    let prefix = SDXL_OPEN_CLIP_PREFIX;
+    let stored = k.indices(&format!("{prefix}transformer.resblocks.")).len();
+    if stored < 2 {
+        return Err(format!(
+            "{prefix}: an OpenCLIP text encoder with {stored} layers"
+        ));
+    }
+    // SDXL reads the penultimate layer's states and, for the pooled embedding, the last
+    // layer's: every stored layer is used.
+    let text_2 = TextLayout::OpenClip {
+        prefix,
+        layers: stored,
+        stored,
+    };
+    let mut text_config_2 = text_config(k, &text_2)?;
+    // OpenCLIP multiplies by `text_projection` ([width, projection]) from the right.
+    text_config_2.projection_dim = Some(k.dim(&format!("{prefix}text_projection"), 1)?);
+    let (mut unet, layers) = unet_config(k, Family::Sdxl)?;
+    let label = format!("{UNET_PREFIX}label_emb.0.0.weight");
+    let input = k.dim(&label, 1)?;
+    let pooled = text_config_2.projection_dim.unwrap_or(0);
+    let times = input.checked_sub(pooled).filter(|t| t % 6 == 0 && *t > 0);
+    let Some(times) = times else {
+        return Err(format!(
+            "{label} takes {input} values, which is not the {pooled}-wide pooled text embedding \
+             plus 6 equal time embeddings"
+        ));
+    };
+    unet.addition_embed_type = Some("text_time".into());
+    unet.addition_time_embed_dim = Some(times / 6);
+    unet.projection_class_embeddings_input_dim = Some(input);
+    unet.sample_size = Some(128);
+    Ok(PipelineLayout {
+        family: Family::Sdxl,
+        unet,
+        unet_layers_per_block: layers,
+        text,
+        text_config: config_1,
+        text_2: Some((text_2, text_config_2)),
+        vae: vae_layout(k, Family::Sdxl.vae_scaling())?,
+        precision: precision(k),
+        v_pred_marker: k.has("v_pred"),
+        ztsnr_marker: k.has("ztsnr"),
+    })
 }
 
 /// The dominant float type of the UNet's tensors, by bytes.
@@ -479,14 +566,19 @@ fn unet_config(k: &Keys, family: Family) -> Result<(UNetConfig, usize), String> 
     let heads = match family {
         // SD 1.x: 8 heads everywhere.
         Family::Sd1 => json!(8),
-        // SD 2.x: heads 64 wide (diffusers stores the head count in `attention_head_dim`).
-        Family::Sd2 => {
-            if let Some(c) = channels.iter().find(|c| *c % 64 != 0) {
+        // SD 2.x and SDXL: heads 64 wide (diffusers stores the head count in
+        // `attention_head_dim`).
+        // Levels without attention (SDXL's first) have no heads to size.
+        Family::Sd2 | Family::Sdxl => {
+            let attention = channels.iter().zip(&down_types);
+            let attention = attention.filter(|(_, t)| **t == "CrossAttnDownBlock2D");
+            if let Some((c, _)) = attention.clone().find(|(c, _)| *c % 64 != 0) {
                 return Err(format!(
-                    "UNet width {c} is not a multiple of the 64-wide heads of SD 2.x"
+                    "UNet width {c} is not a multiple of the 64-wide heads of {}",
+                    family.label()
                 ));
             }
-            json!(channels.iter().map(|c| c / 64).collect::<Vec<_>>())
+            json!(channels.iter().map(|c| (c / 64).max(1)).collect::<Vec<_>>())
         }
     };
     let config = serde_json::from_value(json!({
@@ -501,7 +593,7 @@ fn unet_config(k: &Keys, family: Family) -> Result<(UNetConfig, usize), String> 
         "transformer_layers_per_block": depth,
         "cross_attention_dim": context,
         "attention_head_dim": heads,
-        "use_linear_projection": linear.unwrap_or(family == Family::Sd2),
+        "use_linear_projection": linear.unwrap_or(family != Family::Sd1),
         "norm_num_groups": 32,
         "norm_eps": 1e-5,
         "flip_sin_to_cos": true,
@@ -512,7 +604,7 @@ fn unet_config(k: &Keys, family: Family) -> Result<(UNetConfig, usize), String> 
 }
 
 /// An LDM-layout VAE under `first_stage_model.` (or no prefix), or a diffusers-named one.
-fn vae_layout(k: &Keys) -> Result<Option<VaeLayout>, String> {
+fn vae_layout(k: &Keys, scaling: f64) -> Result<Option<VaeLayout>, String> {
     for prefix in [VAE_PREFIX, ""] {
         let p = |n: &str| format!("{prefix}{n}");
         if k.has(&p("encoder.down.0.block.0.conv1.weight")) {
@@ -527,6 +619,7 @@ fn vae_layout(k: &Keys) -> Result<Option<VaeLayout>, String> {
                 k.dim(&p("decoder.conv_in.weight"), 1)?,
                 &channels,
                 layers,
+                scaling,
             )?;
             return Ok(Some(VaeLayout {
                 prefix: if prefix.is_empty() { "" } else { VAE_PREFIX },
@@ -553,6 +646,7 @@ fn vae_layout(k: &Keys) -> Result<Option<VaeLayout>, String> {
             k.dim("decoder.conv_in.weight", 1)?,
             &channels,
             layers,
+            scaling,
         )?;
         return Ok(Some(VaeLayout {
             prefix: "",
@@ -570,6 +664,7 @@ fn vae_config(
     latent_channels: usize,
     channels: &[usize],
     layers: usize,
+    scaling: f64,
 ) -> Result<VaeConfig, String> {
     serde_json::from_value(json!({
         "in_channels": in_channels,
@@ -580,7 +675,7 @@ fn vae_config(
         "down_block_types": vec!["DownEncoderBlock2D"; channels.len()],
         "up_block_types": vec!["UpDecoderBlock2D"; channels.len()],
         "norm_num_groups": 32,
-        "scaling_factor": 0.18215,
+        "scaling_factor": scaling,
     }))
     .map_err(|e| e.to_string())
 }

@@ -47,6 +47,8 @@ pub struct LoadOptions {
 pub struct SingleFile {
     pub layout: PipelineLayout,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second text encoder, with its projection.
+    pub text_encoder_2: Option<ClipTextModel>,
     pub unet: UNet,
     pub vae: Vae,
     pub scheduler: SchedulerConfig,
@@ -119,8 +121,8 @@ pub fn load(
     let component = |c: Component| {
         let entries = names
             .iter()
-            .filter(|(_, (comp, _))| *comp == c)
-            .map(|(name, (_, e))| (name.clone(), e.clone()))
+            .filter(|((comp, _), _)| *comp == c)
+            .map(|((_, name), e)| (name.clone(), e.clone()))
             .collect::<HashMap<_, _>>();
         weights::ComponentWeights::from_map(
             vec![path.to_path_buf()],
@@ -139,6 +141,19 @@ pub fn load(
         path,
         &mut missing,
     )?;
+    let text_encoder_2 = match &layout.text_2 {
+        Some((_, config)) => {
+            let w = component(Component::Text2);
+            let projection = config.projection_dim.unwrap_or(0);
+            Some(build(
+                ClipTextModel::with_projection(w.vb.clone(), config.clone(), projection, path),
+                &w,
+                path,
+                &mut missing,
+            )?)
+        }
+        None => None,
+    };
     let unet_w = component(Component::Unet);
     let unet = build(
         UNet::new(unet_w.vb.clone(), layout.unet.clone(), path),
@@ -150,10 +165,12 @@ pub fn load(
     let external = opts.vae.clone().or_else(|| sidecar::vae_beside(path));
     let (vae, vae_file) = match (&external, &layout.vae) {
         (Some(v), own) => {
-            let vae = load_vae(v, unet.config.in_channels, device, dtype, shapes_only)?;
+            let mut vae = load_vae(v, unet.config.in_channels, device, dtype, shapes_only)?;
             if let Some(own) = own {
                 same_scale(v, &vae, own.config.downscale_factor())?;
             }
+            // The latent scaling belongs to the model family (SDXL's VAE files say nothing).
+            vae.config.scaling_factor = layout.family.vae_scaling();
             (vae, external.clone())
         }
         (None, Some(own)) => {
@@ -187,6 +204,7 @@ pub fn load(
     Ok(SingleFile {
         layout,
         text_encoder,
+        text_encoder_2,
         unet,
         vae,
         scheduler,
@@ -213,18 +231,21 @@ fn build<T>(
     Ok(built)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Component {
     Unet,
     Text,
+    /// SDXL's second text encoder.
+    Text2,
     Vae,
 }
 
-/// Every module-side name the file provides, with its component and source.
+/// Every module-side name the file provides, per component (SDXL's two text encoders use the
+/// same names), with its source.
 fn mapped_names(
     file: &TensorFile,
     layout: &PipelineLayout,
-) -> Result<HashMap<String, (Component, Entry)>, ModelError> {
+) -> Result<HashMap<(Component, String), Entry>, ModelError> {
     let mut out = HashMap::new();
     for (key, info) in &file.tensors {
         let Some((component, targets)) = map_key(key, layout) else {
@@ -233,6 +254,12 @@ fn mapped_names(
         for (name, part) in targets {
             let info = match part {
                 Part::Whole => info.clone(),
+                Part::Transposed => info.transposed().ok_or_else(|| {
+                    ModelError::checkpoint(
+                        &file.path,
+                        format!("tensor {key} with shape {:?} is not a matrix", info.shape),
+                    )
+                })?,
                 Part::Rows { index, of } => {
                     let rows = info.shape.first().copied().unwrap_or(0) / of;
                     info.rows(index * rows, rows).ok_or_else(|| {
@@ -247,15 +274,12 @@ fn mapped_names(
                 }
             };
             out.insert(
-                name,
-                (
-                    component,
-                    Entry {
-                        file: 0,
-                        source: key.clone(),
-                        info,
-                    },
-                ),
+                (component, name),
+                Entry {
+                    file: 0,
+                    source: key.clone(),
+                    info,
+                },
             );
         }
     }
@@ -274,15 +298,19 @@ fn map_key(key: &str, layout: &PipelineLayout) -> Option<(Component, Vec<Target>
             return Some((Component::Vae, keymap::vae::map(k, vae.levels)?));
         }
     }
-    match &layout.text {
-        TextLayout::Clip { prefix } => Some((
-            Component::Text,
-            keymap::clip::map_clip(key.strip_prefix(prefix)?)?,
-        )),
-        TextLayout::OpenClip { prefix, .. } => Some((
-            Component::Text,
-            keymap::clip::map_open_clip(key.strip_prefix(prefix)?)?,
-        )),
+    if let Some((text_2, _)) = &layout.text_2 {
+        if let Some(k) = key.strip_prefix(text_2.prefix()) {
+            return Some((Component::Text2, map_text(text_2, k)?));
+        }
+    }
+    let k = key.strip_prefix(layout.text.prefix())?;
+    Some((Component::Text, map_text(&layout.text, k)?))
+}
+
+fn map_text(text: &TextLayout, key: &str) -> Option<Vec<Target>> {
+    match text {
+        TextLayout::Clip { .. } => keymap::clip::map_clip(key),
+        TextLayout::OpenClip { .. } => keymap::clip::map_open_clip(key),
     }
 }
 
@@ -313,6 +341,10 @@ fn check_no_extras(
         .filter(|k| {
             let ours = k.starts_with(detect::UNET_PREFIX)
                 || k.starts_with(text_prefix)
+                || layout
+                    .text_2
+                    .as_ref()
+                    .is_some_and(|(t, _)| k.starts_with(t.prefix()))
                 || (!external_vae && !vae_prefix.is_empty() && k.starts_with(vae_prefix));
             ours && !k.ends_with("position_ids")
                 && !k.ends_with("text_projection")

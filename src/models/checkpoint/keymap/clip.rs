@@ -30,6 +30,10 @@ pub fn map_open_clip(key: &str) -> Option<Vec<Target>> {
         ),
         ("ln_final.", "final_layer_norm."),
     ];
+    if key == "text_projection" {
+        // [width, projection], applied as `x @ P`: transformers' Linear holds Pᵀ.
+        return Some(vec![("text_projection.weight".into(), Part::Transposed)]);
+    }
     if let Some(name) = FIXED.iter().find_map(|(o, t)| {
         key.strip_prefix(o)
             .map(|tail| format!("text_model.{t}{tail}"))
@@ -108,7 +112,10 @@ mod tests {
         ] {
             assert_eq!(map_open_clip(o).unwrap()[0].0, t);
         }
-        assert!(map_open_clip("text_projection").is_none());
+        assert_eq!(
+            map_open_clip("text_projection").unwrap(),
+            vec![("text_projection.weight".to_string(), Part::Transposed)]
+        );
         assert!(map_open_clip("logit_scale").is_none());
     }
 

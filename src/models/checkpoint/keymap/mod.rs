@@ -20,6 +20,8 @@ pub enum Part {
         index: usize,
         of: usize,
     },
+    /// The transposed matrix (OpenCLIP's `text_projection`, applied as `x @ P`).
+    Transposed,
 }
 
 /// One target name and the part of the source it takes.

@@ -86,6 +86,91 @@ pub fn map(key: &str, layers_per_block: usize) -> Option<Vec<Target>> {
     None
 }
 
+/// The inverse of [`map`] for a module name (no `.weight`/`.bias` tail needed): diffusers'
+/// name → LDM's, for a UNet with `layers_per_block` resnets per level whose up levels have
+/// attention as `up_attention` says (an upsampler's index follows the attention there).
+/// kohya names SDXL LoRA layers this way.
+pub fn to_ldm(name: &str, layers_per_block: usize, up_attention: &[bool]) -> Option<String> {
+    let per_level = layers_per_block + 1;
+    const FIXED: [(&str, &str); 7] = [
+        ("conv_in", "input_blocks.0.0"),
+        ("time_embedding.linear_1", "time_embed.0"),
+        ("time_embedding.linear_2", "time_embed.2"),
+        ("add_embedding.linear_1", "label_emb.0.0"),
+        ("add_embedding.linear_2", "label_emb.0.2"),
+        ("conv_norm_out", "out.0"),
+        ("conv_out", "out.2"),
+    ];
+    for (d, ldm) in FIXED {
+        if let Some(tail) = name.strip_prefix(d) {
+            if tail.is_empty() || tail.starts_with('.') {
+                return Some(format!("{ldm}{tail}"));
+            }
+        }
+    }
+    let resnet = |rest: &str| -> Option<String> {
+        const NAMES: [(&str, &str); 6] = [
+            ("norm1", "in_layers.0"),
+            ("conv1", "in_layers.2"),
+            ("time_emb_proj", "emb_layers.1"),
+            ("norm2", "out_layers.0"),
+            ("conv2", "out_layers.3"),
+            ("conv_shortcut", "skip_connection"),
+        ];
+        NAMES.iter().find_map(|(d, ldm)| {
+            let tail = rest.strip_prefix(d)?;
+            (tail.is_empty() || tail.starts_with('.')).then(|| format!("{ldm}{tail}"))
+        })
+    };
+    if let Some(rest) = name.strip_prefix("down_blocks.") {
+        let (level, rest) = index_and_rest(rest)?;
+        let (kind, rest) = rest.split_once('.')?;
+        let (j, rest) = index_and_rest(rest)?;
+        let n = 1 + level * per_level + j;
+        return match kind {
+            "resnets" => Some(format!("input_blocks.{n}.0.{}", resnet(rest)?)),
+            "attentions" => Some(format!("input_blocks.{n}.1.{rest}")),
+            "downsamplers" if j == 0 => {
+                let tail = rest.strip_prefix("conv")?;
+                Some(format!(
+                    "input_blocks.{}.0.op{tail}",
+                    (level + 1) * per_level
+                ))
+            }
+            _ => None,
+        };
+    }
+    if let Some(rest) = name.strip_prefix("mid_block.") {
+        let (kind, rest) = rest.split_once('.')?;
+        let (j, rest) = index_and_rest(rest)?;
+        return match (kind, j) {
+            ("resnets", 0) => Some(format!("middle_block.0.{}", resnet(rest)?)),
+            ("attentions", 0) => Some(format!("middle_block.1.{rest}")),
+            ("resnets", 1) => Some(format!("middle_block.2.{}", resnet(rest)?)),
+            _ => None,
+        };
+    }
+    if let Some(rest) = name.strip_prefix("up_blocks.") {
+        let (level, rest) = index_and_rest(rest)?;
+        let (kind, rest) = rest.split_once('.')?;
+        let (j, rest) = index_and_rest(rest)?;
+        let n = level * per_level + j;
+        return match kind {
+            "resnets" => Some(format!("output_blocks.{n}.0.{}", resnet(rest)?)),
+            "attentions" => Some(format!("output_blocks.{n}.1.{rest}")),
+            "upsamplers" if j == 0 => {
+                let m = if *up_attention.get(level)? { 2 } else { 1 };
+                Some(format!(
+                    "output_blocks.{}.{m}.{rest}",
+                    level * per_level + layers_per_block
+                ))
+            }
+            _ => None,
+        };
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Part;
@@ -160,5 +245,44 @@ mod tests {
         ] {
             assert!(map(stray, 2).is_none(), "{stray}");
         }
+    }
+
+    /// Every module of an SDXL-shaped UNet (3 levels × 2 resnets, attention in levels 1–2, up
+    /// levels 0–1) maps back to the LDM name it came from.
+    #[test]
+    fn diffusers_names_map_back_to_ldm() {
+        let up_attention = [true, true, false];
+        for ldm in [
+            "input_blocks.0.0",
+            "time_embed.0",
+            "label_emb.0.2",
+            "out.2",
+            "input_blocks.1.0.in_layers.2",
+            "input_blocks.3.0.op",
+            "input_blocks.4.0.skip_connection",
+            "input_blocks.4.1.transformer_blocks.1.attn2.to_k",
+            "input_blocks.8.1.proj_out",
+            "middle_block.0.emb_layers.1",
+            "middle_block.1.transformer_blocks.0.ff.net.2",
+            "middle_block.2.out_layers.3",
+            "output_blocks.0.1.transformer_blocks.0.attn1.to_out.0",
+            "output_blocks.2.2.conv",
+            "output_blocks.5.2.conv",
+            "output_blocks.8.0.in_layers.0",
+        ] {
+            let d = map(&format!("{ldm}.weight"), 2).unwrap_or_else(|| panic!("{ldm} unmapped"));
+            let name = d[0].0.strip_suffix(".weight").unwrap();
+            assert_eq!(
+                to_ldm(name, 2, &up_attention).as_deref(),
+                Some(ldm),
+                "{name}"
+            );
+        }
+        // The last up level has no attention: its upsampler (if any) would be `.1.conv`.
+        assert_eq!(
+            to_ldm("up_blocks.2.upsamplers.0.conv", 2, &up_attention).as_deref(),
+            Some("output_blocks.8.1.conv")
+        );
+        assert_eq!(to_ldm("down_blocks.0.norm9", 2, &up_attention), None);
     }
 }

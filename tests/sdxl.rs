@@ -1,0 +1,318 @@
+//! SDXL against diffusers' `StableDiffusionXLPipeline`: both text encoders (their own
+//! tokenizers, penultimate states, the pooled projection), the UNet's pooled-text and size
+//! conditioning, every sampler, the zeroed empty negative, a second prompt with custom
+//! micro-conditioning, and an SDXL-Turbo-style run; on the tiny random model that
+//! tests/fixtures/make_sdxl.py builds and records.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use easel::diffusion::schedulers::{Sampler, Spacing};
+use easel::diffusion::{GenerateRequest, Pipeline, SizeConditioning};
+use easel::lora::{AdapterSettings, LoraStack};
+
+const MODEL: &str = "sdxl-tiny";
+
+fn pipeline() -> Pipeline {
+    Pipeline::load(&fixtures().join(MODEL), &Device::Cpu).unwrap_or_else(|e| panic!("{MODEL}: {e}"))
+}
+
+fn refs_dir() -> std::path::PathBuf {
+    fixtures().join("refs").join(MODEL)
+}
+
+fn ids(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|i| i as u32)
+        .collect()
+}
+
+#[test]
+fn loads_as_sdxl_with_two_text_encoders() {
+    let p = pipeline();
+    assert!(p.model.is_sdxl());
+    let second = p.model.text_encoder_2.as_ref().unwrap();
+    assert_eq!(second.encoder.config.projection_dim, Some(24));
+    assert_eq!(second.tokenizer.pad_id(), second.tokenizer.tokenize("!")[0]);
+    assert_ne!(p.model.tokenizer.pad_id(), second.tokenizer.pad_id());
+    let tt = p.model.unet.text_time().unwrap();
+    assert_eq!((tt.pooled_dim, tt.time_dim), (24, 12));
+    assert_eq!(p.model.vae.config.scaling_factor, 0.13025);
+}
+
+#[test]
+fn text_encoders_match_diffusers() {
+    let p = pipeline();
+    let refs = load(&refs_dir().join("text.safetensors"));
+    let tok_1 = &p.model.tokenizer;
+    let tok_2 = &p.model.text_encoder_2.as_ref().unwrap().tokenizer;
+    const PROMPT: &str = "a red circle on a blue background, highly detailed";
+    const NEGATIVE: &str = "blurry, ugly";
+    const PROMPT_2: &str = "a watercolor painting of a forest with a river";
+    const NEGATIVE_2: &str = "low quality, deformed";
+    for (text, key_1, key_2) in [
+        (PROMPT, "prompt_ids", "prompt_ids_2"),
+        (NEGATIVE, "negative_ids", "negative_ids_2"),
+        ("", "empty_ids", "empty_ids_2"),
+    ] {
+        assert_eq!(tok_1.encode(text).ids, ids(&refs[key_1]), "{key_1}");
+        assert_eq!(tok_2.encode(text).ids, ids(&refs[key_2]), "{key_2}");
+    }
+    assert_eq!(tok_2.encode(PROMPT_2).ids, ids(&refs["prompt_2_ids_2"]));
+    assert_eq!(tok_2.encode(NEGATIVE_2).ids, ids(&refs["negative_2_ids_2"]));
+
+    for (texts, texts_2, states, pooled) in [
+        ([PROMPT], [PROMPT], "prompt_embeds", "pooled_prompt_embeds"),
+        (
+            [NEGATIVE],
+            [NEGATIVE],
+            "negative_prompt_embeds",
+            "negative_pooled_prompt_embeds",
+        ),
+        (
+            [PROMPT],
+            [PROMPT_2],
+            "dual_prompt_embeds",
+            "dual_pooled_prompt_embeds",
+        ),
+        (
+            [NEGATIVE],
+            [NEGATIVE_2],
+            "dual_negative_prompt_embeds",
+            "dual_negative_pooled_prompt_embeds",
+        ),
+        (
+            [""],
+            [""],
+            "empty_negative_prompt_embeds",
+            "empty_negative_pooled_prompt_embeds",
+        ),
+    ] {
+        let enc = p.encode_texts(&texts, &texts_2, 1).unwrap();
+        let d = max_abs_diff(&enc.states, &refs[states]);
+        assert!(d < TOL, "{states} differs by {d}");
+        let d = max_abs_diff(enc.pooled.as_ref().unwrap(), &refs[pooled]);
+        assert!(d < TOL, "{pooled} differs by {d}");
+    }
+    // diffusers conditions an unset negative on zeros (`force_zeros_for_empty_prompt`).
+    for key in [
+        "zeros_negative_prompt_embeds",
+        "zeros_negative_pooled_prompt_embeds",
+    ] {
+        let max = refs[key].abs().unwrap().max_all().unwrap();
+        assert_eq!(max.to_scalar::<f32>().unwrap(), 0.0, "{key}");
+    }
+}
+
+/// A request built from the case's recorded `pipeline_kwargs`.
+fn request(p: &Pipeline, case: &str) -> GenerateRequest {
+    request_in(p, &refs_dir(), case)
+}
+
+/// [`request`] for a case recorded in `dir`.
+fn request_in(p: &Pipeline, dir: &std::path::Path, case: &str) -> GenerateRequest {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap())
+            .unwrap();
+    let kw = &meta["pipeline_kwargs"];
+    let text = |k: &str| kw[k].as_str().map(str::to_string);
+    let size = |k: &str| {
+        kw[k].as_array().map(|v| {
+            let n: Vec<usize> = v.iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            (n[1], n[0])
+        })
+    };
+    let mut req = GenerateRequest::new(&p.model, &text("prompt").unwrap(), 0);
+    req.negative_prompt = text("negative_prompt").unwrap_or_default();
+    req.prompt_2 = text("prompt_2");
+    req.negative_prompt_2 = text("negative_prompt_2");
+    req.size_cond = SizeConditioning {
+        original: size("original_size"),
+        crop: size("crops_coords_top_left").unwrap_or_default(),
+        target: size("target_size"),
+    };
+    req.steps = kw["num_inference_steps"].as_u64().unwrap() as usize;
+    req.cfg_scale = kw["guidance_scale"].as_f64().unwrap();
+    req.width = kw["width"].as_u64().unwrap() as usize;
+    req.height = kw["height"].as_u64().unwrap() as usize;
+    req.sampler = meta["sampler"].as_str().unwrap().parse().unwrap();
+    // diffusers built the sampler with `from_config` on SDXL's file, which says "leading": it
+    // carries that spacing to every class (Easel only to the file's own class, Euler), unless
+    // the case overrode it.
+    let spacing = meta["scheduler_overrides"]["timestep_spacing"]
+        .as_str()
+        .unwrap_or("leading");
+    req.spacing = req
+        .sampler
+        .takes_spacing()
+        .then(|| spacing.parse::<Spacing>().unwrap());
+    // The noise is in the case's file, or shared by the model's cases.
+    let own = load(&dir.join(format!("{case}.safetensors"))).remove("init_noise");
+    req.init_noise =
+        own.or_else(|| Some(load(&refs_dir().join("init_noise.safetensors"))["noise"].clone()));
+    // The micro-conditioning the UNet saw at the first step.
+    let recorded: Vec<f32> = meta["add_time_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter())
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let ours = req.size_cond.time_ids(req.width, req.height);
+    assert_eq!(&recorded[recorded.len() - 6..], &ours, "{case}: time ids");
+    req
+}
+
+fn check(case: &str) {
+    let p = pipeline();
+    let req = request(&p, case);
+    check_request(&p, &refs_dir(), case, &req);
+}
+
+#[test]
+fn ddim_matches_diffusers() {
+    check("ddim");
+}
+
+#[test]
+fn euler_matches_diffusers() {
+    check("euler");
+}
+
+#[test]
+fn euler_ancestral_matches_diffusers_with_its_noise() {
+    check("euler_a");
+}
+
+#[test]
+fn dpmpp_2m_karras_matches_diffusers() {
+    check("dpmpp_2m_karras");
+}
+
+/// No negative prompt: the unconditional half is zeros, not the encoding of "".
+#[test]
+fn an_empty_negative_conditions_on_zeros_like_diffusers() {
+    check("euler_zero_negative");
+}
+
+#[test]
+fn second_prompts_and_micro_conditioning_match_diffusers() {
+    check("euler_dual_microcond");
+}
+
+/// SDXL-Turbo's recipe: Euler a, trailing spacing, 2 steps, no guidance (no unconditional
+/// pass), the ancestral noise replayed.
+#[test]
+fn turbo_style_run_matches_diffusers() {
+    let p = pipeline();
+    let req = request(&p, "turbo_euler_a");
+    assert_eq!(req.sampler, Sampler::EulerAncestral);
+    assert_eq!(req.spacing, Some(Spacing::Trailing));
+    check_request(&p, &refs_dir(), "turbo_euler_a", &req);
+}
+
+/// Sizes off SDXL's latent grid (8 × 2² = 32 px for this model) are refused in one line.
+#[test]
+fn sizes_off_the_latent_grid_are_refused() {
+    let p = pipeline();
+    let mut req = GenerateRequest::new(&p.model, "x", 0);
+    req.width = 100;
+    let err = p.validate(&req).unwrap_err().to_string();
+    assert!(
+        err.starts_with("--width: 100 is not a multiple of"),
+        "{err}"
+    );
+}
+
+/// One SDXL adapter (UNet with LoCon convolutions, both text encoders, per-part alphas) in
+/// kohya's SGM names (`lora_unet_input_blocks_4_1_…`, `lora_te1_…`, `lora_te2_…`) and in
+/// diffusers/peft's, against `load_lora_weights`.
+#[test]
+fn lora_in_kohya_and_peft_formats_matches_diffusers() {
+    let dir = fixtures().join("refs/lora");
+    for file in ["sdxl-style.safetensors", "sdxl-style-peft.safetensors"] {
+        let p = pipeline();
+        let mut stack = LoraStack::new();
+        stack
+            .add(
+                &p.model,
+                &fixtures().join("loras").join(file),
+                AdapterSettings::new(1.0),
+            )
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        let report = stack.apply(&p.model).unwrap();
+        assert_eq!(report.layers, 300, "{file}: layers adapted");
+        let req = request_in(&p, &dir, "sdxl-style_w1");
+        check_request(&p, &dir, "sdxl-style_w1", &req);
+    }
+}
+
+/// An SDXL adapter on an SD 1.x model and the reverse are refused whole, saying why.
+#[test]
+fn a_lora_for_another_family_is_refused() {
+    let sd1 = Pipeline::load(&fixtures().join("sd-tiny-a"), &Device::Cpu).unwrap();
+    let err = LoraStack::new()
+        .add(
+            &sd1.model,
+            &fixtures().join("loras/sdxl-style.safetensors"),
+            AdapterSettings::new(1.0),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adapter for SDXL"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+    let sdxl = pipeline();
+    let err = LoraStack::new()
+        .add(
+            &sdxl.model,
+            &fixtures().join("loras/tiny-style.safetensors"),
+            AdapterSettings::new(1.0),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tiny-style.safetensors"), "{err}");
+    assert!(err.contains("no such"), "{err}");
+}
+
+/// A single file in Stability's SGM layout (made from a tiny SDXL that keeps the real
+/// conventions by diffusers' `convert_diffusers_to_original_sdxl.py`), identified from its keys
+/// and run, against `StableDiffusionXLPipeline.from_single_file`: text states, a guided Euler
+/// run and a Turbo-style one.
+#[test]
+fn single_file_in_the_sgm_layout_matches_from_single_file() {
+    let file = fixtures().join("checkpoints/sdxl-tiny.safetensors");
+    let p = Pipeline::load(&file, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    assert!(p.model.is_sdxl());
+    assert_eq!(p.model.description, "SDXL · fp16 · single file");
+    assert_eq!(p.model.vae.config.scaling_factor, 0.13025);
+    assert_eq!(p.model.text_encoder.num_layers(), 3);
+    let dir = fixtures().join("refs/checkpoints");
+    let refs = load(&dir.join("sdxl-tiny-euler.safetensors"));
+    for (text, states, pooled) in [
+        (
+            "a red circle on a blue background, highly detailed",
+            "prompt_embeds",
+            "pooled_prompt_embeds",
+        ),
+        (
+            "blurry, ugly",
+            "negative_prompt_embeds",
+            "negative_pooled_prompt_embeds",
+        ),
+    ] {
+        let enc = p.encode_texts(&[text], &[text], 1).unwrap();
+        let d = max_abs_diff(&enc.states, &refs[states]);
+        assert!(d < TOL, "{states} differs by {d}");
+        let d = max_abs_diff(enc.pooled.as_ref().unwrap(), &refs[pooled]);
+        assert!(d < TOL, "{pooled} differs by {d}");
+    }
+    for case in ["sdxl-tiny-euler", "sdxl-tiny-euler-a-turbo"] {
+        let req = request_in(&p, &dir, case);
+        check_request(&p, &dir, case, &req);
+    }
+}
