@@ -604,7 +604,11 @@ fn full_size_sdxl_layout_is_detected_and_maps_completely() {
     assert_eq!(u.block_out_channels, [320, 640, 1280]);
     assert_eq!(
         u.down_block_types,
-        ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+        [
+            "DownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D"
+        ]
     );
     assert_eq!(
         format!("{:?}", u.transformer_layers_per_block),

@@ -14,7 +14,7 @@ use candle_nn::{VarBuilder, VarMap};
 use clap::Args;
 
 use crate::diffusion::preview::{latent_preview, taesd_preview};
-use crate::diffusion::Pipeline;
+use crate::diffusion::{GenerateRequest, Pipeline};
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::unet::{UNet, UNetConfig};
 use crate::models::vae::{Vae, VaeConfig};
@@ -64,10 +64,15 @@ pub struct BenchArgs {
     /// One load, reported as JSON (what --load runs in each child process).
     #[arg(long, hide = true)]
     pub load_child: Option<PathBuf>,
-    /// What to measure: all (every stage, on the whole model), or only vae-decode and/or
-    /// vae-encode (loads only the VAE; reports the peak memory above its weights).
+    /// What to measure: all (every stage, on the whole model); text, unet, vae-decode and/or
+    /// vae-encode (vae-… alone loads only the VAE and reports the peak memory above its
+    /// weights).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub stages: Vec<Stage>,
+    /// The guidance scale of the timed text encode and UNet step: above 1 they run the prompt
+    /// and the negative (batch 2); ≤ 1 the prompt alone (batch 1), as a Turbo model runs.
+    #[arg(long, default_value_t = 7.5)]
+    pub cfg: f64,
     /// With --stages vae-…: untiled (off), in tiles (on), or as a generation would decide
     /// with the memory free now (auto).
     #[arg(long, value_enum, default_value_t = crate::diffusion::VaeTiling::Off)]
@@ -81,6 +86,8 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Stage {
     All,
+    Text,
+    Unet,
     VaeDecode,
     VaeEncode,
 }
@@ -142,7 +149,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(rank) = args.lora_rank {
         return super::bench_lora::run(&args, &dir, rank);
     }
-    if !args.stages.contains(&Stage::All) {
+    let want = |s: Stage| args.stages.contains(&Stage::All) || args.stages.contains(&s);
+    if !(want(Stage::Text) || want(Stage::Unet)) {
         return super::bench_vae::run(&args, &dir, &device);
     }
 
@@ -157,22 +165,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let rss_load = peak_rss_mib();
 
     let prompt = "a photograph of an astronaut riding a horse on the moon, highly detailed";
-    // As a guided run encodes them: the negative and the prompt in one batch.
+    // As a run encodes them: with guidance, the negative and the prompt in one batch (SDXL:
+    // through both encoders, with the pooled embedding and size conditioning).
+    let mut req = GenerateRequest::new(&pipeline.model, prompt, 0);
+    (req.width, req.height, req.cfg_scale) = (args.size, args.size, args.cfg);
     let text_ms = median(reps + 1, || {
-        pipeline.encode_prompts_skipping(["", prompt], 1)?;
+        pipeline.conditioning_for(&req)?;
         Ok(())
     })?;
-    let [(uncond, _), (cond, _)] = pipeline.encode_prompts_skipping(["", prompt], 1)?;
-    let context = Tensor::cat(&[&uncond, &cond], 0)?;
+    let cond = pipeline.conditioning_for(&req)?;
     let rss_text = peak_rss_mib();
 
     let f = pipeline.model.vae_scale();
     let c = pipeline.model.latent_channels();
     let latents = Tensor::randn(0f32, 1f32, (1, c, args.size / f, args.size / f), &device)?;
-    let batch = Tensor::cat(&[&latents, &latents], 0)?;
-    let unet_ms = median(reps, || {
-        pipeline.model.unet.forward(&batch, 500.0, &context)?;
-        Ok(())
+    let batch = latents.repeat((cond.context.dim(0)?, 1, 1, 1))?;
+    let unet = &pipeline.model.unet;
+    let unet_ms = optional(want(Stage::Unet), || {
+        median(reps, || {
+            unet.forward_with(&batch, 500.0, &cond)?;
+            Ok(())
+        })
     })?;
     let rss_unet = peak_rss_mib();
     // Where the time goes, one run of each stage with op scopes on (after the timed runs, so
@@ -180,16 +193,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let profile = if args.profile {
         vec![
             (
-                "text encode (prompt + negative)",
+                "text encode",
                 profile_step(|| {
-                    pipeline.encode_prompts_skipping(["", prompt], 1)?;
+                    pipeline.conditioning_for(&req)?;
                     Ok(())
                 })?,
             ),
             (
-                "UNet step with CFG",
+                "UNet step",
                 profile_step(|| {
-                    pipeline.model.unet.forward(&batch, 500.0, &context)?;
+                    unet.forward_with(&batch, 500.0, &cond)?;
                     Ok(())
                 })?,
             ),
@@ -205,14 +218,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Vec::new()
     };
 
-    let vae_ms = median(reps, || {
-        pipeline.model.vae.decode(&latents)?;
-        Ok(())
+    let vae_ms = optional(want(Stage::VaeDecode), || {
+        median(reps, || {
+            pipeline.model.vae.decode(&latents)?;
+            Ok(())
+        })
     })?;
     let image = Tensor::rand(-1f32, 1f32, (1, 3, args.size, args.size), &device)?;
-    let vae_encode_ms = median(reps, || {
-        pipeline.model.vae.encode(&image)?;
-        Ok(())
+    let vae_encode_ms = optional(want(Stage::VaeEncode), || {
+        median(reps, || {
+            pipeline.model.vae.encode(&image)?;
+            Ok(())
+        })
     })?;
     let rss_vae = peak_rss_mib();
     let anon = anon_rss_mib();
@@ -221,7 +238,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         latent_preview(&latents, pipeline.model.latent_rgb())?;
         Ok(())
     })?;
-    let ratio = preview_ms / unet_ms;
+    let ratio = unet_ms.map(|u| preview_ms / u);
     // A real preview per step through TAESD (ms, share of a UNet step), and its full decode.
     let taesd = match &args.taesd {
         Some(path) => {
@@ -234,7 +251,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 t.decode(&latents)?;
                 Ok(())
             })?;
-            Some((ms, ms / unet_ms, decode_ms))
+            Some((ms, unet_ms.map(|u| ms / u), decode_ms))
         }
         None => None,
     };
@@ -245,6 +262,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "model": dir, "size": args.size, "threads": threads, "load_ms": load_ms,
+                "sdxl": pipeline.model.is_sdxl(), "cfg": args.cfg, "unet_batch": batch.dim(0)?,
                 "device": crate::models::device::describe(&device), "dtype": args.dtype.name(),
                 "text_encode_ms": text_ms, "unet_step_cfg_ms": unet_ms, "vae_decode_ms": vae_ms,
                 "vae_encode_ms": vae_encode_ms,
@@ -271,20 +289,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         println!("{:<34}{:>12}", "stage", "ms (median)");
         println!("{:<34}{:>12.1}", "load (cold, from disk)", load_ms);
-        println!("{:<34}{:>12.1}", "text encode (prompt + negative)", text_ms);
-        println!("{:<34}{:>12.1}", "UNet step with CFG (batch 2)", unet_ms);
-        println!("{:<34}{:>12.1}", "VAE decode", vae_ms);
-        println!("{:<34}{:>12.1}", "VAE encode", vae_encode_ms);
+        let n = batch.dim(0)?;
+        let row = |name: &str, v: Option<f64>| match v {
+            Some(v) => println!("{name:<34}{v:>12.1}"),
+            None => println!("{name:<34}{:>12}", "-"),
+        };
+        row(&format!("text encode ({n} prompt(s))"), Some(text_ms));
+        row(&format!("UNet step (batch {n})"), unet_ms);
+        row("VAE decode", vae_ms);
+        row("VAE encode", vae_encode_ms);
         println!("{:<34}{:>12.3}", "preview (latent → RGB)", preview_ms);
-        println!("preview / UNet step = {:.5} ({:.3}%)", ratio, ratio * 100.0);
+        if let Some(r) = ratio {
+            println!("preview / UNet step = {:.5} ({:.3}%)", r, r * 100.0);
+        }
         if let Some((ms, share, decode_ms)) = taesd {
             let side = crate::diffusion::preview::TAESD_PREVIEW_MAX_SIDE;
             println!("{:<34}{:>12.1}", format!("preview (TAESD, ≤{side} px)"), ms);
-            println!(
-                "TAESD preview / UNet step = {:.4} ({:.2}%)",
-                share,
-                share * 100.0
-            );
+            if let Some(share) = share {
+                println!(
+                    "TAESD preview / UNet step = {:.4} ({:.2}%)",
+                    share,
+                    share * 100.0
+                );
+            }
             println!("{:<34}{:>12.1}", "TAESD decode (full size)", decode_ms);
         }
         println!(
@@ -335,6 +362,11 @@ pub(super) fn ms(t: Instant) -> f64 {
 }
 
 /// Runs `f` once to warm up, then `reps` times; the median in milliseconds.
+/// `f()` when `on`, else nothing (a stage not asked for).
+fn optional(on: bool, f: impl FnOnce() -> Result<f64>) -> Result<Option<f64>> {
+    on.then(f).transpose()
+}
+
 pub(super) fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let mut times = Vec::with_capacity(reps);

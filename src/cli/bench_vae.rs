@@ -64,7 +64,7 @@ pub fn run(args: &BenchArgs, dir: &Path, device: &Device) -> Result<()> {
         let input = match stage {
             Stage::VaeDecode => latents(side)?,
             Stage::VaeEncode => Tensor::rand(-1f32, 1f32, (1, 3, side, side), device)?,
-            Stage::All => continue,
+            Stage::All | Stage::Text | Stage::Unet => continue,
         };
         let run = |vae: &Vae| -> candle_core::Result<Tensor> {
             match (stage, tiled) {
@@ -90,7 +90,7 @@ pub fn run(args: &BenchArgs, dir: &Path, device: &Device) -> Result<()> {
     let name = |s: Stage| match s {
         Stage::VaeDecode => "VAE decode",
         Stage::VaeEncode => "VAE encode",
-        Stage::All => "all",
+        Stage::All | Stage::Text | Stage::Unet => "all",
     };
     let mode = if tiled {
         format!("tiled ({} latents a side)", tiles.tile)

@@ -374,6 +374,12 @@ impl Pipeline {
         .map_err(err)
     }
 
+    /// What the UNet is conditioned on for `req` (see [`Self::conditioning`]); warnings about
+    /// truncated prompts are dropped.
+    pub fn conditioning_for(&self, req: &GenerateRequest) -> Result<Conditioning, PipelineError> {
+        self.conditioning(req, self.guided_by_cfg(req), &mut Vec::new())
+    }
+
     /// What the UNet is conditioned on for a request: the text states ([uncond, cond] when
     /// guided), SDXL's pooled text and micro-conditioning, an LCM UNet's guidance embedding.
     fn conditioning(
