@@ -110,6 +110,11 @@ pub struct Settings {
     pub model_choices: BTreeMap<PathBuf, ModelChoice>,
     /// A1111's "Clip skip": 1 uses the text encoder's last layer, 2 the one before, …
     pub clip_skip: usize,
+    /// SDXL: the second text encoder's prompt and negative; empty = the prompt / negative.
+    pub prompt_2: String,
+    pub negative_prompt_2: String,
+    /// SDXL's micro-conditioning.
+    pub size_cond: crate::diffusion::SizeConditioning,
     /// Where models run: auto (a GPU when this build and machine have one), cpu, cuda, metal.
     pub device: crate::models::device::DeviceChoice,
     /// How models' weights are kept: f32, f16 or bf16 (half the memory).
@@ -172,6 +177,9 @@ impl Default for Settings {
             model_dirs: Vec::new(),
             model_choices: BTreeMap::new(),
             clip_skip: 1,
+            prompt_2: String::new(),
+            negative_prompt_2: String::new(),
+            size_cond: Default::default(),
             device: Default::default(),
             precision: Default::default(),
             taesd_preview: false,

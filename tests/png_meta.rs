@@ -38,6 +38,7 @@ fn meta() -> GenerationMetadata {
             },
         ],
         init_noise: Some("noise/start.safetensors".to_string()),
+        sdxl: None,
         easel_version: "0.1.0".to_string(),
         extra: serde_json::Map::new(),
     }
@@ -111,6 +112,7 @@ fn writes_no_negative_line_when_negative_is_empty() {
         vae: None,
         loras: vec![],
         init_noise: None,
+        sdxl: None,
         easel_version: "0.1.0".to_string(),
         extra: serde_json::Map::new(),
     };

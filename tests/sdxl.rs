@@ -9,7 +9,7 @@ mod common;
 use candle_core::{Device, Tensor};
 use common::*;
 use easel::diffusion::schedulers::{Sampler, Spacing};
-use easel::diffusion::{GenerateRequest, Pipeline, SizeConditioning};
+use easel::diffusion::{GenerateRequest, Pipeline, SdxlOptions, SizeConditioning};
 use easel::lora::{AdapterSettings, LoraStack};
 
 const MODEL: &str = "sdxl-tiny";
@@ -129,12 +129,14 @@ fn request_in(p: &Pipeline, dir: &std::path::Path, case: &str) -> GenerateReques
     };
     let mut req = GenerateRequest::new(&p.model, &text("prompt").unwrap(), 0);
     req.negative_prompt = text("negative_prompt").unwrap_or_default();
-    req.prompt_2 = text("prompt_2");
-    req.negative_prompt_2 = text("negative_prompt_2");
-    req.size_cond = SizeConditioning {
-        original: size("original_size"),
-        crop: size("crops_coords_top_left").unwrap_or_default(),
-        target: size("target_size"),
+    req.sdxl = SdxlOptions {
+        prompt_2: text("prompt_2"),
+        negative_prompt_2: text("negative_prompt_2"),
+        size: SizeConditioning {
+            original: size("original_size"),
+            crop: size("crops_coords_top_left").unwrap_or_default(),
+            target: size("target_size"),
+        },
     };
     req.steps = kw["num_inference_steps"].as_u64().unwrap() as usize;
     req.cfg_scale = kw["guidance_scale"].as_f64().unwrap();
@@ -163,7 +165,7 @@ fn request_in(p: &Pipeline, dir: &std::path::Path, case: &str) -> GenerateReques
         .flat_map(|row| row.as_array().unwrap().iter())
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
-    let ours = req.size_cond.time_ids(req.width, req.height);
+    let ours = req.sdxl.size.time_ids(req.width, req.height);
     assert_eq!(&recorded[recorded.len() - 6..], &ours, "{case}: time ids");
     req
 }
@@ -314,5 +316,64 @@ fn single_file_in_the_sgm_layout_matches_from_single_file() {
     for case in ["sdxl-tiny-euler", "sdxl-tiny-euler-a-turbo"] {
         let req = request_in(&p, &dir, case);
         check_request(&p, &dir, case, &req);
+    }
+}
+
+/// The CLI's SDXL flags reach the image and its PNG; bad values get one line.
+#[test]
+fn cli_second_prompt_and_size_flags_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.png");
+    let model = fixtures().join(MODEL);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate".to_string(),
+            "--model".into(),
+            model.display().to_string(),
+            "--prompt".into(),
+            "a red circle".into(),
+            "--steps".into(),
+            "2".into(),
+            "--width".into(),
+            "96".into(),
+            "--height".into(),
+            "64".into(),
+            "-o".into(),
+            out.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_easel"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&[
+        "--prompt-2",
+        "a watercolor forest",
+        "--original-size",
+        "128x96",
+        "--crop",
+        "8,4",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let meta = easel::gallery::png_meta::read_png_metadata(&out).unwrap();
+    let sdxl = meta.easel.unwrap().sdxl.unwrap();
+    assert_eq!(sdxl.prompt_2.as_deref(), Some("a watercolor forest"));
+    assert_eq!(sdxl.size.original, Some((128, 96)));
+    assert_eq!(sdxl.size.crop, (8, 4));
+    assert_eq!(sdxl.size.target, None);
+    for (flag, value) in [
+        ("--original-size", "0x5"),
+        ("--crop", "8"),
+        ("--width", "100"),
+    ] {
+        let bad = run(&[flag, value]);
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success(), "{flag} {value} was accepted");
+        assert!(err.contains(flag.trim_start_matches("--")), "{flag}: {err}");
     }
 }

@@ -296,6 +296,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         vae: None,
         loras: Vec::new(),
         init_noise: None,
+        sdxl: None,
         easel_version: "0.1.0".into(),
         extra: Default::default(),
     };
@@ -501,4 +502,80 @@ fn a_few_step_model_offers_its_steps_and_cfg() {
     ready(&mut h);
     h.run_steps(2);
     assert!(h.state().studio.few_step_offer.is_none());
+}
+
+/// An SDXL model shows its second prompts and size conditioning (an SD 1.x model does not);
+/// what is set there reaches the job, the PNG records it, and dropping that PNG restores it.
+#[test]
+fn sdxl_second_prompt_and_size_conditioning_reach_the_png_and_come_back() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    h.step();
+    assert!(
+        h.query_by_label_contains("SDXL: second prompt").is_none(),
+        "an SD 1.x model has no SDXL fields"
+    );
+    drop(h);
+
+    let mut h = harness(Some(common::fixtures().join("sdxl-tiny")), lib.path());
+    ready(&mut h);
+    {
+        let s = &mut h.state_mut().studio.settings;
+        (s.steps, s.width, s.height) = (2, 96, 64);
+        s.prompt = "a red circle".into();
+    }
+    h.step();
+    h.get_by_label_contains("SDXL: second prompt").click();
+    h.run_steps(2);
+    h.get_by_label("Prompt 2 (OpenCLIP bigG)").focus();
+    h.step();
+    h.get_by_label("Prompt 2 (OpenCLIP bigG)")
+        .type_text("a watercolor forest");
+    h.step();
+    h.get_by_label("Original size: the image's").click();
+    h.run_steps(2);
+    let size = h.state().studio.settings.size_cond;
+    assert_eq!(
+        size.original,
+        Some((96, 64)),
+        "unticking starts from the image size"
+    );
+    h.state_mut().studio.settings.size_cond.crop = (8, 4);
+    let recipe = h.state().studio.recipe(5);
+    assert_eq!(recipe.sdxl.prompt_2.as_deref(), Some("a watercolor forest"));
+    assert_eq!(
+        recipe.sdxl.negative_prompt_2, None,
+        "empty means the negative"
+    );
+
+    h.get_by_label("Generate").click();
+    drive(&mut h, "SDXL image saved", RUN, |a| {
+        a.studio.history.first().is_some_and(|i| i.path.is_some())
+    });
+    let path = h.state().studio.history[0].path.clone().unwrap();
+    let sdxl = read_png_metadata(&path)
+        .unwrap()
+        .easel
+        .unwrap()
+        .sdxl
+        .unwrap();
+    assert_eq!(sdxl.prompt_2.as_deref(), Some("a watercolor forest"));
+    assert_eq!(sdxl.size.original, Some((96, 64)));
+    assert_eq!(sdxl.size.crop, (8, 4));
+
+    {
+        let s = &mut h.state_mut().studio.settings;
+        s.prompt_2.clear();
+        s.size_cond = Default::default();
+    }
+    common::drop_file(&mut h, &path);
+    drive(&mut h, "SDXL settings restored", RUN, |a| {
+        a.studio.settings.prompt_2 == "a watercolor forest"
+    });
+    let s = &h.state().studio.settings;
+    assert_eq!(
+        (s.size_cond.original, s.size_cond.crop),
+        (Some((96, 64)), (8, 4))
+    );
 }

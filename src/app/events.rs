@@ -237,6 +237,11 @@ impl Studio {
         if let Some(v) = r.clip_skip {
             s.clip_skip = v.clamp(1, 12);
         }
+        if let Some(x) = &r.sdxl {
+            s.prompt_2 = x.prompt_2.clone().unwrap_or_default();
+            s.negative_prompt_2 = x.negative_prompt_2.clone().unwrap_or_default();
+            s.size_cond = x.size.clamped();
+        }
         self.info(r.summary());
     }
 

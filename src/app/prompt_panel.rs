@@ -17,6 +17,9 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
         model_line(ui, studio);
         ui.separator();
         prompts(ui, studio);
+        if matches!(&studio.model, ModelState::Ready(info) if info.sdxl) {
+            sdxl_fields(ui, studio);
+        }
         ui.add_space(4.0);
         sliders(ui, studio);
         ui.add_space(8.0);
@@ -118,6 +121,81 @@ fn prompts(ui: &mut egui::Ui, studio: &mut Studio) {
             .desired_width(f32::INFINITY),
     )
     .labelled_by(label.id);
+}
+
+/// SDXL's extras, folded away: the second text encoder's prompts and the micro-conditioning
+/// (ComfyUI's CLIPTextEncodeSDXL fields). Empty prompts and "same as the image" sizes are
+/// diffusers' defaults.
+fn sdxl_fields(ui: &mut egui::Ui, studio: &mut Studio) {
+    let mut requeue = false;
+    let s = &mut studio.settings;
+    let (width, height) = (s.width, s.height);
+    egui::CollapsingHeader::new("SDXL: second prompt, size conditioning")
+        .id_salt("sdxl")
+        .show(ui, |ui| {
+            let label = ui.label("Prompt 2 (OpenCLIP bigG)");
+            ui.add(
+                egui::TextEdit::multiline(&mut s.prompt_2)
+                    .hint_text("Same as the prompt")
+                    .desired_rows(2)
+                    .desired_width(f32::INFINITY),
+            )
+            .labelled_by(label.id);
+            let label = ui.label("Negative prompt 2");
+            ui.add(
+                egui::TextEdit::multiline(&mut s.negative_prompt_2)
+                    .hint_text("Same as the negative prompt")
+                    .desired_rows(1)
+                    .desired_width(f32::INFINITY),
+            )
+            .labelled_by(label.id);
+            let c = &mut s.size_cond;
+            requeue |= size_field(ui, "Original size", &mut c.original, (width, height));
+            ui.horizontal(|ui| {
+                ui.label("Crop from");
+                let (left, top) = &mut c.crop;
+                let max = crate::diffusion::pipeline::MAX_SIZE_COND;
+                requeue |=
+                    released(&ui.add(egui::DragValue::new(left).range(0..=max).prefix("left ")));
+                requeue |=
+                    released(&ui.add(egui::DragValue::new(top).range(0..=max).prefix("top ")));
+            })
+            .response
+            .on_hover_text(
+                "Where SDXL is told the image was cropped; 0, 0 keeps the subject whole",
+            );
+            requeue |= size_field(ui, "Target size", &mut c.target, (width, height));
+        });
+    if requeue && s.live {
+        studio.push(Action::LiveRequeue);
+    }
+}
+
+/// An optional (width, height): "same as the image", or two values. True when a value was
+/// let go (the live re-queue moment).
+fn size_field(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut Option<(usize, usize)>,
+    image: (usize, usize),
+) -> bool {
+    let mut changed = false;
+    ui.horizontal(|ui| {
+        let mut own = value.is_none();
+        if ui
+            .checkbox(&mut own, format!("{label}: the image's"))
+            .changed()
+        {
+            *value = if own { None } else { Some(image) };
+            changed = true;
+        }
+        if let Some((w, h)) = value {
+            let max = crate::diffusion::pipeline::MAX_SIZE_COND;
+            changed |= released(&ui.add(egui::DragValue::new(w).range(1..=max).suffix(" w")));
+            changed |= released(&ui.add(egui::DragValue::new(h).range(1..=max).suffix(" h")));
+        }
+    });
+    changed
 }
 
 /// True when a slider-like control was let go (or changed by keyboard / typing): the moment

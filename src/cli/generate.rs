@@ -13,7 +13,9 @@ use clap::Args;
 
 use crate::diffusion::schedulers::PredictionType;
 use crate::diffusion::schedulers::{Sampler, Spacing};
-use crate::diffusion::{GenerateRequest, Outcome, Pipeline, SizeConditioning, VaeTiling};
+use crate::diffusion::{
+    GenerateRequest, Outcome, Pipeline, SdxlOptions, SizeConditioning, VaeTiling,
+};
 use crate::gallery::png_meta::{self, GenerationMetadata, VaeUse};
 use crate::models::checkpoint::LoadOptions;
 
@@ -170,12 +172,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let mut req = GenerateRequest::new(&pipeline.model, &args.prompt, seed);
     req.negative_prompt = args.negative.clone();
-    req.prompt_2 = args.prompt_2.clone();
-    req.negative_prompt_2 = args.negative_2.clone();
-    req.size_cond = SizeConditioning {
-        original: args.original_size,
-        crop: args.crop,
-        target: args.target_size,
+    req.sdxl = SdxlOptions {
+        prompt_2: args.prompt_2.clone(),
+        negative_prompt_2: args.negative_2.clone(),
+        size: SizeConditioning {
+            original: args.original_size,
+            crop: args.crop,
+            target: args.target_size,
+        },
     };
     req.steps = args.steps;
     req.cfg_scale = args.cfg;
@@ -271,6 +275,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             None => None,
         },
         init_noise: args.init_noise.as_ref().map(|p| p.display().to_string()),
+        sdxl: pipeline.model.is_sdxl().then(|| req.sdxl.clone()),
         easel_version: env!("CARGO_PKG_VERSION").to_string(),
         extra: Default::default(),
     };

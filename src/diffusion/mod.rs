@@ -9,6 +9,6 @@ pub mod schedulers;
 
 pub use memory::VaeTiling;
 pub use pipeline::{
-    GenerateRequest, GeneratedImage, Outcome, Pipeline, PipelineError, SizeConditioning,
-    StepProgress, TaesdUse,
+    GenerateRequest, GeneratedImage, Outcome, Pipeline, PipelineError, SdxlOptions,
+    SizeConditioning, StepProgress, TaesdUse,
 };

@@ -44,12 +44,8 @@ pub struct GenerateRequest {
     pub sampler: Sampler,
     /// How the sampler lays its steps over the training timesteps; `None`: its default.
     pub spacing: Option<Spacing>,
-    /// SDXL: what the second text encoder reads; `None`: the prompt (diffusers' `prompt_2`).
-    pub prompt_2: Option<String>,
-    /// SDXL: the second text encoder's negative; `None`: the negative prompt.
-    pub negative_prompt_2: Option<String>,
-    /// SDXL's micro-conditioning (original size, crop, target size).
-    pub size_cond: SizeConditioning,
+    /// SDXL's second prompts and micro-conditioning (ignored by other models).
+    pub sdxl: SdxlOptions,
     /// A1111's "Clip skip": 1 = the text encoder's last layer, 2 = the one before, …
     /// (SDXL: 1 = the penultimate layer, which SDXL was trained on.)
     pub clip_skip: usize,
@@ -74,9 +70,7 @@ impl GenerateRequest {
             height: size,
             sampler: default_sampler(model),
             spacing: None,
-            prompt_2: None,
-            negative_prompt_2: None,
-            size_cond: SizeConditioning::default(),
+            sdxl: SdxlOptions::default(),
             clip_skip: 1,
             init_noise: None,
             vae_tiling: VaeTiling::Auto,
@@ -84,10 +78,26 @@ impl GenerateRequest {
     }
 }
 
+/// The largest micro-conditioning value accepted (SDXL was trained on sizes up to about 4096).
+pub const MAX_SIZE_COND: usize = 65536;
+
+/// What only SDXL reads: the second text encoder's prompts (`None`: the prompt and the
+/// negative, diffusers' `prompt_2` / `negative_prompt_2`) and the micro-conditioning.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SdxlOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_2: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative_prompt_2: Option<String>,
+    pub size: SizeConditioning,
+}
+
 /// SDXL's micro-conditioning: what the UNet is told about the training image the output should
 /// look like it came from. Sizes are (width, height) in pixels; `None` means the image's own
 /// size, as in diffusers and ComfyUI.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SizeConditioning {
     /// The size the "original" image had (small values look upscaled and soft).
     pub original: Option<(usize, usize)>,
@@ -109,6 +119,21 @@ impl SizeConditioning {
 
     pub fn is_default(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// Each value within 0..=[`MAX_SIZE_COND`] (sizes at least 1): what a PNG from elsewhere
+    /// may claim is not trusted further.
+    pub fn clamped(&self) -> Self {
+        let side = |v: usize| v.clamp(1, MAX_SIZE_COND);
+        let size = |s: Option<(usize, usize)>| s.map(|(w, h)| (side(w), side(h)));
+        Self {
+            original: size(self.original),
+            crop: (
+                self.crop.0.min(MAX_SIZE_COND),
+                self.crop.1.min(MAX_SIZE_COND),
+            ),
+            target: size(self.target),
+        }
     }
 }
 
@@ -389,8 +414,9 @@ impl Pipeline {
         warnings: &mut Vec<String>,
     ) -> Result<Conditioning, PipelineError> {
         let device = &self.model.device;
-        let prompt_2 = req.prompt_2.as_deref().unwrap_or(&req.prompt);
+        let prompt_2 = req.sdxl.prompt_2.as_deref().unwrap_or(&req.prompt);
         let negative_2 = req
+            .sdxl
             .negative_prompt_2
             .as_deref()
             .unwrap_or(&req.negative_prompt);
@@ -426,7 +452,7 @@ impl Pipeline {
         let batch = if cfg { 2 } else { 1 };
         let text_time = match pooled {
             Some(pooled) => {
-                let ids = req.size_cond.time_ids(req.width, req.height);
+                let ids = req.sdxl.size.time_ids(req.width, req.height);
                 let ids: Vec<f32> = (0..batch).flat_map(|_| ids).collect();
                 let ids = Tensor::from_vec(ids, (batch, 6), device).map_err(err())?;
                 Some((pooled, ids))

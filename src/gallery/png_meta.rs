@@ -67,6 +67,9 @@ pub struct GenerationMetadata {
     /// Path of an `--init-noise` file if one replaced the seeded noise: the seed alone
     /// would not reproduce the image then.
     pub init_noise: Option<String>,
+    /// SDXL's second prompts and micro-conditioning; absent for other models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdxl: Option<crate::diffusion::SdxlOptions>,
     pub easel_version: String,
     /// Fields a newer Easel wrote that this one does not know; kept so that re-saving does not
     /// lose them.

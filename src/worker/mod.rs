@@ -56,6 +56,8 @@ pub struct Recipe {
     pub spacing: Option<Spacing>,
     /// A1111's "Clip skip" (1 = the text encoder's last layer).
     pub clip_skip: usize,
+    /// SDXL's second prompts and micro-conditioning (ignored by other models).
+    pub sdxl: crate::diffusion::SdxlOptions,
     /// The LoRA adapters, applied from memory before the first step.
     pub loras: LoraRecipe,
 }
@@ -75,6 +77,7 @@ impl Default for Recipe {
             sampler: Sampler::DpmPp2mKarras,
             spacing: None,
             clip_skip: 1,
+            sdxl: Default::default(),
             loras: Default::default(),
         }
     }
@@ -138,6 +141,8 @@ pub struct ModelInfo {
     /// Width and height must be multiples of this.
     pub size_multiple: usize,
     pub default_sampler: Sampler,
+    /// SDXL: two text encoders, size conditioning (the prompt panel shows their fields).
+    pub sdxl: bool,
     /// Set for few-step models (LCM, SD-Turbo): the steps and CFG they are made for.
     pub few_step: Option<Box<crate::diffusion::pipeline::FewStep>>,
     pub load_duration: Duration,

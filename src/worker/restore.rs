@@ -47,6 +47,8 @@ pub struct Restored {
     /// A1111's short hash of the model, to find it in the model library.
     pub model_hash: Option<String>,
     pub clip_skip: Option<usize>,
+    /// SDXL's second prompts and micro-conditioning (Easel's own metadata only).
+    pub sdxl: Option<crate::diffusion::SdxlOptions>,
     /// What was found but could not be used, in words.
     pub notes: Vec<String>,
 }
@@ -67,6 +69,7 @@ impl Restored {
             model_name: None,
             model_hash: None,
             clip_skip: None,
+            sdxl: None,
             notes: Vec::new(),
         }
     }
@@ -104,6 +107,9 @@ impl Restored {
         }
         if let Some(c) = self.clip_skip {
             found.push(format!("clip skip {c}"));
+        }
+        if self.sdxl.is_some() {
+            found.push("SDXL prompts and size conditioning".into());
         }
         let mut text = format!("{}: restored {}", self.source.label(), found.join(", "));
         if let Some(m) = &self.model_name {
@@ -148,6 +154,7 @@ pub fn from_metadata(meta: &PngMetadata) -> Option<Restored> {
         r.model_name = Some(e.model_name.clone()).filter(|m| !m.is_empty());
         r.model_hash = Some(e.model_hash.clone()).filter(|m| !m.is_empty());
         r.clip_skip = Some(e.clip_skip);
+        r.sdxl = e.sdxl.clone();
         return Some(r);
     }
     if let Some(a) = &meta.a1111 {

@@ -261,6 +261,7 @@ impl Control {
         req.sampler = r.sampler;
         req.spacing = r.spacing;
         req.clip_skip = r.clip_skip;
+        req.sdxl = r.sdxl.clone();
 
         let job = p.job;
         let loras = {
@@ -318,6 +319,7 @@ impl Control {
                         .as_deref()
                         .map(crate::gallery::png_meta::VaeUse::named),
                     init_noise: None,
+                    sdxl: pipeline.model.is_sdxl().then(|| r.sdxl.clone()),
                     easel_version: env!("CARGO_PKG_VERSION").to_string(),
                     extra: Default::default(),
                 };
@@ -372,6 +374,7 @@ fn model_info(pipeline: &Pipeline, path: PathBuf, took: std::time::Duration) -> 
         native_size: model.native_size(),
         size_multiple: model.size_multiple(),
         default_sampler: default_sampler(model),
+        sdxl: model.is_sdxl(),
         few_step: crate::diffusion::pipeline::few_step_defaults(model).map(Box::new),
         load_duration: took,
     }
