@@ -307,7 +307,9 @@ def sdxl_child(folder, size, reps, threads, dtype, slow_s):
            "load_ms": (time.perf_counter() - t0) * 1e3, "peak_rss_after_load_mib": peak_rss_mib()}
     lat = torch.randn(2, unet.config.in_channels, size // 8, size // 8, dtype=dt)
     ctx = torch.randn(2, 77, unet.config.cross_attention_dim, dtype=dt)
-    added = {"text_embeds": torch.randn(2, 1280, dtype=dt),
+    # The pooled text embedding's width: what the add embedding takes besides the 6 time ids.
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    added = {"text_embeds": torch.randn(2, pooled, dtype=dt),
              "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * 2, dtype=dt)}
     t = torch.tensor(500.0)
 

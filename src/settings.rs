@@ -227,7 +227,7 @@ impl Settings {
 
     /// The TAESD decoder for the model at `model`: beside it, else in the model folders
     /// (ComfyUI's `vae_approx`, A1111's `VAE-taesd`, a `taesd/` folder; see
-    /// `crate::models::taesd::candidates`).
+    /// `crate::models::taesd::candidates`); TAESDXL for an SDXL model.
     pub fn taesd_file(&self, model: &Path) -> Option<PathBuf> {
         let mut dirs: Vec<PathBuf> = if model.is_file() {
             model.parent().map(Path::to_path_buf).into_iter().collect()
@@ -235,7 +235,8 @@ impl Settings {
             vec![model.to_path_buf()]
         };
         dirs.extend(self.model_dirs());
-        let file = crate::models::taesd::DECODER_FILES[0];
+        let sdxl = crate::models::checkpoint::is_sdxl(model);
+        let file = crate::models::taesd::decoder_file(sdxl);
         crate::models::taesd::find(&dirs, file).ok()
     }
 

@@ -377,3 +377,59 @@ fn cli_second_prompt_and_size_flags_are_recorded() {
         assert!(err.contains(flag.trim_start_matches("--")), "{flag}: {err}");
     }
 }
+
+/// The studio looks for TAESDXL for an SDXL model (TAESD has the same shapes but another
+/// latent space: it would preview wrong colours without a word) and TAESD for the others.
+#[test]
+fn taesdxl_is_chosen_for_sdxl_models() {
+    let lib = tempfile::tempdir().unwrap();
+    let approx = lib.path().join("vae_approx");
+    std::fs::create_dir(&approx).unwrap();
+    let file = fixtures().join("taesd-tiny-original/taesd_decoder.safetensors");
+    for name in ["taesd_decoder.safetensors", "taesdxl_decoder.safetensors"] {
+        std::fs::copy(&file, approx.join(name)).unwrap();
+    }
+    let settings = easel::settings::Settings {
+        model_dirs: vec![lib.path().to_path_buf()],
+        ..Default::default()
+    };
+    for (model, want) in [
+        (fixtures().join(MODEL), "taesdxl_decoder.safetensors"),
+        (
+            fixtures().join("checkpoints/sdxl-tiny.safetensors"),
+            "taesdxl_decoder.safetensors",
+        ),
+        (fixtures().join("sd-tiny-a"), "taesd_decoder.safetensors"),
+    ] {
+        let found = settings.taesd_file(&model).unwrap();
+        assert!(
+            found.ends_with(want),
+            "{}: {}",
+            model.display(),
+            found.display()
+        );
+    }
+}
+
+/// A single file named like SDXL-Turbo (its weights cannot tell) offers the Turbo recipe:
+/// Euler a with trailing spacing, no guidance; the same file under another name does not.
+#[test]
+fn a_turbo_named_single_file_offers_its_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let turbo = dir.path().join("my-sdxl-turbo-merge.safetensors");
+    std::fs::copy(fixtures().join("checkpoints/sdxl-tiny.safetensors"), &turbo).unwrap();
+    let few = |path: &std::path::Path| {
+        let p = Pipeline::load(path, &Device::Cpu).unwrap();
+        easel::diffusion::pipeline::few_step_defaults(&p.model)
+    };
+    let offer = few(&turbo).expect("a Turbo offer");
+    assert_eq!((offer.steps, offer.cfg_scale), (4, 0.0));
+    assert_eq!(
+        offer.sampler,
+        Some((Sampler::EulerAncestral, Spacing::Trailing))
+    );
+    assert_eq!(
+        few(&fixtures().join("checkpoints/sdxl-tiny.safetensors")),
+        None
+    );
+}

@@ -278,8 +278,8 @@ fn current_model(ui: &mut egui::Ui, studio: &mut Studio, taesd: Option<PathBuf>)
         let why = match &taesd {
             Some(f) => format!("TAESD: {}", f.display()),
             None => "No TAESD found: put taesd_decoder.safetensors (madebyollin's tiny \
-                     autoencoder) in a model folder's vae_approx/ or VAE-taesd/ folder, or \
-                     beside the model."
+                     autoencoder; taesdxl_decoder.safetensors for SDXL) in a model folder's \
+                     vae_approx/ or VAE-taesd/ folder, or beside the model."
                 .into(),
         };
         ui.checkbox(&mut preview, "Real previews (TAESD)")

@@ -80,10 +80,18 @@ fn model_line(ui: &mut egui::Ui, studio: &mut Studio) {
                 few.kind, few.steps, few.cfg_scale
             ));
             ui.horizontal(|ui| {
-                let apply = format!("Use {} steps, CFG {}", few.steps, few.cfg_scale);
+                let sampler = few.sampler.map_or(String::new(), |(s, sp)| {
+                    format!(", {} {sp}", s.a1111_name())
+                });
+                let apply = format!("Use {} steps, CFG {}{sampler}", few.steps, few.cfg_scale);
                 if ui.button(apply).clicked() {
-                    studio.settings.steps = few.steps;
-                    studio.settings.cfg_scale = few.cfg_scale;
+                    let s = &mut studio.settings;
+                    s.steps = few.steps;
+                    s.cfg_scale = few.cfg_scale;
+                    if let Some((sampler, spacing)) = few.sampler {
+                        s.sampler = Some(sampler.cli_name().to_string());
+                        s.spacing = Some(spacing.name().to_string());
+                    }
                     dismiss = true;
                 }
                 if ui.small_button("Keep my settings").clicked() {

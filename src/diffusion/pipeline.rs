@@ -154,17 +154,30 @@ pub struct FewStep {
     pub kind: &'static str,
     pub steps: usize,
     pub cfg_scale: f64,
+    /// The sampler and spacing to switch to, when the model's own would not do.
+    pub sampler: Option<(Sampler, Spacing)>,
 }
 
 /// The settings a few-step model wants, read from its files: an LCM-distilled UNet
-/// (`time_cond_proj_dim`: 4 steps at guidance 8, its model cards' recipe) or a scheduler file
-/// that asks its Euler sampler for "trailing" spacing (SD-Turbo: 1–4 steps, no guidance).
+/// (`time_cond_proj_dim`: 4 steps at guidance 8, its model cards' recipe), a scheduler file
+/// that asks its Euler sampler for "trailing" spacing (SD-Turbo: 1–4 steps, no guidance), or,
+/// for single files, whose weights cannot tell, "turbo" in the name (SDXL-Turbo and its
+/// fine-tunes: Euler a with trailing spacing, as their model cards run them).
 pub fn few_step_defaults(model: &StableDiffusion) -> Option<FewStep> {
     if model.unet.config.time_cond_proj_dim.is_some() {
         return Some(FewStep {
             kind: "an LCM-distilled model",
             steps: 4,
             cfg_scale: 8.0,
+            sampler: None,
+        });
+    }
+    if model.path.is_file() && model.name.to_lowercase().contains("turbo") {
+        return Some(FewStep {
+            kind: "a Turbo model (by its name)",
+            steps: 4,
+            cfg_scale: 0.0,
+            sampler: Some((Sampler::EulerAncestral, Spacing::Trailing)),
         });
     }
     let file = &model.scheduler;
@@ -176,6 +189,7 @@ pub fn few_step_defaults(model: &StableDiffusion) -> Option<FewStep> {
         kind: "a few-step model (SD-Turbo style)",
         steps: 4,
         cfg_scale: 0.0,
+        sampler: None,
     })
 }
 

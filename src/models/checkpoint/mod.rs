@@ -67,7 +67,16 @@ pub fn identify_file(path: &Path) -> Result<(TensorFile, Identified), ModelError
     Ok((file, what))
 }
 
-/// Loads a single-file SD 1.x / 2.x checkpoint. With `shapes_only`, everything is checked
+/// Whether the model at `path` (a diffusers folder or a single file) is SDXL, from the folder's
+/// layout or the file's header alone; false for anything unreadable.
+pub fn is_sdxl(path: &Path) -> bool {
+    if path.is_dir() {
+        return path.join("text_encoder_2").is_dir();
+    }
+    matches!(identify_file(path), Ok((_, Identified::Pipeline(p))) if p.family == detect::Family::Sdxl)
+}
+
+/// Loads a single-file SD 1.x / 2.x / SDXL checkpoint. With `shapes_only`, everything is checked
 /// (kind, layout, every tensor's name and shape, missing and extra tensors) but no weight is
 /// read: the modules hold zero stand-ins. That is how a model is vetted before the one in
 /// use is unloaded.
