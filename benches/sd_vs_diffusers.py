@@ -462,7 +462,7 @@ def report_sdxl(size, dtypes, runs, refs, counts):
     for dtype, e, d in zip(dtypes, runs, refs):
         assert e["sdxl"] and e["unet_batch"] == 2, (e["sdxl"], e["unet_batch"])
         em, dm = e["unet_step_cfg_ms"], d["unet_step_cfg_ms"]
-        er, dr = e["process_peak_rss_mib"], d["peak_rss_mib"]
+        er, dr = e["process_peak_rss_mib"], d["process_peak_rss_mib"]
         # Easel holds the text encoders and VAE too, at its weight precision.
         er_unet = er - other * (4 if dtype == "f32" else 2) / 2**20
         label = f"{dtype} / {TORCH_DTYPES[dtype]}"

@@ -433,3 +433,73 @@ fn a_turbo_named_single_file_offers_its_recipe() {
         None
     );
 }
+
+/// A refiner folder (aesthetic-score conditioning) is refused by name, not run wrongly.
+#[test]
+fn a_refiner_folder_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("refiner");
+    copy_dir(&fixtures().join(MODEL), &model);
+    let index = model.join("model_index.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    json["requires_aesthetics_score"] = true.into();
+    std::fs::write(&index, json.to_string()).unwrap();
+    let err = Pipeline::load(&model, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("SDXL refiner"), "{err}");
+    assert!(err.contains("model_index.json"), "{err}");
+}
+
+/// SDXL single files take their prediction type and zero-SNR schedule the way SD 2.x files
+/// do: from A1111's yaml beside them (v-prediction SDXL fine-tunes ship one).
+#[test]
+fn a_v_prediction_sdxl_file_is_read_from_its_yaml() {
+    use easel::diffusion::schedulers::PredictionType;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sdxl-v.safetensors");
+    std::fs::copy(fixtures().join("checkpoints/sdxl-tiny.safetensors"), &file).unwrap();
+    std::fs::write(
+        dir.path().join("sdxl-v.yaml"),
+        "model:\n  params:\n    parameterization: \"v\"\n    zero_terminal_snr: true\n",
+    )
+    .unwrap();
+    let p = Pipeline::load(&file, &Device::Cpu).unwrap();
+    assert_eq!(
+        p.model.scheduler.prediction_type,
+        PredictionType::VPrediction
+    );
+    assert!(p.model.scheduler.rescale_betas_zero_snr);
+}
+
+/// A folder whose `model_index.json` turns `force_zeros_for_empty_prompt` off encodes an empty
+/// negative as "" (diffusers' `negative_prompt=""`), as recorded.
+#[test]
+fn force_zeros_off_encodes_the_empty_negative() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("no-zeros");
+    copy_dir(&fixtures().join(MODEL), &model);
+    let index = model.join("model_index.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    json["force_zeros_for_empty_prompt"] = false.into();
+    std::fs::write(&index, json.to_string()).unwrap();
+    let refs = load(&refs_dir().join("text.safetensors"));
+    for (path, key) in [
+        (model.as_path(), "empty_negative_prompt_embeds"),
+        (
+            fixtures().join(MODEL).as_path(),
+            "zeros_negative_prompt_embeds",
+        ),
+    ] {
+        let p = Pipeline::load(path, &Device::Cpu).unwrap();
+        let mut req = GenerateRequest::new(&p.model, "a red circle", 0);
+        (req.width, req.height) = (96, 64);
+        let cond = p.conditioning_for(&req).unwrap();
+        let uncond = cond.context.narrow(0, 0, 1).unwrap();
+        let d = max_abs_diff(&uncond, &refs[key]);
+        assert!(d < TOL, "{}: {key} differs by {d}", path.display());
+    }
+}

@@ -117,10 +117,6 @@ impl SizeConditioning {
         [oh, ow, top, left, th, tw].map(|v| v as f32)
     }
 
-    pub fn is_default(&self) -> bool {
-        *self == Self::default()
-    }
-
     /// Each value within 0..=[`MAX_SIZE_COND`] (sizes at least 1): what a PNG from elsewhere
     /// may claim is not trusted further.
     pub fn clamped(&self) -> Self {
@@ -436,8 +432,8 @@ impl Pipeline {
             .unwrap_or(&req.negative_prompt);
         // SDXL conditions an empty negative on zeros (diffusers' `force_zeros_for_empty_prompt`,
         // A1111's rule), not on the encoding of "".
-        let sdxl = self.model.text_encoder_2.is_some();
-        let zero_negative = cfg && sdxl && req.negative_prompt.is_empty() && negative_2.is_empty();
+        let zeros = (self.model.text_encoder_2.as_ref()).is_some_and(|t| t.zero_empty_negative);
+        let zero_negative = cfg && zeros && req.negative_prompt.is_empty() && negative_2.is_empty();
         let (texts, texts_2) = if cfg && !zero_negative {
             (
                 vec![req.negative_prompt.as_str(), req.prompt.as_str()],

@@ -57,6 +57,10 @@ pub struct StableDiffusion {
 pub struct SecondTextEncoder {
     pub tokenizer: ClipTokenizer,
     pub encoder: ClipTextModel,
+    /// An empty negative prompt conditions on zeros rather than on the encoding of "":
+    /// diffusers' `force_zeros_for_empty_prompt` (true unless a folder's `model_index.json`
+    /// says otherwise; A1111 always does so for SDXL).
+    pub zero_empty_negative: bool,
 }
 
 impl StableDiffusion {
@@ -175,6 +179,7 @@ impl StableDiffusion {
                         }
                     })?,
                     encoder,
+                    zero_empty_negative: true,
                 }),
                 None => None,
             },
@@ -255,7 +260,15 @@ impl StableDiffusion {
                 dtype,
                 shapes_only,
             )?;
-            Some(SecondTextEncoder { tokenizer, encoder })
+            let zero_empty_negative = index_json
+                .get("force_zeros_for_empty_prompt")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(true);
+            Some(SecondTextEncoder {
+                tokenizer,
+                encoder,
+                zero_empty_negative,
+            })
         } else {
             None
         };
