@@ -226,11 +226,11 @@ impl Studio {
             sampler: self.sampler(),
             spacing: s.spacing.as_deref().and_then(|n| n.parse().ok()),
             clip_skip: s.clip_skip.max(1),
-            sdxl: crate::diffusion::SdxlOptions {
+            sdxl: Box::new(crate::diffusion::SdxlOptions {
                 prompt_2: Some(s.prompt_2.clone()).filter(|p| !p.is_empty()),
                 negative_prompt_2: Some(s.negative_prompt_2.clone()).filter(|p| !p.is_empty()),
                 size: s.size_cond,
-            },
+            }),
             loras: super::lora_panel::recipe_loras(s),
         }
     }

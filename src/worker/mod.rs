@@ -56,8 +56,9 @@ pub struct Recipe {
     pub spacing: Option<Spacing>,
     /// A1111's "Clip skip" (1 = the text encoder's last layer).
     pub clip_skip: usize,
-    /// SDXL's second prompts and micro-conditioning (ignored by other models).
-    pub sdxl: crate::diffusion::SdxlOptions,
+    /// SDXL's second prompts and micro-conditioning (ignored by other models); boxed, as most
+    /// recipes are not SDXL's and commands stay small.
+    pub sdxl: Box<crate::diffusion::SdxlOptions>,
     /// The LoRA adapters, applied from memory before the first step.
     pub loras: LoraRecipe,
 }

@@ -261,7 +261,7 @@ impl Control {
         req.sampler = r.sampler;
         req.spacing = r.spacing;
         req.clip_skip = r.clip_skip;
-        req.sdxl = r.sdxl.clone();
+        req.sdxl = (*r.sdxl).clone();
 
         let job = p.job;
         let loras = {
@@ -319,7 +319,7 @@ impl Control {
                         .as_deref()
                         .map(crate::gallery::png_meta::VaeUse::named),
                     init_noise: None,
-                    sdxl: pipeline.model.is_sdxl().then(|| r.sdxl.clone()),
+                    sdxl: pipeline.model.is_sdxl().then(|| (*r.sdxl).clone()),
                     easel_version: env!("CARGO_PKG_VERSION").to_string(),
                     extra: Default::default(),
                 };
