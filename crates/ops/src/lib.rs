@@ -15,7 +15,8 @@
 //! - [`GroupNorm`]: statistics and normalisation in two sweeps, SiLU fused in when asked.
 //! - [`linear`]: all images' token rows as one product, the bias as its starting value.
 //! - [`geglu`]: the feed-forward's gate in one pass.
-//! - [`precision`]: weights kept in f16/bf16 (`--dtype`), widened to f32 a layer at a time.
+//! - [`precision`]: weights kept in f16/bf16 (`--dtype`), widened to f32 a layer at a time —
+//!   except bf16 linear weights on CPUs with AVX512-BF16, multiplied as they are (`bf16`).
 //!
 //! Each is checked against the candle op it replaces (unit tests below each kernel) and, through
 //! the model, against diffusers (the reference tests). `EASEL_KERNELS=candle` turns them all off,
@@ -23,6 +24,8 @@
 
 mod activation;
 mod attention;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16;
 mod conv;
 mod linear;
 mod norm;

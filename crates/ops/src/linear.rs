@@ -13,8 +13,13 @@ use super::precision::{widen, widen_opt};
 use super::{cpu_slice, own_kernel, parallelism};
 
 /// `layer.forward(x)` for an input of any rank ≥ 1 (the last axis is the features).
-/// Half-precision weights (`--dtype f16|bf16`) are widened to the input's dtype first.
+/// Half-precision weights (`--dtype f16|bf16`) are widened to the input's dtype first, except
+/// bf16 ones on CPUs with AVX512-BF16, which are multiplied as they are (see `bf16`).
 pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(out) = linear_bf16(x, layer)? {
+        return Ok(out);
+    }
     let w = widen(layer.weight(), x)?;
     let bias = widen_opt(layer.bias(), x)?;
     let (w, bias) = (w.as_ref(), bias.as_deref());
@@ -90,6 +95,55 @@ pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
         *d = out_f;
     }
     Tensor::from_vec(out, out_dims, x.device())
+}
+
+/// `linear` with a bf16 weight and bf16 dot products, where the CPU has them; `None` hands the
+/// layer to the widening path (another dtype or device, gradients, no AVX512-BF16).
+#[cfg(target_arch = "x86_64")]
+fn linear_bf16(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
+    let w = layer.weight();
+    let usable = w.dtype() == candle_core::DType::BF16
+        && w.rank() == 2
+        && w.is_contiguous()
+        && own_kernel(&[x])
+        && !w.track_op()
+        && super::bf16::available();
+    let (out_f, in_f) = match w.dims2() {
+        Ok(d) if usable && x.rank() > 0 && x.dims().last() == Some(&d.1) => d,
+        _ => return Ok(None),
+    };
+    let dims = x.dims().to_vec();
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let x = x.contiguous()?;
+    let mut out = match layer.bias() {
+        Some(b) => {
+            let b: Vec<f32> = b.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            if b.len() != out_f {
+                candle_core::bail!("linear: {} biases for {out_f} outputs", b.len());
+            }
+            b.repeat(rows)
+        }
+        None => vec![0f32; rows * out_f],
+    };
+    {
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (candle_core::Storage::Cpu(xc), candle_core::Storage::Cpu(wc)) = (&*xs, &*ws) else {
+            return Ok(None);
+        };
+        let xd = cpu_slice(xc, xl, "linear input")?;
+        let candle_core::CpuStorage::BF16(wd) = wc else {
+            return Ok(None);
+        };
+        let wd = &wd[wl.start_offset()..];
+        super::bf16::matmul_wt(xd, rows, in_f, wd, out_f, &mut out)
+            .map_err(candle_core::Error::Msg)?;
+    }
+    let mut shape = dims;
+    if let Some(last) = shape.last_mut() {
+        *last = out_f;
+    }
+    Tensor::from_vec(out, shape, x.device()).map(Some)
 }
 
 #[cfg(test)]
