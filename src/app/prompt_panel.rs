@@ -113,19 +113,23 @@ fn folder_name(dir: &std::path::Path) -> String {
 
 fn prompts(ui: &mut egui::Ui, studio: &mut Studio) {
     let s = &mut studio.settings;
-    let label = ui.label("Prompt");
+    prompt_field(ui, "Prompt", &mut s.prompt, "What to paint", 4);
+    prompt_field(
+        ui,
+        "Negative prompt",
+        &mut s.negative_prompt,
+        "What to avoid",
+        2,
+    );
+}
+
+/// A labelled multi-line prompt box (the label is also its accessible name).
+fn prompt_field(ui: &mut egui::Ui, label: &str, text: &mut String, hint: &str, rows: usize) {
+    let label = ui.label(label);
     ui.add(
-        egui::TextEdit::multiline(&mut s.prompt)
-            .hint_text("What to paint")
-            .desired_rows(4)
-            .desired_width(f32::INFINITY),
-    )
-    .labelled_by(label.id);
-    let label = ui.label("Negative prompt");
-    ui.add(
-        egui::TextEdit::multiline(&mut s.negative_prompt)
-            .hint_text("What to avoid")
-            .desired_rows(2)
+        egui::TextEdit::multiline(text)
+            .hint_text(hint)
+            .desired_rows(rows)
             .desired_width(f32::INFINITY),
     )
     .labelled_by(label.id);
@@ -141,22 +145,15 @@ fn sdxl_fields(ui: &mut egui::Ui, studio: &mut Studio) {
     egui::CollapsingHeader::new("SDXL: second prompt, size conditioning")
         .id_salt("sdxl")
         .show(ui, |ui| {
-            let label = ui.label("Prompt 2 (OpenCLIP bigG)");
-            ui.add(
-                egui::TextEdit::multiline(&mut s.prompt_2)
-                    .hint_text("Same as the prompt")
-                    .desired_rows(2)
-                    .desired_width(f32::INFINITY),
-            )
-            .labelled_by(label.id);
-            let label = ui.label("Negative prompt 2");
-            ui.add(
-                egui::TextEdit::multiline(&mut s.negative_prompt_2)
-                    .hint_text("Same as the negative prompt")
-                    .desired_rows(1)
-                    .desired_width(f32::INFINITY),
-            )
-            .labelled_by(label.id);
+            let (p2, n2) = (&mut s.prompt_2, &mut s.negative_prompt_2);
+            prompt_field(ui, "Prompt 2 (OpenCLIP bigG)", p2, "Same as the prompt", 2);
+            prompt_field(
+                ui,
+                "Negative prompt 2",
+                n2,
+                "Same as the negative prompt",
+                1,
+            );
             let c = &mut s.size_cond;
             requeue |= size_field(ui, "Original size", &mut c.original, (width, height));
             ui.horizontal(|ui| {
