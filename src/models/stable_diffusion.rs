@@ -103,12 +103,8 @@ impl StableDiffusion {
         let mut model = Self::load_folder(path, device, stored, shapes_only)?;
         model.dtype = dtype;
         if let Some(vae) = &opts.vae {
-            let channels = model.latent_channels();
-            let mut external = checkpoint::load_vae(vae, channels, device, stored, shapes_only)?;
-            checkpoint::same_scale(vae, &external, model.vae_scale())?;
-            // The latent scaling belongs to the model (SDXL's 0.13025), not the VAE file.
-            external.config.scaling_factor = model.vae.config.scaling_factor;
-            model.vae = external;
+            let fit = model.vae_fit();
+            model.vae = checkpoint::load_vae_instead(vae, &fit, device, stored, shapes_only)?;
             model.vae_file = Some(vae.clone());
         }
         if let Some(p) = opts.prediction {
@@ -360,16 +356,13 @@ impl StableDiffusion {
                 Some(v) => v.clone(),
                 None => self.own_vae_source(),
             };
-            let mut vae = checkpoint::load_vae(
+            self.vae = checkpoint::load_vae_instead(
                 &source,
-                self.latent_channels(),
+                &self.vae_fit(),
                 &self.device,
                 self.options.precision.dtype(),
                 false,
             )?;
-            checkpoint::same_scale(&source, &vae, self.vae_scale())?;
-            vae.config.scaling_factor = self.vae.config.scaling_factor;
-            self.vae = vae;
             self.vae_file =
                 (source != self.path && source != self.path.join("vae")).then_some(source);
         }
@@ -408,6 +401,15 @@ impl StableDiffusion {
             &crate::diffusion::preview::SDXL_LATENT_RGB
         } else {
             &crate::diffusion::preview::SD1_LATENT_RGB
+        }
+    }
+
+    /// What another VAE must fit to replace this model's.
+    fn vae_fit(&self) -> checkpoint::VaeFit {
+        checkpoint::VaeFit {
+            latent_channels: self.latent_channels(),
+            factor: Some(self.vae_scale()),
+            scaling: self.vae.config.scaling_factor,
         }
     }
 

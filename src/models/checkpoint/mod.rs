@@ -174,12 +174,12 @@ pub fn load(
     let external = opts.vae.clone().or_else(|| sidecar::vae_beside(path));
     let (vae, vae_file) = match (&external, &layout.vae) {
         (Some(v), own) => {
-            let mut vae = load_vae(v, unet.config.in_channels, device, dtype, shapes_only)?;
-            if let Some(own) = own {
-                same_scale(v, &vae, own.config.downscale_factor())?;
-            }
-            // The latent scaling belongs to the model family (SDXL's VAE files say nothing).
-            vae.config.scaling_factor = layout.family.vae_scaling();
+            let fit = VaeFit {
+                latent_channels: unet.config.in_channels,
+                factor: own.as_ref().map(|o| o.config.downscale_factor()),
+                scaling: layout.family.vae_scaling(),
+            };
+            let vae = load_vae_instead(v, &fit, device, dtype, shapes_only)?;
             (vae, external.clone())
         }
         (None, Some(own)) => {
@@ -425,20 +425,40 @@ pub(crate) fn population_std(v: &[f32]) -> f64 {
         .sqrt()
 }
 
-/// Refuses a VAE that scales images by another factor than the model's own (every SD-family
-/// VAE uses 8): its latents would not be the size the UNet was trained on.
-pub fn same_scale(path: &Path, vae: &Vae, model_factor: usize) -> Result<(), ModelError> {
+/// What a VAE used instead of a model's own must fit.
+pub struct VaeFit {
+    /// The UNet's latent channels.
+    pub latent_channels: usize,
+    /// Pixels per latent of the model's own VAE, when it has one to compare with.
+    pub factor: Option<usize>,
+    /// The model family's latent scaling (SDXL's 0.13025): it belongs to the model, and a VAE
+    /// file says nothing of it.
+    pub scaling: f64,
+}
+
+/// Loads a VAE to use instead of a model's own ([`load_vae`]), refused when it scales images by
+/// another factor than the model's (every SD-family VAE uses 8: other latents would not be the
+/// size the UNet was trained on), and given the model's latent scaling.
+pub fn load_vae_instead(
+    path: &Path,
+    fit: &VaeFit,
+    device: &Device,
+    dtype: DType,
+    shapes_only: bool,
+) -> Result<Vae, ModelError> {
+    let mut vae = load_vae(path, fit.latent_channels, device, dtype, shapes_only)?;
     let factor = vae.config.downscale_factor();
-    if factor == model_factor {
-        return Ok(());
+    if let Some(model_factor) = fit.factor.filter(|&f| f != factor) {
+        return Err(ModelError::checkpoint(
+            path,
+            format!(
+                "as a VAE: it scales images by {factor} and this model's VAE by {model_factor} \
+                 (a VAE for another architecture)"
+            ),
+        ));
     }
-    Err(ModelError::checkpoint(
-        path,
-        format!(
-            "as a VAE: it scales images by {factor} and this model's VAE by {model_factor} \
-             (a VAE for another architecture)"
-        ),
-    ))
+    vae.config.scaling_factor = fit.scaling;
+    Ok(vae)
 }
 
 /// Loads a VAE from a single file (LDM or diffusers names) or a diffusers `vae/` folder, for
