@@ -6,46 +6,58 @@
 
 use super::{index_and_rest, whole, Target};
 
+/// (LDM, diffusers) names of a resnet's layers.
+const RESNET: [(&str, &str); 6] = [
+    ("in_layers.0", "norm1"),
+    ("in_layers.2", "conv1"),
+    ("emb_layers.1", "time_emb_proj"),
+    ("out_layers.0", "norm2"),
+    ("out_layers.3", "conv2"),
+    ("skip_connection", "conv_shortcut"),
+];
+
+/// (LDM, diffusers) names of the modules outside the blocks.
+const FIXED: [(&str, &str); 7] = [
+    ("input_blocks.0.0", "conv_in"),
+    ("time_embed.0", "time_embedding.linear_1"),
+    ("time_embed.2", "time_embedding.linear_2"),
+    ("label_emb.0.0", "add_embedding.linear_1"),
+    ("label_emb.0.2", "add_embedding.linear_2"),
+    ("out.0", "conv_norm_out"),
+    ("out.2", "conv_out"),
+];
+
+/// `name` with a module prefix from `table` swapped for its other name (LDM → diffusers, or
+/// back with `to_ldm`); the prefix must end at a dot or at the end of the name.
+fn swap(name: &str, table: &[(&str, &str)], to_ldm: bool) -> Option<String> {
+    table.iter().find_map(|&(ldm, diffusers)| {
+        let (from, to) = if to_ldm {
+            (diffusers, ldm)
+        } else {
+            (ldm, diffusers)
+        };
+        let tail = name.strip_prefix(from)?;
+        (tail.is_empty() || tail.starts_with('.')).then(|| format!("{to}{tail}"))
+    })
+}
+
 /// diffusers' names for a resnet's layers.
 fn resnet(rest: &str) -> Option<String> {
-    const NAMES: [(&str, &str); 6] = [
-        ("in_layers.0.", "norm1."),
-        ("in_layers.2.", "conv1."),
-        ("emb_layers.1.", "time_emb_proj."),
-        ("out_layers.0.", "norm2."),
-        ("out_layers.3.", "conv2."),
-        ("skip_connection.", "conv_shortcut."),
-    ];
-    NAMES.iter().find_map(|(ldm, diffusers)| {
-        rest.strip_prefix(ldm)
-            .map(|tail| format!("{diffusers}{tail}"))
-    })
+    swap(rest, &RESNET, false)
 }
 
 /// The diffusers name of `key` (without the `model.diffusion_model.` prefix), or `None` when
 /// the key is not part of a UNet with `layers_per_block` resnets per level.
 pub fn map(key: &str, layers_per_block: usize) -> Option<Vec<Target>> {
     let per_level = layers_per_block + 1;
-    const FIXED: [(&str, &str); 6] = [
-        ("time_embed.0.", "time_embedding.linear_1."),
-        ("time_embed.2.", "time_embedding.linear_2."),
-        ("label_emb.0.0.", "add_embedding.linear_1."),
-        ("label_emb.0.2.", "add_embedding.linear_2."),
-        ("out.0.", "conv_norm_out."),
-        ("out.2.", "conv_out."),
-    ];
-    if let Some(name) = FIXED
-        .iter()
-        .find_map(|(ldm, d)| key.strip_prefix(ldm).map(|t| format!("{d}{t}")))
-    {
+    if let Some(name) = swap(key, &FIXED, false) {
         return Some(whole(name));
     }
     if let Some(rest) = key.strip_prefix("input_blocks.") {
         let (n, rest) = index_and_rest(rest)?;
         if n == 0 {
-            return rest
-                .strip_prefix("0.")
-                .map(|t| whole(format!("conv_in.{t}")));
+            // `input_blocks.0.0` is conv_in (FIXED); nothing else lives there.
+            return None;
         }
         let (level, j) = ((n - 1) / per_level, (n - 1) % per_level);
         let (m, rest) = index_and_rest(rest)?;
@@ -92,36 +104,10 @@ pub fn map(key: &str, layers_per_block: usize) -> Option<Vec<Target>> {
 /// kohya names SDXL LoRA layers this way.
 pub fn to_ldm(name: &str, layers_per_block: usize, up_attention: &[bool]) -> Option<String> {
     let per_level = layers_per_block + 1;
-    const FIXED: [(&str, &str); 7] = [
-        ("conv_in", "input_blocks.0.0"),
-        ("time_embedding.linear_1", "time_embed.0"),
-        ("time_embedding.linear_2", "time_embed.2"),
-        ("add_embedding.linear_1", "label_emb.0.0"),
-        ("add_embedding.linear_2", "label_emb.0.2"),
-        ("conv_norm_out", "out.0"),
-        ("conv_out", "out.2"),
-    ];
-    for (d, ldm) in FIXED {
-        if let Some(tail) = name.strip_prefix(d) {
-            if tail.is_empty() || tail.starts_with('.') {
-                return Some(format!("{ldm}{tail}"));
-            }
-        }
+    if let Some(ldm) = swap(name, &FIXED, true) {
+        return Some(ldm);
     }
-    let resnet = |rest: &str| -> Option<String> {
-        const NAMES: [(&str, &str); 6] = [
-            ("norm1", "in_layers.0"),
-            ("conv1", "in_layers.2"),
-            ("time_emb_proj", "emb_layers.1"),
-            ("norm2", "out_layers.0"),
-            ("conv2", "out_layers.3"),
-            ("conv_shortcut", "skip_connection"),
-        ];
-        NAMES.iter().find_map(|(d, ldm)| {
-            let tail = rest.strip_prefix(d)?;
-            (tail.is_empty() || tail.starts_with('.')).then(|| format!("{ldm}{tail}"))
-        })
-    };
+    let resnet = |rest: &str| swap(rest, &RESNET, true);
     if let Some(rest) = name.strip_prefix("down_blocks.") {
         let (level, rest) = index_and_rest(rest)?;
         let (kind, rest) = rest.split_once('.')?;
