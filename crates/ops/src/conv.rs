@@ -11,6 +11,8 @@
 //! splitting the padded image into its s² phases (row and column mod s) in the same copy.
 //! Small images (the UNet's lowest levels), where the padding columns would be a large share of
 //! the work, use a plain im2col buffer instead (it is small there) and one product.
+//! On CPUs with AVX-512 the taps are not separate products: one kernel accumulates all k² of
+//! them per output tile in registers (`avx512::product`), f32 or bf16.
 //! The weights are kept as [out, k, k, in] (rearranged once at load): each tap reads contiguous
 //! runs of `in`, and the whole kernel is the im2col product's left matrix as it stands. The
 //! bias is added while the real pixels are copied out; a nearest-neighbour upsample in front of
@@ -103,7 +105,11 @@ impl Conv2d {
                         && self.cfg.dilation == 1
                         && self.cfg.groups == 1 =>
                 {
-                    let ohwi = scope(Kind::Copy, || widen(ohwi, x))?;
+                    let ohwi = if multiplies_bf16(ohwi) {
+                        std::borrow::Cow::Borrowed(ohwi)
+                    } else {
+                        scope(Kind::Copy, || widen(ohwi, x))?
+                    };
                     kernel(x, &ohwi, bias.as_deref(), self.cfg, up)
                 }
                 _ => {
@@ -223,7 +229,6 @@ fn kernel(
         candle_core::bail!("conv2d kernel: tensors must be on the CPU");
     };
     let xd = cpu_slice(xc, xl, "conv input")?;
-    let wd = cpu_slice(tc, tl, "conv weight")?;
     let bias: Vec<f32> = match bias {
         Some(t) => t.to_vec1()?,
         None => vec![0.0; co],
@@ -231,10 +236,28 @@ fn kernel(
     if bias.len() != co {
         candle_core::bail!("conv2d: {} biases for {co} output channels", bias.len());
     }
-    let cols = if k > 1 && b * g.ho * g.wo <= SMALL_OUTPUT {
-        im2col_product(&g, xd, wd)
-    } else {
-        shifted_products(&g, xd, wd)
+    let small = k > 1 && b * g.ho * g.wo <= SMALL_OUTPUT;
+    #[cfg(target_arch = "x86_64")]
+    let cols = avx512::products(&g, xd, tc, tl, small)?;
+    #[cfg(not(target_arch = "x86_64"))]
+    let cols = None;
+    let cols = match cols {
+        Some(cols) => cols,
+        None => {
+            // bf16 weights that the AVX-512 path turned down after all (misaligned): widened.
+            let wd: Cow<[f32]> = match (tc, tl.contiguous_offsets()) {
+                (candle_core::CpuStorage::BF16(v), Some((a, z))) => {
+                    Cow::Owned(v[a..z].iter().map(|v| v.to_f32()).collect())
+                }
+                _ => Cow::Borrowed(cpu_slice(tc, tl, "conv weight")?),
+            };
+            let columns = if small {
+                im2col_columns(&g, xd)
+            } else {
+                padded_input(&g, xd)
+            };
+            columns.product(&wd, co)
+        }
     };
 
     // Keep the columns that are real output pixels, adding the bias.
@@ -268,149 +291,52 @@ fn kernel(
     Tensor::from_vec(out, (b, co, ho, wo), x.device())
 }
 
-/// Small outputs: rows (tap, channel) × columns (image, pixel), then one product with the whole
-/// [co, k·k·ci] kernel.
-fn im2col_product(g: &Geometry, xd: &[f32], wd: &[f32]) -> Columns {
-    let (b, ci, co, k) = (g.b, g.ci, g.co, g.k);
-    let hw = g.ho * g.wo;
-    let n = b * hw;
-    let depth = k * k * ci;
-    let cols = scope(Kind::Copy, || {
-        let mut cols = vec![0f32; depth * n];
-        cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-            let (tap, c) = (r / ci, r % ci);
-            let (i, j) = (tap / k, tap % k);
-            for bi in 0..b {
-                let src = &xd[(bi * ci + c) * g.hi * g.wi..(bi * ci + c + 1) * g.hi * g.wi];
-                for y in 0..g.ho {
-                    let Some(yy) = (y * g.s + i).checked_sub(g.pad).filter(|&v| v < g.h) else {
-                        continue;
-                    };
-                    for xo in 0..g.wo {
-                        if let Some(xx) = (xo * g.s + j).checked_sub(g.pad).filter(|&v| v < g.w) {
-                            let (sy, sx) = g.source(yy, xx);
-                            row[bi * hw + y * g.wo + xo] = src[sy * g.wi + sx];
-                        }
-                    }
-                }
-            }
-        });
-        cols
-    });
-    let mut wide = vec![0f32; co * n];
-    // SAFETY: dst co × n, lhs the [co, k·k·ci] weights (row-major), rhs `cols` depth × n.
-    unsafe {
-        gemm::gemm(
-            co,
-            n,
-            depth,
-            wide.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            wd.as_ptr(),
-            1,
-            depth as isize,
-            cols.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(candle_core::utils::get_num_threads()),
-        );
-    }
-    Columns {
-        wide,
-        n,
-        image_cols: hw,
-        row_cols: g.wo,
-    }
+/// The right operand of a convolution's products: rows of input channels (times taps, for
+/// im2col), each `len` long, `stride` apart, and the taps' offsets into them.
+struct Operand<'a, T: Clone = f32> {
+    data: Cow<'a, [T]>,
+    rows: usize,
+    stride: usize,
+    /// Per tap (all k² of them), the offset of its view; one zero for im2col.
+    shifts: Vec<usize>,
+    /// Output columns, and where image i's row y starts among them.
+    n: usize,
+    image_cols: usize,
+    row_cols: usize,
 }
 
-/// The k² shifted products over one padded (and phase-split) copy of the input.
-fn shifted_products(g: &Geometry, xd: &[f32], wd: &[f32]) -> Columns {
-    let (b, ci, co, k, s, pad) = (g.b, g.ci, g.co, g.k, g.s, g.pad);
-    let (hp, wp) = (g.h + 2 * pad, g.w + 2 * pad);
-    // The padded input is split into s×s phases (row mod s, column mod s), so that for every
-    // tap the pixels it reads form a stride-1 grid within one phase: tap (i, j) reads phase
-    // (i mod s, j mod s) shifted by (i / s, j / s). Layout [channel][phase][image][position]:
-    // the images of a batch are then just more columns of the same products. Each phase has
-    // `wq` columns per row and rows enough for the furthest tap of the last output row.
-    let wq = wp.div_ceil(s);
-    let reach = (k - 1) / s;
-    let rows = hp.div_ceil(s).max(g.ho + reach);
-    let direct = pad == 0 && k == 1 && s == 1 && !g.up && b == 1;
-    let phase_len = if direct {
-        g.hi * g.wi
-    } else {
-        rows * wq + reach + 1
-    };
-    let per_channel = s * s * b * phase_len;
-    let padded: Cow<[f32]> = if direct {
-        Cow::Borrowed(xd)
-    } else {
-        scope(Kind::Copy, || {
-            let mut buf = vec![0f32; ci * per_channel];
-            buf.par_chunks_mut(per_channel)
-                .enumerate()
-                .for_each(|(c, dst)| {
-                    for bi in 0..b {
-                        let src = &xd[(bi * ci + c) * g.hi * g.wi..(bi * ci + c + 1) * g.hi * g.wi];
-                        for y in 0..g.h {
-                            let r = y + pad;
-                            if s == 1 && !g.up {
-                                let at = bi * phase_len + r * wq + pad;
-                                dst[at..at + g.w].copy_from_slice(&src[y * g.wi..(y + 1) * g.wi]);
-                                continue;
-                            }
-                            for xo in 0..g.w {
-                                let (sy, sx) = g.source(y, xo);
-                                let cc = xo + pad;
-                                let phase = (r % s) * s + cc % s;
-                                dst[(phase * b + bi) * phase_len + (r / s) * wq + cc / s] =
-                                    src[sy * g.wi + sx];
-                            }
-                        }
-                    }
-                });
-            Cow::Owned(buf)
-        })
-    };
-
-    // Output columns: image i's pixel (y, x) is column i·phase_len + y·wq + x.
-    let n = (b - 1) * phase_len + g.ho * wq;
-    let mut wide = vec![0f32; co * n];
-    let threads = candle_core::utils::get_num_threads();
-    let wide_ptr = SharedMut(wide.as_mut_ptr());
-    // Columns [c0, c0 + len) of all k² taps. `par` splits one call across threads.
-    let columns = |c0: usize, len: usize, par: gemm::Parallelism| {
-        for i in 0..k {
-            for j in 0..k {
-                let shift = ((i % s) * s + j % s) * b * phase_len + (i / s) * wq + j / s;
-                // SAFETY: lhs is tap (i, j) of the [co, k, k, ci] weights: co rows of ci (row
-                // stride k²·ci). rhs is ci rows (stride per_channel) of `len` columns from
-                // shift + c0; the furthest read, (s² − 1)·b·phase_len + (b − 1)·phase_len +
-                // ho·wq − 1 + reach·wq + reach, is inside the channel's block because
-                // phase_len ≥ (ho + reach)·wq + reach + 1. dst is columns c0.. of `wide`
-                // (co × n), which no other call touches.
+impl Operand<'_> {
+    /// `W · operand` with `gemm`, one product per tap, accumulated. `wd` is the [co, k, k, ci]
+    /// weights; each tap's [co, ci] block is read where it lies (row stride k²·ci).
+    fn product(&self, wd: &[f32], co: usize) -> Columns {
+        let (n, taps) = (self.n, self.shifts.len());
+        let depth = self.rows; // ci, or k²·ci for im2col (one tap)
+        let mut wide = vec![0f32; co * n];
+        let threads = candle_core::utils::get_num_threads();
+        let wide_ptr = SharedMut(wide.as_mut_ptr());
+        // Columns [c0, c0 + len) of all taps. `par` splits one call across threads.
+        let columns = |c0: usize, len: usize, par: gemm::Parallelism| {
+            for (tap, &shift) in self.shifts.iter().enumerate() {
+                // SAFETY: lhs is tap `tap` of the [co, taps·depth] weights: co rows of depth
+                // (row stride taps·depth). rhs is depth rows (`stride` apart) of `len` columns
+                // from shift + c0; every view ends inside its row (`Operand`'s invariant:
+                // shift + n ≤ stride, and the last row is whole). dst is columns c0.. of
+                // `wide` (co × n), which no other call touches.
                 unsafe {
                     gemm::gemm(
                         co,
                         len,
-                        ci,
+                        depth,
                         wide_ptr.get().add(c0),
                         1,
                         n as isize,
-                        i + j > 0,
-                        wd.as_ptr().add((i * k + j) * ci),
+                        tap > 0,
+                        wd.as_ptr().add(tap * depth),
                         1,
-                        (k * k * ci) as isize,
-                        padded.as_ptr().add(shift + c0),
+                        (taps * depth) as isize,
+                        self.data.as_ptr().add(shift + c0),
                         1,
-                        per_channel as isize,
+                        self.stride as isize,
                         1.0,
                         1.0,
                         false,
@@ -420,24 +346,400 @@ fn shifted_products(g: &Geometry, xd: &[f32], wd: &[f32]) -> Columns {
                     );
                 }
             }
+        };
+        // A block of columns whose output (co × block) stays in cache across the taps; many
+        // blocks run side by side. Fewer columns than that: one call per tap, split by gemm.
+        let block = (262_144 / co).clamp(256, 4096);
+        if taps > 1 && n >= 2 * block * threads {
+            (0..n.div_ceil(block)).into_par_iter().for_each(|t| {
+                let c0 = t * block;
+                columns(c0, block.min(n - c0), gemm::Parallelism::None);
+            });
+        } else {
+            columns(0, n, parallelism(threads));
         }
-    };
-    // A block of columns whose output (co × block) stays in cache across the k² taps; many
-    // blocks run side by side. Fewer columns than that: one call per tap, split by gemm.
-    let block = (262_144 / co).clamp(256, 4096);
-    if n >= 2 * block * threads {
-        (0..n.div_ceil(block)).into_par_iter().for_each(|t| {
-            let c0 = t * block;
-            columns(c0, block.min(n - c0), gemm::Parallelism::None);
-        });
-    } else {
-        columns(0, n, parallelism(threads));
+        Columns {
+            wide,
+            n,
+            image_cols: self.image_cols,
+            row_cols: self.row_cols,
+        }
     }
-    Columns {
-        wide,
+}
+
+/// Small outputs: rows (tap, channel) × columns (image, pixel): multiplied by the whole
+/// [co, k·k·ci] kernel in one product.
+fn im2col_columns<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a> {
+    let hw = g.ho * g.wo;
+    let n = g.b * hw;
+    let rows = g.k * g.k * g.ci;
+    let data = scope(Kind::Copy, || {
+        let mut cols = vec![0f32; rows * n];
+        cols.par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(r, row)| im2col_row(g, xd, r, row));
+        cols
+    });
+    Operand {
+        data: Cow::Owned(data),
+        rows,
+        stride: n,
+        shifts: vec![0],
         n,
-        image_cols: phase_len,
-        row_cols: wq,
+        image_cols: hw,
+        row_cols: g.wo,
+    }
+}
+
+/// Row r = (tap, channel) of the im2col matrix: that channel's pixel under that tap for every
+/// output pixel of every image (zeros where the tap falls in the padding).
+fn im2col_row(g: &Geometry, xd: &[f32], r: usize, row: &mut [f32]) {
+    let hw = g.ho * g.wo;
+    let (tap, c) = (r / g.ci, r % g.ci);
+    let (i, j) = (tap / g.k, tap % g.k);
+    for bi in 0..g.b {
+        let src = &xd[(bi * g.ci + c) * g.hi * g.wi..(bi * g.ci + c + 1) * g.hi * g.wi];
+        for y in 0..g.ho {
+            let Some(yy) = (y * g.s + i).checked_sub(g.pad).filter(|&v| v < g.h) else {
+                continue;
+            };
+            for xo in 0..g.wo {
+                if let Some(xx) = (xo * g.s + j).checked_sub(g.pad).filter(|&v| v < g.w) {
+                    let (sy, sx) = g.source(yy, xx);
+                    row[bi * hw + y * g.wo + xo] = src[sy * g.wi + sx];
+                }
+            }
+        }
+    }
+}
+
+/// How the padded (and phase-split) copy of one input channel is laid out.
+#[derive(Clone, Copy)]
+struct Padding {
+    /// Columns per row of a phase.
+    wq: usize,
+    /// Positions per image and phase.
+    phase_len: usize,
+    /// All phases of all images: one channel's row of the operand.
+    per_channel: usize,
+    /// A 1×1, stride-1, unpadded convolution of one image reads the input as it is.
+    direct: bool,
+}
+
+impl Padding {
+    fn of(g: &Geometry) -> Self {
+        let (k, s, pad) = (g.k, g.s, g.pad);
+        let (hp, wp) = (g.h + 2 * pad, g.w + 2 * pad);
+        // The padded input is split into s×s phases (row mod s, column mod s), so that for
+        // every tap the pixels it reads form a stride-1 grid within one phase: tap (i, j) reads
+        // phase (i mod s, j mod s) shifted by (i / s, j / s). Layout [channel][phase][image]
+        // [position]: the images of a batch are then just more columns of the same products.
+        // Each phase has `wq` columns per row and rows enough for the furthest tap of the last
+        // output row.
+        let wq = wp.div_ceil(s);
+        let reach = (k - 1) / s;
+        let rows = hp.div_ceil(s).max(g.ho + reach);
+        let direct = pad == 0 && k == 1 && s == 1 && !g.up && g.b == 1;
+        let phase_len = if direct {
+            g.hi * g.wi
+        } else {
+            rows * wq + reach + 1
+        };
+        Self {
+            wq,
+            phase_len,
+            per_channel: s * s * g.b * phase_len,
+            direct,
+        }
+    }
+
+    /// Output columns: image i's pixel (y, x) is column i·phase_len + y·wq + x.
+    fn columns(&self, g: &Geometry) -> usize {
+        (g.b - 1) * self.phase_len + g.ho * self.wq
+    }
+
+    /// Where tap (i, j)'s view starts. The furthest read, (s² − 1)·b·phase_len + (b − 1)·
+    /// phase_len + ho·wq − 1 + reach·wq + reach, stays inside the channel's row because
+    /// phase_len ≥ (ho + reach)·wq + reach + 1.
+    fn shifts(&self, g: &Geometry) -> Vec<usize> {
+        let (k, s) = (g.k, g.s);
+        (0..k * k)
+            .map(|t| {
+                let (i, j) = (t / k, t % k);
+                ((i % s) * s + j % s) * g.b * self.phase_len + (i / s) * self.wq + j / s
+            })
+            .collect()
+    }
+
+    /// Channel c's padded, phase-split copy (all images) into `dst` (`per_channel` zeros).
+    fn copy_channel(&self, g: &Geometry, xd: &[f32], c: usize, dst: &mut [f32]) {
+        let (s, pad, wq) = (g.s, g.pad, self.wq);
+        for bi in 0..g.b {
+            let src = &xd[(bi * g.ci + c) * g.hi * g.wi..(bi * g.ci + c + 1) * g.hi * g.wi];
+            for y in 0..g.h {
+                let r = y + pad;
+                if s == 1 && !g.up {
+                    let at = bi * self.phase_len + r * wq + pad;
+                    dst[at..at + g.w].copy_from_slice(&src[y * g.wi..(y + 1) * g.wi]);
+                    continue;
+                }
+                for xo in 0..g.w {
+                    let (sy, sx) = g.source(y, xo);
+                    let cc = xo + pad;
+                    let phase = (r % s) * s + cc % s;
+                    dst[(phase * g.b + bi) * self.phase_len + (r / s) * wq + cc / s] =
+                        src[sy * g.wi + sx];
+                }
+            }
+        }
+    }
+}
+
+/// The k² shifted views over one padded (and phase-split) copy of the input.
+fn padded_input<'a>(g: &Geometry, xd: &'a [f32]) -> Operand<'a> {
+    let p = Padding::of(g);
+    let data: Cow<[f32]> = if p.direct {
+        Cow::Borrowed(xd)
+    } else {
+        scope(Kind::Copy, || {
+            let mut buf = vec![0f32; g.ci * p.per_channel];
+            buf.par_chunks_mut(p.per_channel)
+                .enumerate()
+                .for_each(|(c, dst)| p.copy_channel(g, xd, c, dst));
+            Cow::Owned(buf)
+        })
+    };
+    Operand {
+        data,
+        rows: g.ci,
+        stride: p.per_channel,
+        shifts: p.shifts(g),
+        n: p.columns(g),
+        image_cols: p.phase_len,
+        row_cols: p.wq,
+    }
+}
+
+/// Whether a convolution with these [co, k, k, ci] weights multiplies them in bf16 as they are
+/// (CPUs with AVX512-BF16, an even channel count, weights aligned for pairs) rather than
+/// widening them to f32.
+fn multiplies_bf16(ohwi: &Tensor) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::takes_bf16(ohwi)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ohwi;
+        false
+    }
+}
+
+/// The same products on CPUs with AVX-512 (see `crate::avx512`): every tap accumulated in
+/// registers, the weights and the input read where they lie, and bf16 weights multiplied in
+/// bf16 against the input rounded to bf16 pairs in the padding copy.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+    use crate::avx512::{has_bf16, has_f32, product, Lanes, Segment};
+    use candle_core::{CpuStorage, Layout};
+    use half::bf16;
+
+    /// Whether `products` takes these bf16 weights as they are.
+    pub(super) fn takes_bf16(ohwi: &Tensor) -> bool {
+        ohwi.dtype() == candle_core::DType::BF16
+            && has_bf16()
+            && ohwi.dims4().is_ok_and(|d| d.3.is_multiple_of(2))
+            && ohwi.is_contiguous()
+    }
+
+    /// The convolution's columns, or `None` when these weights are not for this path.
+    pub(super) fn products(
+        g: &Geometry,
+        xd: &[f32],
+        weights: &CpuStorage,
+        layout: &Layout,
+        small: bool,
+    ) -> Result<Option<Columns>> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            return Ok(None);
+        };
+        match weights {
+            CpuStorage::F32(w) if has_f32() => {
+                let op = if small {
+                    im2col_columns(g, xd)
+                } else {
+                    padded_input(g, xd)
+                };
+                multiply(
+                    &op,
+                    as_lanes(&op.data),
+                    as_lanes(&w[start..end]),
+                    Lanes::F32,
+                    g.co,
+                )
+                .map(Some)
+            }
+            CpuStorage::BF16(w) if has_bf16() && g.ci.is_multiple_of(2) => {
+                let w = &w[start..end];
+                if !(w.as_ptr() as usize).is_multiple_of(4) {
+                    return Ok(None);
+                }
+                // SAFETY: the pointer is 4-byte aligned (checked) and two bf16 make one u32
+                // (an even number of them: co·k²·ci with ci even).
+                let a =
+                    unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u32>(), w.len() / 2) };
+                let op = if small {
+                    paired_im2col(g, xd)
+                } else {
+                    paired_padded_input(g, xd)
+                };
+                multiply(&op, &op.data, a, Lanes::Bf16Pairs, g.co).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn as_lanes(v: &[f32]) -> &[u32] {
+        // SAFETY: f32 and u32 have the same size and alignment; the kernel reads the bits
+        // back as f32.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()) }
+    }
+
+    /// Weights [co, taps · depth] (`a`) times the operand's taps, all accumulated in one pass.
+    fn multiply<T: Clone>(
+        op: &Operand<'_, T>,
+        b: &[u32],
+        a: &[u32],
+        lanes: Lanes,
+        co: usize,
+    ) -> Result<Columns> {
+        let (depth, taps) = (op.rows, op.shifts.len());
+        let segments: Vec<Segment> = op
+            .shifts
+            .iter()
+            .enumerate()
+            .map(|(t, &shift)| Segment {
+                a_at: t * depth,
+                b_at: shift,
+                len: depth,
+            })
+            .collect();
+        let mut wide = vec![0f32; co * op.n];
+        product(
+            lanes,
+            a,
+            taps * depth,
+            co,
+            &segments,
+            b,
+            op.stride,
+            &mut wide,
+            op.n,
+            op.n,
+        )
+        .map_err(candle_core::Error::Msg)?;
+        Ok(Columns {
+            wide,
+            n: op.n,
+            image_cols: op.image_cols,
+            row_cols: op.row_cols,
+        })
+    }
+
+    /// `padded_input` with channels 2c and 2c + 1 rounded to bf16 and paired in each lane.
+    fn paired_padded_input<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a, u32> {
+        let p = Padding::of(g);
+        let data = scope(Kind::Copy, || {
+            let mut buf = vec![0u32; g.ci / 2 * p.per_channel];
+            buf.par_chunks_mut(p.per_channel).enumerate().for_each_init(
+                // Padding positions are never written, so they stay zero from one pair to
+                // the next.
+                || (vec![0f32; p.per_channel], vec![0f32; p.per_channel]),
+                |(lo, hi), (cp, dst)| {
+                    p.copy_channel(g, xd, 2 * cp, lo);
+                    p.copy_channel(g, xd, 2 * cp + 1, hi);
+                    pair(lo, hi, dst);
+                },
+            );
+            buf
+        });
+        Operand {
+            data: Cow::Owned(data),
+            rows: g.ci / 2,
+            stride: p.per_channel,
+            shifts: p.shifts(g),
+            n: p.columns(g),
+            image_cols: p.phase_len,
+            row_cols: p.wq,
+        }
+    }
+
+    /// `im2col_columns` with rows (tap, 2c) and (tap, 2c + 1) paired in each lane.
+    fn paired_im2col<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a, u32> {
+        let hw = g.ho * g.wo;
+        let n = g.b * hw;
+        let rows = g.k * g.k * g.ci / 2;
+        let data = scope(Kind::Copy, || {
+            let mut cols = vec![0u32; rows * n];
+            cols.par_chunks_mut(n).enumerate().for_each_init(
+                || (vec![0f32; n], vec![0f32; n]),
+                |(lo, hi), (r, dst)| {
+                    lo.fill(0.0);
+                    hi.fill(0.0);
+                    im2col_row(g, xd, 2 * r, lo);
+                    im2col_row(g, xd, 2 * r + 1, hi);
+                    pair(lo, hi, dst);
+                },
+            );
+            cols
+        });
+        Operand {
+            data: Cow::Owned(data),
+            rows,
+            stride: n,
+            shifts: vec![0],
+            n,
+            image_cols: hw,
+            row_cols: g.wo,
+        }
+    }
+
+    /// `dst[i]` = bf16(lo[i]) in the low half, bf16(hi[i]) in the high half (round to nearest
+    /// even, as `vdpbf16ps`'s other operand was rounded).
+    fn pair(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+        let len = dst.len().min(lo.len()).min(hi.len());
+        let mut i = 0;
+        // SAFETY: `has_bf16()` was checked before any pairing; 16 values at i < len − 15.
+        unsafe {
+            while i + 16 <= len {
+                pair16(
+                    lo.as_ptr().add(i),
+                    hi.as_ptr().add(i),
+                    dst.as_mut_ptr().add(i),
+                );
+                i += 16;
+            }
+        }
+        for i in i..len {
+            let (l, h) = (bf16::from_f32(lo[i]), bf16::from_f32(hi[i]));
+            dst[i] = u32::from(l.to_bits()) | (u32::from(h.to_bits()) << 16);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pair16(lo: *const f32, hi: *const f32, dst: *mut u32) {
+        use std::arch::x86_64::*;
+        // 32 bf16: lo's 16 then hi's 16; the permutation interleaves them.
+        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
+            _mm512_loadu_ps(hi),
+            _mm512_loadu_ps(lo),
+        ));
+        let order = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        _mm512_storeu_si512(dst.cast(), _mm512_permutexvar_epi16(order, both));
     }
 }
 
@@ -513,36 +815,57 @@ mod tests {
     #[test]
     fn half_weights_compute_as_their_f32_values() {
         use candle_core::DType;
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        let (w, b) = (randn(&[6, 4, 3, 3]), randn(&[6]));
-        let x = randn(&[2, 4, 24, 20]);
-        for dtype in [DType::BF16, DType::F16] {
-            let half = Conv2d::new(
-                w.to_dtype(dtype).unwrap(),
-                Some(b.to_dtype(dtype).unwrap()),
-                cfg,
-            )
-            .unwrap();
-            assert_eq!(half.ohwi.as_ref().unwrap().dtype(), dtype);
-            let widened = Conv2d::new(
-                w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap(),
-                Some(b.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap()),
-                cfg,
-            )
-            .unwrap();
-            let got = half.forward(&x).unwrap();
-            assert_eq!(got.dtype(), DType::F32);
-            let d = rel_diff(&got, &widened.reference(&x).unwrap());
-            assert!(d < 1e-5, "{dtype:?}: {d}");
-            // candle's path (other devices) widens too.
-            let d = rel_diff(
-                &half.reference(&x).unwrap(),
-                &widened.reference(&x).unwrap(),
-            );
-            assert!(d < 1e-5, "{dtype:?} reference: {d}");
+        // Shifted products (big), im2col (small), stride 2, and an odd channel count (which
+        // bf16 products cannot pair, so it is widened).
+        for (ci, shape, stride) in [
+            (4, [2, 4, 24, 20], 1),
+            (4, [1, 4, 8, 8], 1),
+            (4, [2, 4, 30, 26], 2),
+            (3, [2, 3, 24, 20], 1),
+        ] {
+            let cfg = Conv2dConfig {
+                padding: 1,
+                stride,
+                ..Default::default()
+            };
+            let (w, b) = (randn(&[6, ci, 3, 3]), randn(&[6]));
+            let x = randn(&shape);
+            for dtype in [DType::BF16, DType::F16] {
+                let half = Conv2d::new(
+                    w.to_dtype(dtype).unwrap(),
+                    Some(b.to_dtype(dtype).unwrap()),
+                    cfg,
+                )
+                .unwrap();
+                let ohwi = half.ohwi.as_ref().unwrap();
+                assert_eq!(ohwi.dtype(), dtype);
+                let widened = Conv2d::new(
+                    w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap(),
+                    Some(b.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap()),
+                    cfg,
+                )
+                .unwrap();
+                let got = half.forward(&x).unwrap();
+                assert_eq!(got.dtype(), DType::F32);
+                // Where bf16 weights are multiplied in bf16 (AVX512-BF16), the input is
+                // rounded to bf16 too: the same convolution of the rounded values.
+                let input = if multiplies_bf16(ohwi) {
+                    x.to_dtype(DType::BF16)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                } else {
+                    x.clone()
+                };
+                let d = rel_diff(&got, &widened.reference(&input).unwrap());
+                assert!(d < 1e-5, "{dtype:?} {shape:?} s{stride}: {d}");
+                // candle's path (other devices) widens.
+                let d = rel_diff(
+                    &half.reference(&x).unwrap(),
+                    &widened.reference(&x).unwrap(),
+                );
+                assert!(d < 1e-5, "{dtype:?} reference: {d}");
+            }
         }
     }
 

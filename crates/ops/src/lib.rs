@@ -16,7 +16,9 @@
 //! - [`linear`]: all images' token rows as one product, the bias as its starting value.
 //! - [`geglu`]: the feed-forward's gate in one pass.
 //! - [`precision`]: weights kept in f16/bf16 (`--dtype`), widened to f32 a layer at a time —
-//!   except bf16 linear weights on CPUs with AVX512-BF16, multiplied as they are (`bf16`).
+//!   except bf16 weights on CPUs with AVX512-BF16, multiplied as they are.
+//! - [`avx512`]: on CPUs with AVX-512, the products of `linear` and `conv2d` themselves, in
+//!   f32 and in bf16 (16 accumulator registers per tile, twice what AVX2's `gemm` can hold).
 //!
 //! Each is checked against the candle op it replaces (unit tests below each kernel) and, through
 //! the model, against diffusers (the reference tests). `EASEL_KERNELS=candle` turns them all off,
@@ -25,7 +27,7 @@
 mod activation;
 mod attention;
 #[cfg(target_arch = "x86_64")]
-pub mod bf16;
+pub mod avx512;
 mod conv;
 mod linear;
 mod norm;

@@ -14,10 +14,10 @@ use super::{cpu_slice, own_kernel, parallelism};
 
 /// `layer.forward(x)` for an input of any rank ≥ 1 (the last axis is the features).
 /// Half-precision weights (`--dtype f16|bf16`) are widened to the input's dtype first, except
-/// bf16 ones on CPUs with AVX512-BF16, which are multiplied as they are (see `bf16`).
+/// bf16 ones on CPUs with AVX512-BF16, which are multiplied as they are (see `avx512`).
 pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(out) = linear_bf16(x, layer)? {
+    if let Some(out) = linear_avx512(x, layer)? {
         return Ok(out);
     }
     let w = widen(layer.weight(), x)?;
@@ -97,17 +97,19 @@ pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
     Tensor::from_vec(out, out_dims, x.device())
 }
 
-/// `linear` with a bf16 weight and bf16 dot products, where the CPU has them; `None` hands the
-/// layer to the widening path (another dtype or device, gradients, no AVX512-BF16).
+/// `linear` on CPUs with AVX-512 (see `avx512`): f32 weights, and bf16 weights with bf16
+/// products where the CPU has AVX512-BF16. `None` hands the layer to `gemm` (other dtypes or
+/// devices, gradients, older CPUs).
 #[cfg(target_arch = "x86_64")]
-fn linear_bf16(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
+fn linear_avx512(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, DType, Storage};
     let w = layer.weight();
-    let usable = w.dtype() == candle_core::DType::BF16
-        && w.rank() == 2
-        && w.is_contiguous()
-        && own_kernel(&[x])
-        && !w.track_op()
-        && super::bf16::available();
+    let usable = match w.dtype() {
+        DType::F32 => super::avx512::has_f32(),
+        DType::BF16 => super::avx512::has_bf16() && w.is_contiguous(),
+        _ => false,
+    } && own_kernel(&[x])
+        && !w.track_op();
     let (out_f, in_f) = match w.dims2() {
         Ok(d) if usable && x.rank() > 0 && x.dims().last() == Some(&d.1) => d,
         _ => return Ok(None),
@@ -117,7 +119,7 @@ fn linear_bf16(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
     let x = x.contiguous()?;
     let mut out = match layer.bias() {
         Some(b) => {
-            let b: Vec<f32> = b.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            let b: Vec<f32> = b.to_dtype(DType::F32)?.to_vec1()?;
             if b.len() != out_f {
                 candle_core::bail!("linear: {} biases for {out_f} outputs", b.len());
             }
@@ -128,15 +130,20 @@ fn linear_bf16(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
     {
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
-        let (candle_core::Storage::Cpu(xc), candle_core::Storage::Cpu(wc)) = (&*xs, &*ws) else {
+        let (Storage::Cpu(xc), Storage::Cpu(wc)) = (&*xs, &*ws) else {
             return Ok(None);
         };
         let xd = cpu_slice(xc, xl, "linear input")?;
-        let candle_core::CpuStorage::BF16(wd) = wc else {
-            return Ok(None);
+        let weight = match wc {
+            CpuStorage::F32(d) => super::avx512::Weight::F32 {
+                data: &d[wl.start_offset()..],
+                s0: w.stride()[0],
+                s1: w.stride()[1],
+            },
+            CpuStorage::BF16(d) => super::avx512::Weight::Bf16(&d[wl.start_offset()..]),
+            _ => return Ok(None),
         };
-        let wd = &wd[wl.start_offset()..];
-        super::bf16::matmul_wt(xd, rows, in_f, wd, out_f, &mut out)
+        super::avx512::matmul_wt(xd, rows, in_f, weight, out_f, &mut out)
             .map_err(candle_core::Error::Msg)?;
     }
     let mut shape = dims;
@@ -189,7 +196,7 @@ mod tests {
             // Where bf16 weights are multiplied in bf16 (AVX512-BF16), the input is rounded to
             // bf16 too: the same product of the rounded values.
             #[cfg(target_arch = "x86_64")]
-            let rounds_input = dtype == DType::BF16 && crate::bf16::available();
+            let rounds_input = dtype == DType::BF16 && crate::avx512::has_bf16();
             #[cfg(not(target_arch = "x86_64"))]
             let rounds_input = false;
             let input = if rounds_input {

@@ -3,8 +3,9 @@
 //! With `--dtype f16|bf16` a model's convolution and linear weights stay in 16 bits (half the
 //! memory), while activations stay f32. Each layer widens its weights to the activations'
 //! dtype just before its product and drops the copy afterwards, so at most one layer's f32
-//! weights exist at a time. This CPU has no AVX512-BF16 dot products to feed them to directly;
-//! the widening is a memory-bound sweep, spread over the threads.
+//! weights exist at a time; the widening is a memory-bound sweep, spread over the threads.
+//! On CPUs with AVX512-BF16, bf16 weights skip it: linear layers and convolutions multiply
+//! them as they are (see `avx512`).
 
 use std::borrow::Cow;
 
