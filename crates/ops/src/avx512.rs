@@ -174,9 +174,13 @@ pub struct Segment {
 const QB: usize = 128;
 const KB: usize = 128;
 
-/// `c[m, n] = Σ over segments of A[:, a_at..a_at + len] · B[b_at + p·ldb + q]` for lane p
+/// `C[m, n] = Σ over segments of A[:, a_at..a_at + len] · B[b_at + p·ldb + q]` for lane p
 /// of the segment and column q: a convolution's weights [co, taps · ci] (A, read where they
 /// lie) against its padded input (B, each tap a shifted view of the same rows).
+///
+/// C is never stored whole: each task hands its block to `store(row, first column, values)`,
+/// one row at a time, so a convolution writes the real output pixels straight from it (with
+/// the bias), and no buffer of columns is allocated, touched and read back.
 ///
 /// Errors when the CPU lacks the instructions or an operand is short.
 #[allow(clippy::too_many_arguments)]
@@ -188,9 +192,8 @@ pub fn product(
     segments: &[Segment],
     b: &[u32],
     ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
     n: usize,
+    store: impl Fn(usize, usize, &[f32]) + Sync,
 ) -> Result<(), String> {
     let available = match lanes {
         Lanes::F32 => has_f32(),
@@ -207,12 +210,11 @@ pub fn product(
             || ((m - 1) * lda + s.a_at + s.len <= a.len()
                 && s.b_at + (s.len - 1) * ldb + n <= b.len())
     };
-    if c.len() < (m - 1) * ldc + n || ldc < n || !segments.iter().all(fits) {
+    if !segments.iter().all(fits) {
         return Err(format!(
-            "AVX-512 product: operands of {} / {} / {} lanes are short for {m} × {n}",
+            "AVX-512 product: operands of {} / {} lanes are short for {m} × {n}",
             a.len(),
             b.len(),
-            c.len()
         ));
     }
     // Column blocks, and when there are too few of them to share out, groups of A's rows too.
@@ -220,7 +222,6 @@ pub fn product(
     let blocks = n.div_ceil(QB);
     let groups = (2 * threads).div_ceil(blocks).min(m.div_ceil(MR));
     let group_rows = m.div_ceil(groups).next_multiple_of(MR);
-    let c_addr = c.as_mut_ptr() as usize;
     (0..blocks * groups).into_par_iter().for_each_init(
         || (vec![0u32; KB * QB], vec![0f32; group_rows * QB]),
         |(packed, local), task| {
@@ -248,9 +249,8 @@ pub fn product(
                             let cols = (width - q).min(NR);
                             // SAFETY: instructions checked above. A's rows t0..t0 + r hold
                             // lanes a_at + k0.. + kc (checked above); `packed` holds kc rows
-                            // of `width` lanes, and the kernel reads no column past `cols`.
-                            // Each task writes only its own rows and columns of `c` (m × n,
-                            // checked above).
+                            // of `width` lanes, and the kernel reads no column past `cols`;
+                            // `local` holds the task's rows × `width`.
                             unsafe {
                                 let a = a.as_ptr().add(t0 * lda + s.a_at + k0);
                                 let b = packed.as_ptr().add(q);
@@ -269,17 +269,8 @@ pub fn product(
                     k0 += kc;
                 }
             }
-            // Written, never read: `c` may be fresh zero pages, which a read would map to the
-            // shared zero page and the write then copy, with a TLB flush on every core.
-            for (row, src) in local.chunks_exact(width).enumerate() {
-                // SAFETY: row r0 + row, columns q0..q1 of `c`: this task's own.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        (c_addr as *mut f32).add((r0 + row) * ldc + q0),
-                        width,
-                    )
-                };
-                dst.copy_from_slice(src);
+            for (row, values) in local.chunks_exact(width).enumerate() {
+                store(r0 + row, q0, values);
             }
         },
     );

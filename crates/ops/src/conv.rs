@@ -177,14 +177,6 @@ impl Geometry {
     }
 }
 
-/// Output columns computed per output channel, and where image i's row y starts among them.
-struct Columns {
-    wide: Vec<f32>,
-    n: usize,
-    image_cols: usize,
-    row_cols: usize,
-}
-
 /// Below this many output pixels (all images), the padding columns of the shifted products
 /// would be a large share of the work: an exact im2col buffer is small there.
 const SMALL_OUTPUT: usize = 512;
@@ -237,58 +229,88 @@ fn kernel(
         candle_core::bail!("conv2d: {} biases for {co} output channels", bias.len());
     }
     let small = k > 1 && b * g.ho * g.wo <= SMALL_OUTPUT;
-    #[cfg(target_arch = "x86_64")]
-    let cols = avx512::products(&g, xd, tc, tl, small)?;
-    #[cfg(not(target_arch = "x86_64"))]
-    let cols = None;
-    let cols = match cols {
-        Some(cols) => cols,
-        None => {
-            // bf16 weights that the AVX-512 path turned down after all (misaligned): widened.
-            let wd: Cow<[f32]> = match (tc, tl.contiguous_offsets()) {
-                (candle_core::CpuStorage::BF16(v), Some((a, z))) => {
-                    Cow::Owned(v[a..z].iter().map(|v| v.to_f32()).collect())
-                }
-                _ => Cow::Borrowed(cpu_slice(tc, tl, "conv weight")?),
-            };
-            let columns = if small {
-                im2col_columns(&g, xd)
-            } else {
-                padded_input(&g, xd)
-            };
-            columns.product(&wd, co)
-        }
+    let mut out = vec![0f32; b * co * g.ho * g.wo];
+    let output = Output {
+        g,
+        bias: &bias,
+        out: SharedMut(out.as_mut_ptr()),
     };
-
-    // Keep the columns that are real output pixels, adding the bias.
-    let (ho, wo) = (g.ho, g.wo);
-    let mut out = vec![0f32; b * co * ho * wo];
-    let dst = SharedMut(out.as_mut_ptr());
-    scope(Kind::Copy, || {
-        cols.wide
-            .par_chunks(cols.n)
-            .enumerate()
-            .for_each(|(oc, row)| {
-                for bi in 0..b {
-                    for y in 0..ho {
-                        let start = bi * cols.image_cols + y * cols.row_cols;
-                        let src = &row[start..start + wo];
-                        // SAFETY: row y of channel oc of image bi; each task (oc) writes its own.
-                        let d = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                dst.get().add(((bi * co + oc) * ho + y) * wo),
-                                wo,
-                            )
-                        };
-                        for (d, &v) in d.iter_mut().zip(src) {
-                            *d = v + bias[oc];
-                        }
-                    }
-                }
-            })
-    });
+    #[cfg(target_arch = "x86_64")]
+    let done = avx512::products(&g, xd, tc, tl, small, &output)?;
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = false;
+    if !done {
+        // bf16 weights that the AVX-512 path turned down after all (misaligned): widened.
+        let wd: Cow<[f32]> = match (tc, tl.contiguous_offsets()) {
+            (candle_core::CpuStorage::BF16(v), Some((a, z))) => {
+                Cow::Owned(v[a..z].iter().map(|v| v.to_f32()).collect())
+            }
+            _ => Cow::Borrowed(cpu_slice(tc, tl, "conv weight")?),
+        };
+        let operand = if small {
+            im2col_columns(&g, xd)
+        } else {
+            padded_input(&g, xd)
+        };
+        let wide = operand.product(&wd, co);
+        scope(Kind::Copy, || {
+            wide.par_chunks(operand.n)
+                .enumerate()
+                .for_each(|(oc, row)| output.store(&operand, oc, 0, row))
+        });
+    }
     drop((xs, ts));
-    Tensor::from_vec(out, (b, co, ho, wo), x.device())
+    Tensor::from_vec(out, (b, co, g.ho, g.wo), x.device())
+}
+
+/// Where a convolution's product columns land: the real output pixels, plus the bias.
+struct Output<'a> {
+    g: Geometry,
+    bias: &'a [f32],
+    out: SharedMut,
+}
+
+impl Output<'_> {
+    /// Columns q0.. of output channel `oc`'s row of products into the [b, co, ho, wo] output:
+    /// image i's pixel (y, x) is column i·image_cols + y·row_cols + x; the other columns (past
+    /// each row's end, past the last row) are dropped.
+    fn store<T: Clone>(&self, op: &Operand<'_, T>, oc: usize, q0: usize, values: &[f32]) {
+        let g = &self.g;
+        let (image_cols, row_cols) = (op.image_cols, op.row_cols);
+        let bias = self.bias[oc];
+        let end = q0 + values.len();
+        let mut q = q0;
+        while q < end {
+            let (bi, rem) = (q / image_cols, q % image_cols);
+            let (y, x) = (rem / row_cols, rem % row_cols);
+            if bi >= g.b {
+                break;
+            }
+            if y >= g.ho {
+                q += image_cols - rem;
+                continue;
+            }
+            if x >= g.wo {
+                q += row_cols - x;
+                continue;
+            }
+            let run = (g.wo - x).min(end - q);
+            let src = &values[q - q0..q - q0 + run];
+            // SAFETY: pixels x.. x + run of row y of channel oc of image bi, inside the
+            // output (b · co · ho · wo floats); every (channel, column) is one pixel, and each
+            // call writes its own channel's columns.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.out.get().add(((bi * g.co + oc) * g.ho + y) * g.wo + x),
+                    run,
+                )
+            };
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v + bias;
+            }
+            q += run;
+        }
+    }
 }
 
 /// The right operand of a convolution's products: rows of input channels (times taps, for
@@ -308,7 +330,7 @@ struct Operand<'a, T: Clone = f32> {
 impl Operand<'_> {
     /// `W · operand` with `gemm`, one product per tap, accumulated. `wd` is the [co, k, k, ci]
     /// weights; each tap's [co, ci] block is read where it lies (row stride k²·ci).
-    fn product(&self, wd: &[f32], co: usize) -> Columns {
+    fn product(&self, wd: &[f32], co: usize) -> Vec<f32> {
         let (n, taps) = (self.n, self.shifts.len());
         let depth = self.rows; // ci, or k²·ci for im2col (one tap)
         let mut wide = vec![0f32; co * n];
@@ -358,12 +380,7 @@ impl Operand<'_> {
         } else {
             columns(0, n, parallelism(threads));
         }
-        Columns {
-            wide,
-            n,
-            image_cols: self.image_cols,
-            row_cols: self.row_cols,
-        }
+        wide
     }
 }
 
@@ -553,16 +570,17 @@ mod avx512 {
             && ohwi.is_contiguous()
     }
 
-    /// The convolution's columns, or `None` when these weights are not for this path.
+    /// The convolution into `output`; false when these weights are not for this path.
     pub(super) fn products(
         g: &Geometry,
         xd: &[f32],
         weights: &CpuStorage,
         layout: &Layout,
         small: bool,
-    ) -> Result<Option<Columns>> {
+        output: &Output,
+    ) -> Result<bool> {
         let Some((start, end)) = layout.contiguous_offsets() else {
-            return Ok(None);
+            return Ok(false);
         };
         match weights {
             CpuStorage::F32(w) if has_f32() => {
@@ -571,19 +589,13 @@ mod avx512 {
                 } else {
                     padded_input(g, xd)
                 };
-                multiply(
-                    &op,
-                    as_lanes(&op.data),
-                    as_lanes(&w[start..end]),
-                    Lanes::F32,
-                    g.co,
-                )
-                .map(Some)
+                let a = as_lanes(&w[start..end]);
+                multiply(&op, as_lanes(&op.data), a, Lanes::F32, g.co, output)?;
             }
             CpuStorage::BF16(w) if has_bf16() && g.ci.is_multiple_of(2) => {
                 let w = &w[start..end];
                 if !(w.as_ptr() as usize).is_multiple_of(4) {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 // SAFETY: the pointer is 4-byte aligned (checked) and two bf16 make one u32
                 // (an even number of them: co·k²·ci with ci even).
@@ -594,10 +606,11 @@ mod avx512 {
                 } else {
                     paired_padded_input(g, xd)
                 };
-                multiply(&op, &op.data, a, Lanes::Bf16Pairs, g.co).map(Some)
+                multiply(&op, &op.data, a, Lanes::Bf16Pairs, g.co, output)?;
             }
-            _ => Ok(None),
+            _ => return Ok(false),
         }
+        Ok(true)
     }
 
     fn as_lanes(v: &[f32]) -> &[u32] {
@@ -607,13 +620,14 @@ mod avx512 {
     }
 
     /// Weights [co, taps · depth] (`a`) times the operand's taps, all accumulated in one pass.
-    fn multiply<T: Clone>(
+    fn multiply<T: Clone + Sync>(
         op: &Operand<'_, T>,
         b: &[u32],
         a: &[u32],
         lanes: Lanes,
         co: usize,
-    ) -> Result<Columns> {
+        output: &Output,
+    ) -> Result<()> {
         let (depth, taps) = (op.rows, op.shifts.len());
         let segments: Vec<Segment> = op
             .shifts
@@ -625,7 +639,7 @@ mod avx512 {
                 len: depth,
             })
             .collect();
-        let mut wide = vec![0f32; co * op.n];
+        let store = |oc, q0, values: &[f32]| output.store(op, oc, q0, values);
         product(
             lanes,
             a,
@@ -634,17 +648,10 @@ mod avx512 {
             &segments,
             b,
             op.stride,
-            &mut wide,
             op.n,
-            op.n,
+            store,
         )
-        .map_err(candle_core::Error::Msg)?;
-        Ok(Columns {
-            wide,
-            n: op.n,
-            image_cols: op.image_cols,
-            row_cols: op.row_cols,
-        })
+        .map_err(candle_core::Error::Msg)
     }
 
     /// `padded_input` with channels 2c and 2c + 1 rounded to bf16 and paired in each lane.
