@@ -138,8 +138,12 @@ pub fn matmul_wt(
                             let a = a.as_ptr().add(t0 * lanes + k0);
                             let b = slice.as_ptr();
                             match w {
-                                Weight::F32 { .. } => tile_f32(r, a, lanes, kc, b, NR, c, n, cols),
-                                Weight::Bf16(_) => tile_bf16(r, a, lanes, kc, b, NR, c, n, cols),
+                                Weight::F32 { .. } => {
+                                    tile_f32(r, a, lanes, kc, b, NR, c, n, cols, true)
+                                }
+                                Weight::Bf16(_) => {
+                                    tile_bf16(r, a, lanes, kc, b, NR, c, n, cols, true)
+                                }
                             }
                         }
                         t0 += r;
@@ -229,11 +233,13 @@ pub fn product(
             let (q1, r1) = ((q0 + QB).min(n), (r0 + group_rows).min(m));
             let width = q1 - q0;
             let local = &mut local[..(r1 - r0) * width];
-            local.fill(0.0);
+            let mut written = false;
             for s in segments {
                 let mut k0 = 0;
                 while k0 < s.len {
                     let kc = (s.len - k0).min(KB);
+                    // The first pass writes the task's block, the others add to it.
+                    let add = std::mem::replace(&mut written, true);
                     // B's block, copied together: its rows lie far apart (one input channel
                     // each), which would spread one tile's loads over as many pages and
                     // cache sets.
@@ -256,9 +262,11 @@ pub fn product(
                                 let b = packed.as_ptr().add(q);
                                 let c = local.as_mut_ptr().add((t0 - r0) * width + q);
                                 match lanes {
-                                    Lanes::F32 => tile_f32(r, a, lda, kc, b, width, c, width, cols),
+                                    Lanes::F32 => {
+                                        tile_f32(r, a, lda, kc, b, width, c, width, cols, add)
+                                    }
                                     Lanes::Bf16Pairs => {
-                                        tile_bf16(r, a, lda, kc, b, width, c, width, cols)
+                                        tile_bf16(r, a, lda, kc, b, width, c, width, cols, add)
                                     }
                                 }
                             }
@@ -268,6 +276,9 @@ pub fn product(
                     }
                     k0 += kc;
                 }
+            }
+            if !written {
+                local.fill(0.0); // no lanes at all: a product of nothing
             }
             for (row, values) in local.chunks_exact(width).enumerate() {
                 store(r0 + row, q0, values);
@@ -380,9 +391,10 @@ macro_rules! micro_kernel {
         ///
         /// SAFETY: the CPU has the kernel's instructions; `a` points at `r` rows of `kc`
         /// lanes, `lda` apart; `b` at `kc` rows of `cols` lanes, `ldb` apart; `c` at `r` rows of
-        /// at least `cols` floats, `ldc` apart.
+        /// at least `cols` floats, `ldc` apart. The tile is added to `c` (`add`), or
+        /// written over it.
         #[allow(clippy::too_many_arguments)]
-        unsafe fn $tile(
+        pub(crate) unsafe fn $tile(
             r: usize,
             a: *const u32,
             lda: usize,
@@ -392,16 +404,17 @@ macro_rules! micro_kernel {
             c: *mut f32,
             ldc: usize,
             cols: usize,
+            add: bool,
         ) {
             match r {
-                8 => $kernel::<8>(a, lda, kc, b, ldb, c, ldc, cols),
-                7 => $kernel::<7>(a, lda, kc, b, ldb, c, ldc, cols),
-                6 => $kernel::<6>(a, lda, kc, b, ldb, c, ldc, cols),
-                5 => $kernel::<5>(a, lda, kc, b, ldb, c, ldc, cols),
-                4 => $kernel::<4>(a, lda, kc, b, ldb, c, ldc, cols),
-                3 => $kernel::<3>(a, lda, kc, b, ldb, c, ldc, cols),
-                2 => $kernel::<2>(a, lda, kc, b, ldb, c, ldc, cols),
-                _ => $kernel::<1>(a, lda, kc, b, ldb, c, ldc, cols),
+                8 => $kernel::<8>(a, lda, kc, b, ldb, c, ldc, cols, add),
+                7 => $kernel::<7>(a, lda, kc, b, ldb, c, ldc, cols, add),
+                6 => $kernel::<6>(a, lda, kc, b, ldb, c, ldc, cols, add),
+                5 => $kernel::<5>(a, lda, kc, b, ldb, c, ldc, cols, add),
+                4 => $kernel::<4>(a, lda, kc, b, ldb, c, ldc, cols, add),
+                3 => $kernel::<3>(a, lda, kc, b, ldb, c, ldc, cols, add),
+                2 => $kernel::<2>(a, lda, kc, b, ldb, c, ldc, cols, add),
+                _ => $kernel::<1>(a, lda, kc, b, ldb, c, ldc, cols, add),
             }
         }
 
@@ -416,6 +429,7 @@ macro_rules! micro_kernel {
             c: *mut f32,
             ldc: usize,
             cols: usize,
+            add: bool,
         ) {
             let mut acc = [[_mm512_setzero_ps(); 2]; R];
             // Masked loads: a last, partial tile reads no column past `cols`.
@@ -431,16 +445,19 @@ macro_rules! micro_kernel {
             }
             for (row, acc) in acc.iter().enumerate() {
                 let dst = c.add(row * ldc);
-                if cols == NR {
+                if cols == NR && add {
                     _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), acc[0]));
                     let hi = dst.add(16);
                     _mm512_storeu_ps(hi, _mm512_add_ps(_mm512_loadu_ps(hi), acc[1]));
+                } else if cols == NR {
+                    _mm512_storeu_ps(dst, acc[0]);
+                    _mm512_storeu_ps(dst.add(16), acc[1]);
                 } else {
                     let mut sum = [0f32; NR];
                     _mm512_storeu_ps(sum.as_mut_ptr(), acc[0]);
                     _mm512_storeu_ps(sum.as_mut_ptr().add(16), acc[1]);
-                    for (j, s) in sum.iter().take(cols).enumerate() {
-                        *dst.add(j) += s;
+                    for (j, &s) in sum.iter().take(cols).enumerate() {
+                        *dst.add(j) = if add { *dst.add(j) + s } else { s };
                     }
                 }
             }

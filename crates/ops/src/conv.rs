@@ -24,6 +24,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod winograd;
+
 use super::precision::{widen, widen_opt};
 use super::profile::{scope, Kind};
 use super::{cpu_slice, own_kernel, parallelism, SharedMut};
@@ -236,7 +239,13 @@ fn kernel(
         out: SharedMut(out.as_mut_ptr()),
     };
     #[cfg(target_arch = "x86_64")]
-    let done = avx512::products(&g, xd, tc, tl, small, &output)?;
+    let done = match (tc, tl.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(w), Some((a, z))) if !small && winograd::takes(&g) => {
+            winograd::conv(&g, xd, &w[a..z], &output);
+            true
+        }
+        _ => avx512::products(&g, xd, tc, tl, small, &output)?,
+    };
     #[cfg(not(target_arch = "x86_64"))]
     let done = false;
     if !done {
@@ -780,6 +789,29 @@ mod tests {
             let want = c.reference(&x).unwrap();
             let d = rel_diff(&got, &want);
             assert!(d < 1e-5, "{b}×{ci}→{co} k{k} p{p} {h}×{w}: {d}");
+        }
+    }
+
+    /// 3×3 stride-1 convolutions go through Winograd's F(2×2, 3×3) on CPUs with AVX-512: odd
+    /// sizes (partial 2×2 blocks), more tiles than one task's block, more input channels than
+    /// one pass of the micro-kernel, an output channel count off its 8-row tiles, an upsample.
+    #[test]
+    fn winograd_matches_the_direct_convolution() {
+        let c = conv(260, 13, 3, 1, 1, true);
+        for (x, up) in [
+            (randn(&[2, 260, 21, 23]), None),
+            (randn(&[1, 260, 12, 14]), Some((24, 28))),
+        ] {
+            let got = match up {
+                Some(size) => c.forward_upsampled(&x, size).unwrap(),
+                None => c.forward(&x).unwrap(),
+            };
+            let x = match up {
+                Some((h, w)) => x.upsample_nearest2d(h, w).unwrap(),
+                None => x,
+            };
+            let d = rel_diff(&got, &c.reference(&x).unwrap());
+            assert!(d < 1e-5, "{:?}: {d}", x.dims());
         }
     }
 
