@@ -240,7 +240,7 @@ fn kernel(
     };
     #[cfg(target_arch = "x86_64")]
     let done = match (tc, tl.contiguous_offsets()) {
-        (candle_core::CpuStorage::F32(w), Some((a, z))) if !small && winograd::takes(&g) => {
+        (candle_core::CpuStorage::F32(w), Some((a, z))) if winograd::takes(&g) => {
             winograd::conv(&g, xd, &w[a..z], &output);
             true
         }

@@ -7,12 +7,12 @@
 //! channels (16 matrix products [co, ci] · [ci, tiles], run by `avx512`'s micro-kernel), and
 //! transformed back (`Aᵀ m A`). That is 2.25× fewer multiply-adds than the direct convolution.
 //! F(2×2, 3×3)'s transforms only add, subtract and halve, so the result differs from the direct
-//! one by f32 rounding alone; larger tiles (F(4×4, 3×3), 4× fewer) need constants that lose
-//! digits, which the reference tests' tolerances do not allow for.
+//! one by f32 rounding alone. Larger tiles (F(4×4, 3×3), 4× fewer) transform with constants
+//! like 1/6 and 1/24 that cost digits; not tried.
 //!
-//! The kernel's transform (16 values per channel pair, 1.8× the 3×3 weights) is made per call
-//! and dropped, so the model's memory does not grow; it costs a few multiply-adds per weight,
-//! nothing beside the products.
+//! The kernel's transform (16 values per channel pair, 1.8× the 3×3 weights) is never stored
+//! whole, so the model's memory does not grow: each task makes it an 8-output-channel tile at a
+//! time, a few vector adds per weight against the 64 tiles' products it feeds.
 
 use rayon::prelude::*;
 
@@ -23,19 +23,26 @@ use crate::profile::{scope, Kind};
 /// Tiles (2×2 output blocks) per task: its transformed input (16 × ci × TILES) and products
 /// (16 × co × TILES) are a few MiB at most and go through L2 a product at a time.
 const TILES: usize = 64;
-/// Input channels per pass of the micro-kernel.
+/// Input channels per pass of the micro-kernel and per tile of the transformed kernel
+/// (16 × 8 × KB floats, 128 KiB). 256 measured faster than 64 or 128 at the VAE's and UNet's
+/// shapes.
 const KB: usize = 256;
 
 /// Whether a convolution of this shape runs here: 3×3, stride 1, padding 1, on a CPU with
-/// AVX-512 (the caller checks the weights are f32).
+/// AVX-512 (the caller checks the weights are f32), with at least 128 output blocks of 2×2.
+/// Fewer (the UNet's lowest levels) would spend more on transforming the kernel, per call,
+/// than they save.
 pub(super) fn takes(g: &Geometry) -> bool {
-    g.k == 3 && g.s == 1 && g.pad == 1 && crate::avx512::has_f32()
+    g.k == 3
+        && g.s == 1
+        && g.pad == 1
+        && g.b * g.ho.div_ceil(2) * g.wo.div_ceil(2) >= 128
+        && crate::avx512::has_f32()
 }
 
 /// The convolution of `xd` by the [co, 3, 3, ci] f32 weights `w` into `output`.
 pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
     let (ci, co) = (g.ci, g.co);
-    let u = scope(Kind::Copy, || transform_kernel(w, ci, co));
     // Output tiles per image: th × tw; tile (ty, tx) reads padded rows 2ty..2ty + 4 and
     // columns 2tx..2tx + 4. The padded copy keeps each row's even and odd columns apart
     // ([channel][image][row][parity][half]), so that tile column tx's four input columns are
@@ -63,18 +70,26 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
         p
     });
     let tiles = g.b * th * tw;
-    (0..tiles.div_ceil(TILES)).into_par_iter().for_each_init(
+    // Tile blocks, and when there are too few of them to share out, groups of output channels
+    // too (each group reads only its rows of the transformed kernel).
+    let blocks = tiles.div_ceil(TILES);
+    let groups = (2 * rayon::current_num_threads())
+        .div_ceil(blocks)
+        .min(co.div_ceil(8));
+    let group_rows = co.div_ceil(groups).next_multiple_of(8);
+    (0..blocks * groups).into_par_iter().for_each_init(
         || {
             let transformed = Box::new([[0f32; TILES]; 16]);
             (
                 vec![0f32; 16 * ci * TILES],
                 vec![0f32; 16 * co * TILES],
                 transformed,
+                vec![0f32; 16 * 8 * KB],
             )
         },
-        |(v, m, transformed), block| {
-            let t0 = block * TILES;
-            let n = TILES.min(tiles - t0);
+        |(v, m, transformed, u), task| {
+            let (t0, o0) = ((task / groups) * TILES, (task % groups) * group_rows);
+            let (n, o1) = (TILES.min(tiles - t0), (o0 + group_rows).min(co));
             // Runs of tiles within one tile row: (first tile's index in the block, image,
             // tile row, first tile column, length).
             let mut runs = Vec::new();
@@ -98,32 +113,33 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
                     }
                 }
             }
-            // The 16 products m[ξ] = u[ξ] · v[ξ], [co, ci] · [ci, n].
-            for xi in 0..16 {
-                let (a, b) = (&u[xi * co * ci..], &v[xi * ci * TILES..]);
-                let c = &mut m[xi * co * TILES..(xi + 1) * co * TILES];
-                let mut k0 = 0;
-                while k0 < ci {
-                    let kc = (ci - k0).min(KB);
-                    let mut r0 = 0;
-                    while r0 < co {
-                        let r = (co - r0).min(8);
+            // The 16 products m[ξ] = u[ξ] · v[ξ], [co, ci] · [ci, n], for rows o0..o1: an
+            // 8-row, KB-channel tile of the transformed kernel at a time, made here from the
+            // weights (cheap beside the products it feeds, and no kernel-sized buffer).
+            let mut k0 = 0;
+            while k0 < ci {
+                let kc = (ci - k0).min(KB);
+                let mut r0 = o0;
+                while r0 < o1 {
+                    let r = (o1 - r0).min(8);
+                    transform_kernel(w, ci, r0, r, k0, kc, u);
+                    for xi in 0..16 {
                         let mut q = 0;
                         while q < n {
                             let cols = (n - q).min(32);
-                            // SAFETY: AVX-512 checked by `takes`. A: rows r0..r0 + r of u[ξ]
-                            // (co × ci), lanes k0..k0 + kc; B: rows k0..k0 + kc of v[ξ]
-                            // (ci × TILES), columns q..q + cols ≤ n; C: rows r0..r0 + r of
-                            // m[ξ] (co × TILES), the same columns. All inside their buffers.
+                            // SAFETY: AVX-512 checked by `takes`. A: u[·][ξ], r rows of kc
+                            // lanes, 16·kc apart; B: rows k0..k0 + kc of v[ξ] (ci × TILES), columns
+                            // q..q + cols ≤ n; C: rows r0..r0 + r of m[ξ] (co × TILES), the
+                            // same columns. All inside their buffers.
                             unsafe {
                                 tile_f32(
                                     r,
-                                    a.as_ptr().add(r0 * ci + k0).cast(),
-                                    ci,
+                                    u.as_ptr().add(xi * kc).cast(),
+                                    16 * kc,
                                     kc,
-                                    b.as_ptr().add(k0 * TILES + q).cast(),
+                                    v.as_ptr().add((xi * ci + k0) * TILES + q).cast(),
                                     TILES,
-                                    c.as_mut_ptr().add(r0 * TILES + q),
+                                    m.as_mut_ptr().add((xi * co + r0) * TILES + q),
                                     TILES,
                                     cols,
                                     k0 > 0,
@@ -131,13 +147,13 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
                             }
                             q += cols;
                         }
-                        r0 += r;
                     }
-                    k0 += kc;
+                    r0 += r;
                 }
+                k0 += kc;
             }
             // Back to 2×2 output blocks, plus the bias.
-            for oc in 0..co {
+            for oc in o0..o1 {
                 for &(j0, bi, ty, tx, len) in &runs {
                     let m: [&[f32]; 16] =
                         std::array::from_fn(|xi| &m[(xi * co + oc) * TILES + j0..][..len]);
@@ -148,38 +164,59 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
     );
 }
 
-/// u[ξ][co][ci] = (G g Gᵀ)[ξ] for each output and input channel's 3×3 kernel g, with
-/// G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]].
-fn transform_kernel(w: &[f32], ci: usize, co: usize) -> Vec<f32> {
-    let mut u = vec![0f32; 16 * co * ci];
-    let plane = co * ci;
-    let u_addr = crate::SharedMut(u.as_mut_ptr());
-    (0..co).into_par_iter().for_each(|o| {
-        for c in 0..ci {
-            let g: [[f32; 3]; 3] =
-                std::array::from_fn(|i| std::array::from_fn(|j| w[((o * 3 + i) * 3 + j) * ci + c]));
-            let col = |v: [f32; 3]| {
-                [
-                    v[0],
-                    0.5 * (v[0] + v[1] + v[2]),
-                    0.5 * (v[0] - v[1] + v[2]),
-                    v[2],
-                ]
-            };
-            // G g: each column of g transformed.
-            let gg: [[f32; 3]; 4] = {
-                let t: [[f32; 4]; 3] = std::array::from_fn(|j| col([g[0][j], g[1][j], g[2][j]]));
-                std::array::from_fn(|r| std::array::from_fn(|j| t[j][r]))
-            };
-            for (r, row) in gg.iter().enumerate() {
-                for (s, value) in col(*row).into_iter().enumerate() {
-                    // SAFETY: element (ξ = 4r + s, o, c) of u; each task (o) writes its own.
-                    unsafe { *u_addr.get().add((4 * r + s) * plane + o * ci + c) = value };
-                }
-            }
+/// u[row][ξ][lane] = (G g Gᵀ)[ξ] for output channels o0..o0 + rows and input channels
+/// k0..k0 + kc of the [co, 3, 3, ci] weights `w`, with
+/// G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]. Whole runs of channels at a time, so
+/// that each step is one vectorised sweep.
+fn transform_kernel(
+    w: &[f32],
+    ci: usize,
+    o0: usize,
+    rows: usize,
+    k0: usize,
+    kc: usize,
+    u: &mut [f32],
+) {
+    let mut mid = [[[0f32; KB]; 2]; 3];
+    for (row, out) in u.chunks_exact_mut(16 * kc).take(rows).enumerate() {
+        let o = o0 + row;
+        // Tap (i, j) of the tile's input channels: a contiguous run of the weights.
+        let g = |i: usize, j: usize| &w[((o * 3 + i) * 3 + j) * ci + k0..][..kc];
+        // G g, column j: rows 0 and 3 are taps (0, j) and (2, j); rows 1 and 2 go to `mid`.
+        for (j, mid) in mid.iter_mut().enumerate() {
+            let [m1, m2] = mid;
+            halves(&mut m1[..kc], &mut m2[..kc], g(0, j), g(1, j), g(2, j));
         }
-    });
-    u
+        // · Gᵀ along each row r of G g.
+        for r in 0..4 {
+            let x = |j: usize| -> &[f32] {
+                match r {
+                    0 => g(0, j),
+                    3 => g(2, j),
+                    _ => &mid[j][r - 1][..kc],
+                }
+            };
+            let (x0, x1, x2) = (x(0), x(1), x(2));
+            let out = &mut out[4 * r * kc..(4 * r + 4) * kc];
+            let (first, rest) = out.split_at_mut(kc);
+            let (sum, rest) = rest.split_at_mut(kc);
+            let (diff, last) = rest.split_at_mut(kc);
+            first.copy_from_slice(x0);
+            halves(sum, diff, x0, x1, x2);
+            last.copy_from_slice(x2);
+        }
+    }
+}
+
+/// sum = ½(a + b + d), diff = ½(a − b + d), element by element.
+#[inline]
+fn halves(sum: &mut [f32], diff: &mut [f32], a: &[f32], b: &[f32], d: &[f32]) {
+    let n = sum.len();
+    let (diff, a, b, d) = (&mut diff[..n], &a[..n], &b[..n], &d[..n]);
+    for i in 0..n {
+        sum[i] = 0.5 * (a[i] + b[i] + d[i]);
+        diff[i] = 0.5 * (a[i] - b[i] + d[i]);
+    }
 }
 
 /// Bᵀ d B for `len` ≤ [`TILES`] tiles side by side, from the four padded rows they read (each
