@@ -224,8 +224,9 @@ pub fn product(
     // Column blocks, and when there are too few of them to share out, groups of A's rows too.
     let threads = rayon::current_num_threads();
     let blocks = n.div_ceil(QB);
-    let groups = (2 * threads).div_ceil(blocks).min(m.div_ceil(MR));
-    let group_rows = m.div_ceil(groups).next_multiple_of(MR);
+    let wanted = (2 * threads).div_ceil(blocks).min(m.div_ceil(MR));
+    let group_rows = m.div_ceil(wanted).next_multiple_of(MR);
+    let groups = m.div_ceil(group_rows);
     (0..blocks * groups).into_par_iter().for_each_init(
         || (vec![0u32; KB * QB], vec![0f32; group_rows * QB]),
         |(packed, local), task| {

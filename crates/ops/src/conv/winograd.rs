@@ -73,10 +73,11 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
     // Tile blocks, and when there are too few of them to share out, groups of output channels
     // too (each group reads only its rows of the transformed kernel).
     let blocks = tiles.div_ceil(TILES);
-    let groups = (2 * rayon::current_num_threads())
+    let wanted = (2 * rayon::current_num_threads())
         .div_ceil(blocks)
         .min(co.div_ceil(8));
-    let group_rows = co.div_ceil(groups).next_multiple_of(8);
+    let group_rows = co.div_ceil(wanted).next_multiple_of(8);
+    let groups = co.div_ceil(group_rows);
     (0..blocks * groups).into_par_iter().for_each_init(
         || {
             let transformed = Box::new([[0f32; TILES]; 16]);
