@@ -111,6 +111,22 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Res
         cpu_slice(vc, vl, "attention v")?,
     );
     let mut out = vec![0f32; b * n * inner];
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512::has_f32() {
+        let geometry = Heads {
+            b,
+            n,
+            m,
+            heads,
+            hd,
+            inner,
+            scale,
+            causal,
+        };
+        avx512::attention(&geometry, qd, kd, vd, &mut out);
+        drop((qs, ks, vs));
+        return Tensor::from_vec(out, (b, n, inner), q.device());
+    }
     let dst = SharedMut(out.as_mut_ptr());
     let rows = tile_rows(m);
     let tiles = n.div_ceil(rows);
@@ -192,6 +208,154 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Res
     );
     drop((qs, ks, vs));
     Tensor::from_vec(out, (b, n, inner), q.device())
+}
+
+/// The sizes of one attention call.
+#[derive(Clone, Copy)]
+struct Heads {
+    b: usize,
+    /// Query tokens, key/value tokens.
+    n: usize,
+    m: usize,
+    heads: usize,
+    /// Channels per head, and of all heads side by side.
+    hd: usize,
+    inner: usize,
+    scale: f32,
+    causal: bool,
+}
+
+/// The same tiles on CPUs with AVX-512, both products by `avx512`'s micro-kernel instead of
+/// `gemm`, which packed the whole of k and v again for every tile of 16–256 queries. Here each
+/// head's keys are laid out once as the kernel's right operand (32-key panels), and the values
+/// are read where they lie.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+    use crate::avx512::tile_f32;
+
+    /// Keys per panel of the packed k.
+    const NR: usize = 32;
+
+    pub(super) fn attention(g: &Heads, qd: &[f32], kd: &[f32], vd: &[f32], out: &mut [f32]) {
+        let Heads {
+            b,
+            n,
+            m,
+            heads,
+            hd,
+            inner,
+            scale,
+            causal,
+        } = *g;
+        // k of image i, head h as panels [key / 32][channel][key % 32], zero past the last key.
+        let panels = m.div_ceil(NR);
+        let per_head = panels * hd * NR;
+        let mut kp = vec![0f32; b * heads * per_head];
+        kp.par_chunks_mut(per_head)
+            .enumerate()
+            .for_each(|(bh, dst)| {
+                let (bi, h) = (bh / heads, bh % heads);
+                for key in 0..m {
+                    let src = &kd[(bi * m + key) * inner + h * hd..][..hd];
+                    let (p, c) = (key / NR, key % NR);
+                    for (d, &v) in src.iter().enumerate() {
+                        dst[(p * hd + d) * NR + c] = v;
+                    }
+                }
+            });
+        let dst = SharedMut(out.as_mut_ptr());
+        let rows = tile_rows(m);
+        let tiles = n.div_ceil(rows);
+        (0..b * heads * tiles).into_par_iter().for_each_init(
+            || (vec![0f32; rows * m], vec![0f32; rows * hd]),
+            |(scores, q), task| {
+                let (bh, tile) = (task / tiles, task % tiles);
+                let (bi, h) = (bh / heads, bh % heads);
+                let r0 = tile * rows;
+                let tr = rows.min(n - r0);
+                let scores = &mut scores[..tr * m];
+                // The tile's queries, scaled: the scores come out scaled.
+                for (r, dst) in q.chunks_exact_mut(hd).take(tr).enumerate() {
+                    let src = &qd[(bi * n + r0 + r) * inner + h * hd..][..hd];
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v * scale;
+                    }
+                }
+                let kp = &kp[bh * per_head..(bh + 1) * per_head];
+                for p in 0..panels {
+                    let cols = (m - p * NR).min(NR);
+                    let mut t = 0;
+                    while t < tr {
+                        let r = (tr - t).min(8);
+                        // SAFETY: AVX-512 checked by the caller. A: rows t..t + r of the
+                        // scaled queries (tr × hd); B: panel p of this head's keys (hd × 32);
+                        // C: rows t..t + r of `scores` (tr × m), columns 32p..32p + cols.
+                        unsafe {
+                            tile_f32(
+                                r,
+                                q.as_ptr().add(t * hd).cast(),
+                                hd,
+                                hd,
+                                kp.as_ptr().add(p * hd * NR).cast(),
+                                NR,
+                                scores.as_mut_ptr().add(t * m + p * NR),
+                                m,
+                                cols,
+                                false,
+                            );
+                        }
+                        t += r;
+                    }
+                }
+                let mut inv = [0f32; 256];
+                for (r, row) in scores.chunks_exact_mut(m).enumerate() {
+                    // Causal: query r0 + r weighs keys 0..=r0 + r; the rest get probability 0.
+                    let seen = if causal { (r0 + r + 1).min(m) } else { m };
+                    let (kept, masked) = row.split_at_mut(seen);
+                    inv[r] = 1.0 / simd::exp_shifted_sum(kept);
+                    masked.fill(0.0);
+                }
+                let o0 = (bi * n + r0) * inner + h * hd;
+                let v0 = bi * m * inner + h * hd;
+                let mut d0 = 0;
+                while d0 < hd {
+                    let cols = (hd - d0).min(32);
+                    let mut t = 0;
+                    while t < tr {
+                        let r = (tr - t).min(8);
+                        // SAFETY: A: rows t..t + r of the probabilities (tr × m); B: this
+                        // head's values, m rows `inner` apart, columns d0..d0 + cols of the
+                        // head; C: the output rows r0 + t.., the same columns of head h, which
+                        // belong to this task alone.
+                        unsafe {
+                            tile_f32(
+                                r,
+                                scores.as_ptr().add(t * m).cast(),
+                                m,
+                                m,
+                                vd.as_ptr().add(v0 + d0).cast(),
+                                inner,
+                                dst.get().add(o0 + t * inner + d0),
+                                inner,
+                                cols,
+                                false,
+                            );
+                        }
+                        t += r;
+                    }
+                    d0 += cols;
+                }
+                for (r, &k) in inv.iter().enumerate().take(tr) {
+                    // SAFETY: output row r0 + r, head h's columns: this task's own.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(dst.get().add(o0 + r * inner), hd)
+                    };
+                    simd::scale(row, k);
+                }
+            },
+        );
+    }
 }
 
 #[cfg(test)]

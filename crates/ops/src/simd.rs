@@ -3,8 +3,8 @@
 //! slice loop compiled a second time for AVX2 and picked at run time (release builds target the
 //! x86-64 baseline, where a loop gets only 4 lanes of SSE2 and no `floor`).
 
-/// Defines `pub fn $name(args)` whose body is compiled twice, plain and with AVX2 + FMA, and runs
-/// the AVX2 copy when the CPU has it.
+/// Defines `pub fn $name(args)` whose body is compiled three times, plain, with AVX2 + FMA and
+/// with AVX-512, and runs the widest copy the CPU has.
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -13,9 +13,21 @@ macro_rules! multiversion {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
+                }
+                if crate::avx512::has_f32()
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512dq")
+                    && std::is_x86_feature_detected!("avx512vl")
+                {
+                    // SAFETY: the CPU has the features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has the features `avx2` was compiled for.
@@ -41,8 +53,11 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    // 2ⁿ from the exponent bits; n is in [-126, 128] after the clamp.
-    e * f32::from_bits(((n as i32 + 127).clamp(0, 255) as u32) << 23)
+    // 2ⁿ from the exponent bits; n + 127 is in [1, 254] after the clamp. The integer is read
+    // from the mantissa of n + 127 + 2²³ rather than by `as i32`, whose saturating conversion
+    // does not vectorise (a scalar convert-and-compare per value).
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits() - 0x4b00_0000;
+    e * f32::from_bits(biased << 23)
 }
 
 /// erf(x) within 6e-7 absolute: Abramowitz & Stegun 7.1.26 (1.5e-7) evaluated in f32. In GELU
@@ -86,10 +101,11 @@ multiversion! {
 multiversion! {
     /// Replaces each value by exp(value − max) and returns the sum: a softmax row, unnormalised.
     pub fn exp_shifted_sum(row: &mut [f32]) -> f32 {
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        let mut chunks = row.chunks_exact(8);
+        // 16 lanes: one AVX-512 register, two AVX2 ones.
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        let mut chunks = row.chunks_exact(16);
         for c in &mut chunks {
-            for i in 0..8 {
+            for i in 0..16 {
                 lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
             }
         }
@@ -97,10 +113,10 @@ multiversion! {
         for l in lanes {
             max = max.max(l);
         }
-        let mut sums = [0f32; 8];
-        let mut chunks = row.chunks_exact_mut(8);
+        let mut sums = [0f32; 16];
+        let mut chunks = row.chunks_exact_mut(16);
         for c in &mut chunks {
-            for i in 0..8 {
+            for i in 0..16 {
                 c[i] = exp(c[i] - max);
                 sums[i] += c[i];
             }
