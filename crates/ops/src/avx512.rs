@@ -58,7 +58,9 @@ pub enum Weight<'a> {
     Bf16(&'a [bf16]),
 }
 
-/// `out[rows, n] += x[rows, k] · wᵀ`. `out` holds the starting values (zeros or the bias).
+/// `out[rows, n] = x[rows, k] · wᵀ`, plus `out`'s own values (the bias) when `add` is set.
+/// Without `add`, `out` is written before it is read: fresh zero pages are then never mapped
+/// read-only first (a second fault and a TLB flush on every core at the first write).
 /// Errors when the CPU lacks the instructions or a slice is too short.
 pub fn matmul_wt(
     x: &[f32],
@@ -67,6 +69,7 @@ pub fn matmul_wt(
     w: Weight,
     n: usize,
     out: &mut [f32],
+    add: bool,
 ) -> Result<(), String> {
     let (available, w_fits) = match w {
         Weight::F32 { data, s0, s1 } => (
@@ -139,10 +142,10 @@ pub fn matmul_wt(
                             let b = slice.as_ptr();
                             match w {
                                 Weight::F32 { .. } => {
-                                    tile_f32(r, a, lanes, kc, b, NR, c, n, cols, true)
+                                    tile_f32(r, a, lanes, kc, b, NR, c, n, cols, add || k0 > 0)
                                 }
                                 Weight::Bf16(_) => {
-                                    tile_bf16(r, a, lanes, kc, b, NR, c, n, cols, true)
+                                    tile_bf16(r, a, lanes, kc, b, NR, c, n, cols, add || k0 > 0)
                                 }
                             }
                         }
@@ -540,8 +543,16 @@ mod tests {
                 s0: k,
                 s1: 1,
             };
-            matmul_wt(&x, rows, k, weight, n, &mut out).unwrap();
+            matmul_wt(&x, rows, k, weight, n, &mut out, true).unwrap();
             assert!(worst(&out, &want) < 1e-4, "{rows}×{k}×{n}");
+            // Without `add`, whatever `out` held is written over.
+            let mut out = vec![f32::NAN; rows * n];
+            matmul_wt(&x, rows, k, weight, n, &mut out, false).unwrap();
+            let zero = vec![0f32; n];
+            assert!(
+                worst(&out, &exact(&x, &w, &zero, rows, k)) < 1e-4,
+                "{rows}×{k}×{n} written"
+            );
             // The same weight stored transposed, [k, n].
             let wt: Vec<f32> = (0..k * n).map(|t| w[(t % n) * k + t / n]).collect();
             let mut out: Vec<f32> = (0..rows).flat_map(|_| bias.iter().copied()).collect();
@@ -550,7 +561,7 @@ mod tests {
                 s0: 1,
                 s1: n,
             };
-            matmul_wt(&x, rows, k, weight, n, &mut out).unwrap();
+            matmul_wt(&x, rows, k, weight, n, &mut out, true).unwrap();
             assert!(worst(&out, &want) < 1e-4, "{rows}×{k}×{n} transposed");
         }
     }
@@ -570,7 +581,7 @@ mod tests {
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
             let want = exact(&round(&x), &round(&w), &bias, rows, k);
             let mut out: Vec<f32> = (0..rows).flat_map(|_| bias.iter().copied()).collect();
-            matmul_wt(&x, rows, k, Weight::Bf16(&wb), n, &mut out).unwrap();
+            matmul_wt(&x, rows, k, Weight::Bf16(&wb), n, &mut out, true).unwrap();
             assert!(worst(&out, &want) < 1e-4, "{rows}×{k}×{n}");
         }
     }
@@ -584,6 +595,6 @@ mod tests {
             s0: 3,
             s1: 1,
         };
-        assert!(matmul_wt(&x, 2, 3, weight, 2, &mut out).is_err());
+        assert!(matmul_wt(&x, 2, 3, weight, 2, &mut out, true).is_err());
     }
 }

@@ -123,6 +123,7 @@ fn linear_avx512(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
     };
     let dims = x.dims().to_vec();
     let x = x.contiguous()?;
+    let has_bias = layer.bias().is_some();
     let mut out = match layer.bias() {
         Some(b) => {
             let b: Vec<f32> = b.to_dtype(DType::F32)?.to_vec1()?;
@@ -149,7 +150,7 @@ fn linear_avx512(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
             CpuStorage::BF16(d) => super::avx512::Weight::Bf16(&d[wl.start_offset()..]),
             _ => return Ok(None),
         };
-        super::avx512::matmul_wt(xd, rows, in_f, weight, out_f, &mut out)
+        super::avx512::matmul_wt(xd, rows, in_f, weight, out_f, &mut out, has_bias)
             .map_err(candle_core::Error::Msg)?;
     }
     let mut shape = dims;
