@@ -15,8 +15,8 @@ fn main() -> std::process::ExitCode {
 /// straight to the kernel and unmaps it on free, and trims the heap's top as soon as it is
 /// free. Every layer's output is such a buffer, so each one came back as fresh pages: a page
 /// fault per 4 KiB on first touch, and a TLB flush on every core when it was unmapped. Keeping
-/// freed memory in the heap for the next layer took a VAE decode from 230 000 faults to
-/// 50 000 and 8–14% of its time (`perf stat -e page-faults easel bench --stages vae-decode`).
+/// freed memory in the heap for the next layer took a 256² VAE decode from about 280 000 page
+/// faults to 50 000 (`perf stat -e page-faults easel bench --stages vae-decode`).
 /// The cost: memory freed after a generation stays with the process for the next one.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {

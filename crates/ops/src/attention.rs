@@ -211,6 +211,7 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Res
 }
 
 /// The sizes of one attention call.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Heads {
     b: usize,

@@ -336,6 +336,22 @@ struct Operand<'a, T: Clone = f32> {
     row_cols: usize,
 }
 
+impl<'a, T: Clone> Operand<'a, T> {
+    /// An im2col matrix of `rows` rows (tap, channel): one view, the output pixels as columns.
+    fn im2col(g: &Geometry, data: Vec<T>, rows: usize) -> Self {
+        let hw = g.ho * g.wo;
+        Self {
+            data: Cow::Owned(data),
+            rows,
+            stride: g.b * hw,
+            shifts: vec![0],
+            n: g.b * hw,
+            image_cols: hw,
+            row_cols: g.wo,
+        }
+    }
+}
+
 impl Operand<'_> {
     /// `W · operand` with `gemm`, one product per tap, accumulated. `wd` is the [co, k, k, ci]
     /// weights; each tap's [co, ci] block is read where it lies (row stride k²·ci).
@@ -396,8 +412,7 @@ impl Operand<'_> {
 /// Small outputs: rows (tap, channel) × columns (image, pixel): multiplied by the whole
 /// [co, k·k·ci] kernel in one product.
 fn im2col_columns<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a> {
-    let hw = g.ho * g.wo;
-    let n = g.b * hw;
+    let n = g.b * g.ho * g.wo;
     let rows = g.k * g.k * g.ci;
     let data = scope(Kind::Copy, || {
         let mut cols = vec![0f32; rows * n];
@@ -406,15 +421,7 @@ fn im2col_columns<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a> {
             .for_each(|(r, row)| im2col_row(g, xd, r, row));
         cols
     });
-    Operand {
-        data: Cow::Owned(data),
-        rows,
-        stride: n,
-        shifts: vec![0],
-        n,
-        image_cols: hw,
-        row_cols: g.wo,
-    }
+    Operand::im2col(g, data, rows)
 }
 
 /// Row r = (tap, channel) of the im2col matrix: that channel's pixel under that tap for every
@@ -479,6 +486,24 @@ impl Padding {
         }
     }
 
+    /// The k² shifted views over `data`, the padded copy of `rows` rows (channels, or pairs).
+    fn operand<'a, T: Clone>(
+        &self,
+        g: &Geometry,
+        data: Cow<'a, [T]>,
+        rows: usize,
+    ) -> Operand<'a, T> {
+        Operand {
+            data,
+            rows,
+            stride: self.per_channel,
+            shifts: self.shifts(g),
+            n: self.columns(g),
+            image_cols: self.phase_len,
+            row_cols: self.wq,
+        }
+    }
+
     /// Output columns: image i's pixel (y, x) is column i·phase_len + y·wq + x.
     fn columns(&self, g: &Geometry) -> usize {
         (g.b - 1) * self.phase_len + g.ho * self.wq
@@ -535,15 +560,7 @@ fn padded_input<'a>(g: &Geometry, xd: &'a [f32]) -> Operand<'a> {
             Cow::Owned(buf)
         })
     };
-    Operand {
-        data,
-        rows: g.ci,
-        stride: p.per_channel,
-        shifts: p.shifts(g),
-        n: p.columns(g),
-        image_cols: p.phase_len,
-        row_cols: p.wq,
-    }
+    p.operand(g, data, g.ci)
 }
 
 /// Whether a convolution with these [co, k, k, ci] weights multiplies them in bf16 as they are
@@ -680,21 +697,12 @@ mod avx512 {
             );
             buf
         });
-        Operand {
-            data: Cow::Owned(data),
-            rows: g.ci / 2,
-            stride: p.per_channel,
-            shifts: p.shifts(g),
-            n: p.columns(g),
-            image_cols: p.phase_len,
-            row_cols: p.wq,
-        }
+        p.operand(g, Cow::Owned(data), g.ci / 2)
     }
 
     /// `im2col_columns` with rows (tap, 2c) and (tap, 2c + 1) paired in each lane.
     fn paired_im2col<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a, u32> {
-        let hw = g.ho * g.wo;
-        let n = g.b * hw;
+        let n = g.b * g.ho * g.wo;
         let rows = g.k * g.k * g.ci / 2;
         let data = scope(Kind::Copy, || {
             let mut cols = vec![0u32; rows * n];
@@ -710,15 +718,7 @@ mod avx512 {
             );
             cols
         });
-        Operand {
-            data: Cow::Owned(data),
-            rows,
-            stride: n,
-            shifts: vec![0],
-            n,
-            image_cols: hw,
-            row_cols: g.wo,
-        }
+        Operand::im2col(g, data, rows)
     }
 
     /// `dst[i]` = bf16(lo[i]) in the low half, bf16(hi[i]) in the high half (round to nearest

@@ -30,8 +30,8 @@ const KB: usize = 256;
 
 /// Whether a convolution of this shape runs here: 3×3, stride 1, padding 1, on a CPU with
 /// AVX-512 (the caller checks the weights are f32), with at least 128 output blocks of 2×2.
-/// Fewer (the UNet's lowest levels) would spend more on transforming the kernel, per call,
-/// than they save.
+/// Fewer (the UNet's lowest levels at 256², 32 blocks) measured no faster than the direct
+/// convolution.
 pub(super) fn takes(g: &Geometry) -> bool {
     g.k == 3
         && g.s == 1
