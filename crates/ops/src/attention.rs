@@ -80,6 +80,20 @@ fn tile_rows(context: usize) -> usize {
     (65_536 / context.max(1)).clamp(8, 256)
 }
 
+/// Each row of a tile's scores (`m` keys, rows from query r0 on) replaced by exp(score − max),
+/// unnormalised; returns each row's 1 / sum, by which its output row is scaled afterwards.
+/// Causal: query r0 + r weighs keys 0..=r0 + r; the rest get probability 0.
+fn softmax_rows(scores: &mut [f32], m: usize, r0: usize, causal: bool) -> [f32; 256] {
+    let mut inv = [0f32; 256];
+    for (r, row) in scores.chunks_exact_mut(m).enumerate() {
+        let seen = if causal { (r0 + r + 1).min(m) } else { m };
+        let (kept, masked) = row.split_at_mut(seen);
+        inv[r] = 1.0 / simd::exp_shifted_sum(kept);
+        masked.fill(0.0);
+    }
+    inv
+}
+
 fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
     let (b, n, inner) = q.dims3()?;
     let (kb, m, k_inner) = k.dims3()?;
@@ -167,14 +181,7 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Res
                     gemm::Parallelism::None,
                 );
             }
-            let mut inv = [0f32; 256];
-            for (r, row) in scores.chunks_exact_mut(m).enumerate() {
-                // Causal: query r0 + r weighs keys 0..=r0 + r; the rest get probability 0.
-                let seen = if causal { (r0 + r + 1).min(m) } else { m };
-                let (kept, masked) = row.split_at_mut(seen);
-                inv[r] = 1.0 / simd::exp_shifted_sum(kept);
-                masked.fill(0.0);
-            }
+            let inv = softmax_rows(scores, m, r0, causal);
             let o0 = bi * n * inner + r0 * inner + h * hd;
             unsafe {
                 // out_tile[tr × hd] = p[tr × m] · v[m × hd]
@@ -238,6 +245,31 @@ mod avx512 {
     /// Keys per panel of the packed k.
     const NR: usize = 32;
 
+    /// `c[rows, cols] = a[rows, kc] · b[kc, cols]` in the micro-kernel's 8-row tiles.
+    ///
+    /// SAFETY: AVX-512F; `a` holds `rows` rows of `kc` floats `lda` apart, `b` `kc` rows of
+    /// `cols` ≤ 32 floats `ldb` apart, `c` `rows` rows of `cols` floats `ldc` apart.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_f32(
+        rows: usize,
+        a: *const f32,
+        lda: usize,
+        kc: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let mut t = 0;
+        while t < rows {
+            let r = (rows - t).min(8);
+            let (a, c) = (a.add(t * lda).cast(), c.add(t * ldc));
+            tile_f32(r, a, lda, kc, b.cast(), ldb, c, ldc, cols, false);
+            t += r;
+        }
+    }
+
     pub(super) fn attention(g: &Heads, qd: &[f32], kd: &[f32], vd: &[f32], out: &mut [f32]) {
         let Heads {
             b,
@@ -286,64 +318,44 @@ mod avx512 {
                 let kp = &kp[bh * per_head..(bh + 1) * per_head];
                 for p in 0..panels {
                     let cols = (m - p * NR).min(NR);
-                    let mut t = 0;
-                    while t < tr {
-                        let r = (tr - t).min(8);
-                        // SAFETY: AVX-512 checked by the caller. A: rows t..t + r of the
-                        // scaled queries (tr × hd); B: panel p of this head's keys (hd × 32);
-                        // C: rows t..t + r of `scores` (tr × m), columns 32p..32p + cols.
-                        unsafe {
-                            tile_f32(
-                                r,
-                                q.as_ptr().add(t * hd).cast(),
-                                hd,
-                                hd,
-                                kp.as_ptr().add(p * hd * NR).cast(),
-                                NR,
-                                scores.as_mut_ptr().add(t * m + p * NR),
-                                m,
-                                cols,
-                                false,
-                            );
-                        }
-                        t += r;
+                    // SAFETY: AVX-512 checked by the caller. A: the tr × hd scaled queries;
+                    // B: panel p of this head's keys (hd × 32); C: `scores` (tr × m),
+                    // columns 32p..32p + cols.
+                    unsafe {
+                        rows_f32(
+                            tr,
+                            q.as_ptr(),
+                            hd,
+                            hd,
+                            kp.as_ptr().add(p * hd * NR),
+                            NR,
+                            scores.as_mut_ptr().add(p * NR),
+                            m,
+                            cols,
+                        );
                     }
                 }
-                let mut inv = [0f32; 256];
-                for (r, row) in scores.chunks_exact_mut(m).enumerate() {
-                    // Causal: query r0 + r weighs keys 0..=r0 + r; the rest get probability 0.
-                    let seen = if causal { (r0 + r + 1).min(m) } else { m };
-                    let (kept, masked) = row.split_at_mut(seen);
-                    inv[r] = 1.0 / simd::exp_shifted_sum(kept);
-                    masked.fill(0.0);
-                }
+                let inv = softmax_rows(scores, m, r0, causal);
                 let o0 = (bi * n + r0) * inner + h * hd;
                 let v0 = bi * m * inner + h * hd;
                 let mut d0 = 0;
                 while d0 < hd {
                     let cols = (hd - d0).min(32);
-                    let mut t = 0;
-                    while t < tr {
-                        let r = (tr - t).min(8);
-                        // SAFETY: A: rows t..t + r of the probabilities (tr × m); B: this
-                        // head's values, m rows `inner` apart, columns d0..d0 + cols of the
-                        // head; C: the output rows r0 + t.., the same columns of head h, which
-                        // belong to this task alone.
-                        unsafe {
-                            tile_f32(
-                                r,
-                                scores.as_ptr().add(t * m).cast(),
-                                m,
-                                m,
-                                vd.as_ptr().add(v0 + d0).cast(),
-                                inner,
-                                dst.get().add(o0 + t * inner + d0),
-                                inner,
-                                cols,
-                                false,
-                            );
-                        }
-                        t += r;
+                    // SAFETY: A: the tr × m probabilities; B: this head's values, m rows
+                    // `inner` apart, columns d0..d0 + cols of the head; C: output rows
+                    // r0..r0 + tr, the same columns of head h, which belong to this task alone.
+                    unsafe {
+                        rows_f32(
+                            tr,
+                            scores.as_ptr(),
+                            m,
+                            m,
+                            vd.as_ptr().add(v0 + d0),
+                            inner,
+                            dst.get().add(o0 + d0),
+                            inner,
+                            cols,
+                        );
                     }
                     d0 += cols;
                 }

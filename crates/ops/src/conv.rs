@@ -762,7 +762,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{randn, rel_diff};
+    use crate::test_util::{bf16_rounded, randn, rel_diff};
 
     fn conv(ci: usize, co: usize, k: usize, padding: usize, stride: usize, bias: bool) -> Conv2d {
         let cfg = Conv2dConfig {
@@ -889,10 +889,7 @@ mod tests {
                 // Where bf16 weights are multiplied in bf16 (AVX512-BF16), the input is
                 // rounded to bf16 too: the same convolution of the rounded values.
                 let input = if multiplies_bf16(ohwi) {
-                    x.to_dtype(DType::BF16)
-                        .unwrap()
-                        .to_dtype(DType::F32)
-                        .unwrap()
+                    bf16_rounded(&x)
                 } else {
                     x.clone()
                 };

@@ -103,6 +103,13 @@ pub mod test_util {
         Tensor::randn(0f32, 1f32, shape, &Device::Cpu).unwrap()
     }
 
+    /// `t` rounded to bf16 and back: the input a bf16 product multiplies.
+    pub fn bf16_rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(candle_core::DType::BF16)
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .unwrap()
+    }
+
     /// Largest magnitude.
     pub fn max_abs(t: &Tensor) -> f32 {
         t.abs()

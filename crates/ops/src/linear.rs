@@ -163,7 +163,7 @@ fn linear_avx512(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{randn, rel_diff};
+    use crate::test_util::{bf16_rounded, randn, rel_diff};
 
     #[test]
     fn matches_candle_linear_with_and_without_bias() {
@@ -209,10 +209,7 @@ mod tests {
             #[cfg(not(target_arch = "x86_64"))]
             let rounds_input = false;
             let input = if rounds_input {
-                x.to_dtype(DType::BF16)
-                    .unwrap()
-                    .to_dtype(DType::F32)
-                    .unwrap()
+                bf16_rounded(&x)
             } else {
                 x.clone()
             };
