@@ -254,12 +254,13 @@ impl LoraSlot {
 
 /// A `Linear` that adapters can attach to.
 pub struct LoraLinear {
-    base: Linear,
+    base: crate::ops::Linear,
     slot: LoraSlot,
 }
 
 impl LoraLinear {
-    /// Reads `weight` (and `bias` when asked) under `vb`, like candle's `linear`.
+    /// Reads `weight` (and `bias` when asked) under `vb`, like candle's `linear`; on CPUs with
+    /// AVX-512 the weight is packed for the kernel here (see `ops::Linear`).
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let name = vb.prefix();
         let base = if bias {
@@ -268,30 +269,27 @@ impl LoraLinear {
             candle_nn::linear_no_bias(in_dim, out_dim, vb)?
         };
         Ok(Self {
-            base,
+            base: crate::ops::Linear::new(base)?,
             slot: LoraSlot::new(name, SlotShape::Linear { in_dim, out_dim }),
         })
     }
 
-    pub fn weight(&self) -> &Tensor {
-        self.base.weight()
-    }
-
-    /// The same layer with its weight held as [in, out] in memory (still read as [out, in]):
-    /// for layers that only ever see a few rows (a text encoder's 77 tokens per prompt), where
-    /// the product reads that layout directly instead of re-packing the weight on every call.
-    /// Trained weights (`Var`s) and half-precision ones (widened per call, which wants them
-    /// contiguous) stay as they are.
+    /// For layers that only ever see a few rows (a text encoder's): see
+    /// `ops::Linear::stored_transposed`.
     pub fn stored_transposed(self) -> Result<Self> {
-        let w = self.base.weight();
-        if w.is_variable() || !w.device().is_cpu() || w.dtype() != candle_core::DType::F32 {
-            return Ok(self);
-        }
-        let w = w.t()?.contiguous()?.t()?;
         Ok(Self {
-            base: Linear::new(w, self.base.bias().cloned()),
+            base: self.base.stored_transposed()?,
             slot: self.slot,
         })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.base.in_dim()
+    }
+
+    /// The dtype the base weight is kept in (`--dtype`).
+    pub fn weight_dtype(&self) -> candle_core::DType {
+        self.base.weight_dtype()
     }
 
     pub fn slot(&self) -> &LoraSlot {
@@ -302,7 +300,7 @@ impl LoraLinear {
 impl Module for LoraLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         crate::ops::profile::scope(crate::ops::Kind::Linear, || {
-            self.slot.add_terms(x, crate::ops::linear(x, &self.base)?)
+            self.slot.add_terms(x, self.base.forward(x)?)
         })
     }
 }

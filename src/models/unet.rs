@@ -530,7 +530,7 @@ impl UNet {
     ) -> CandleResult<Tensor> {
         let context = &cond.context;
         let (batch, _, _, _) = latents.dims4()?;
-        let c0 = self.time_linear_1.weight().dim(1)?;
+        let c0 = self.time_linear_1.in_dim();
         let t = timestep_embedding(
             timestep,
             c0,

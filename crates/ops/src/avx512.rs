@@ -64,6 +64,94 @@ pub enum Weight<'a> {
     },
     /// bf16, row-major.
     Bf16(&'a [bf16]),
+    /// Either, laid out for the kernel once and for all (see [`Packed`]).
+    Packed(&'a Packed),
+}
+
+impl Weight<'_> {
+    /// What one 32-bit lane of the weight holds in the product.
+    fn lanes(&self) -> Lanes {
+        match self {
+            Weight::F32 { .. } => Lanes::F32,
+            Weight::Bf16(_) => Lanes::Bf16Pairs,
+            Weight::Packed(p) => p.lanes,
+        }
+    }
+}
+
+/// A linear layer's weight [n, k] copied once into the layout [`matmul_wt`] reads: for each
+/// panel of 32 output columns, every lane of K × 32 columns (zeros past the last column).
+///
+/// Why: packing a slice per call transposes the weight with scalar stores; beside a short
+/// product (a text encoder's 154 rows, a UNet's 8×8 level) that costs as much as the
+/// multiply-adds. Packed at load, the layer keeps only this copy, which takes the weight's own
+/// bytes (plus the padding of a last partial panel).
+pub struct Packed {
+    data: Vec<u32>,
+    lanes: Lanes,
+    n: usize,
+    k: usize,
+}
+
+impl Packed {
+    /// Packs an f32 or bf16 weight of `n` rows (outputs) × `k` (inputs). Errors when the CPU
+    /// lacks the instructions for its dtype or the slice is short.
+    pub fn new(w: Weight, n: usize, k: usize) -> Result<Self, String> {
+        let (available, fits) = match w {
+            Weight::F32 { data, s0, s1 } => (
+                has_f32(),
+                n == 0 || k == 0 || (n - 1) * s0 + (k - 1) * s1 < data.len(),
+            ),
+            Weight::Bf16(data) => (has_bf16(), data.len() >= n * k),
+            Weight::Packed(_) => return Err("this weight is packed already".into()),
+        };
+        if !available {
+            return Err("this CPU lacks the AVX-512 instructions for this weight".into());
+        }
+        if !fits {
+            return Err(format!("a weight slice too short for {n} × {k}"));
+        }
+        let lanes = w.lanes();
+        let per_panel = lane_count(lanes, k) * NR;
+        let mut data = vec![0u32; n.div_ceil(NR) * per_panel];
+        if per_panel > 0 {
+            data.par_chunks_mut(per_panel)
+                .enumerate()
+                .for_each(|(panel, dst)| {
+                    let cols = (n - panel * NR).min(NR);
+                    pack_slice(w, k, panel * NR, cols, 0, per_panel / NR, dst);
+                });
+        }
+        Ok(Self { data, lanes, n, k })
+    }
+
+    /// Outputs (the weight's rows).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Inputs (the weight's columns).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Whether the values are bf16 (else f32).
+    pub fn is_bf16(&self) -> bool {
+        self.lanes == Lanes::Bf16Pairs
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// 32-bit lanes that K values take: one each in f32, pairs in bf16.
+fn lane_count(lanes: Lanes, k: usize) -> usize {
+    match lanes {
+        Lanes::F32 => k,
+        Lanes::Bf16Pairs => k.div_ceil(2),
+    }
 }
 
 /// `out[rows, n] = x[rows, k] · wᵀ`, plus `out`'s own values (the bias) when `add` is set.
@@ -79,19 +167,25 @@ pub fn matmul_wt(
     out: &mut [f32],
     add: bool,
 ) -> Result<(), String> {
-    let (available, w_fits) = match w {
-        Weight::F32 { data, s0, s1 } => (
-            has_f32(),
-            n == 0 || k == 0 || (n - 1) * s0 + (k - 1) * s1 < data.len(),
-        ),
-        Weight::Bf16(data) => (has_bf16(), data.len() >= n * k),
+    let w_fits = match w {
+        Weight::F32 { data, s0, s1 } => {
+            n == 0 || k == 0 || (n - 1) * s0 + (k - 1) * s1 < data.len()
+        }
+        Weight::Bf16(data) => data.len() >= n * k,
+        Weight::Packed(p) => p.n == n && p.k == k,
+    };
+    let kind = w.lanes();
+    let available = match kind {
+        Lanes::F32 => has_f32(),
+        Lanes::Bf16Pairs => has_bf16(),
     };
     if !available {
         return Err("this CPU lacks the AVX-512 instructions for this product".into());
     }
     if x.len() < rows * k || !w_fits || out.len() < rows * n {
         return Err(format!(
-            "AVX-512 product: slices of {} / {} for {rows}×{k} · ({n}×{k})ᵀ, or a short weight",
+            "AVX-512 product: slices of {} / {} for {rows}×{k} · ({n}×{k})ᵀ, or a weight of \
+             another size",
             x.len(),
             out.len()
         ));
@@ -100,16 +194,13 @@ pub fn matmul_wt(
         return Ok(());
     }
     // The input as 32-bit lanes: its own f32 values, or pairs of K rounded to bf16.
-    let (lanes, rounded);
-    let a: &[u32] = match w {
-        Weight::F32 { .. } => {
-            lanes = k;
-            // SAFETY: f32 and u32 have the same size and alignment; the bits are only ever
-            // read back as f32.
-            unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), rows * k) }
-        }
-        Weight::Bf16(_) => {
-            lanes = k.div_ceil(2);
+    let lanes = lane_count(kind, k);
+    let rounded;
+    let a: &[u32] = match kind {
+        // SAFETY: f32 and u32 have the same size and alignment; the bits are only ever read
+        // back as f32.
+        Lanes::F32 => unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u32>(), rows * k) },
+        Lanes::Bf16Pairs => {
             let mut xb = vec![0u32; rows * lanes];
             xb.par_chunks_mut(lanes * 64)
                 .zip(x[..rows * k].par_chunks(k * 64))
@@ -127,32 +218,40 @@ pub fn matmul_wt(
     (0..rows.div_ceil(MC) * panels)
         .into_par_iter()
         .for_each_init(
-            || vec![0u32; KC * NR],
-            |slice, task| {
+            // Allocated on first use: packed weights never need it.
+            Vec::new,
+            |slice: &mut Vec<u32>, task| {
                 let (r0, panel) = ((task / panels) * MC, task % panels);
                 let r1 = (r0 + MC).min(rows);
                 let cols = (n - panel * NR).min(NR);
                 let mut k0 = 0;
                 while k0 < lanes {
                     let kc = (lanes - k0).min(KC);
-                    pack_slice(w, k, panel * NR, cols, k0, kc, slice);
+                    let b = match w {
+                        Weight::Packed(p) => &p.data[(panel * lanes + k0) * NR..][..kc * NR],
+                        _ => {
+                            slice.resize(KC * NR, 0);
+                            pack_slice(w, k, panel * NR, cols, k0, kc, slice);
+                            &slice[..kc * NR]
+                        }
+                    };
                     let mut t0 = r0;
                     while t0 < r1 {
                         let r = (r1 - t0).min(MR);
                         // SAFETY: the instructions were checked above. `a` holds rows × lanes, so
-                        // rows t0..t0 + r from lane k0 on have kc lanes each; `slice` holds
+                        // rows t0..t0 + r from lane k0 on have kc lanes each; `b` holds
                         // kc × 32 lanes. Each task writes only its own panel's columns of its
                         // own rows of `out` (rows × n, checked above), so no two tasks touch the
                         // same element.
                         unsafe {
                             let c = (out_addr as *mut f32).add(t0 * n + panel * NR);
                             let a = a.as_ptr().add(t0 * lanes + k0);
-                            let b = slice.as_ptr();
-                            match w {
-                                Weight::F32 { .. } => {
+                            let b = b.as_ptr();
+                            match kind {
+                                Lanes::F32 => {
                                     tile_f32(r, a, lanes, kc, b, NR, c, n, cols, add || k0 > 0)
                                 }
-                                Weight::Bf16(_) => {
+                                Lanes::Bf16Pairs => {
                                     tile_bf16(r, a, lanes, kc, b, NR, c, n, cols, add || k0 > 0)
                                 }
                             }
@@ -342,12 +441,17 @@ fn pack_slice(
                 }
             }
         }
+        // Already in this layout: the panel's own lanes (`j0` is a multiple of 32 here).
+        Weight::Packed(p) => {
+            let lanes = lane_count(p.lanes, p.k);
+            slice.copy_from_slice(&p.data[((j0 / NR) * lanes + k0) * NR..][..kc * NR]);
+        }
     }
 }
 
 /// Rounds whole input rows to bf16 pairs (round to nearest even), zero-padding an odd K.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn round_rows(x: &[f32], k: usize, lanes: usize, out: &mut [u32]) {
+pub(crate) unsafe fn round_rows(x: &[f32], k: usize, lanes: usize, out: &mut [u32]) {
     for (src, dst) in x.chunks_exact(k).zip(out.chunks_exact_mut(lanes)) {
         let mut i = 0;
         while i + 32 <= k {

@@ -40,9 +40,9 @@ use std::sync::OnceLock;
 use candle_core::{DType, Tensor};
 
 pub use activation::{add_in_place, geglu, quick_gelu};
-pub use attention::{attention, causal_attention};
+pub use attention::{attention, attention_bf16, causal_attention};
 pub use conv::{conv2d, Conv2d};
-pub use linear::linear;
+pub use linear::{linear, Linear};
 pub use norm::{group_norm, GroupNorm, GroupStats, GroupSums};
 pub use profile::Kind;
 

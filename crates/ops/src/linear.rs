@@ -6,7 +6,6 @@
 //! value, so the output is written once.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::Linear;
 use rayon::prelude::*;
 
 use super::precision::{widen, widen_opt};
@@ -15,7 +14,7 @@ use super::{cpu_slice, own_kernel, parallelism};
 /// `layer.forward(x)` for an input of any rank ≥ 1 (the last axis is the features).
 /// Half-precision weights (`--dtype f16|bf16`) are widened to the input's dtype first, except
 /// bf16 ones on CPUs with AVX512-BF16, which are multiplied as they are (see `avx512`).
-pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
+pub fn linear(x: &Tensor, layer: &candle_nn::Linear) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
     if let Some(out) = linear_avx512(x, layer)? {
         return Ok(out);
@@ -25,7 +24,7 @@ pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
     let (w, bias) = (w.as_ref(), bias.as_deref());
     let mut inputs = vec![x, w];
     inputs.extend(bias);
-    let candle = || Linear::new(w.clone(), bias.cloned()).forward(x);
+    let candle = || candle_nn::Linear::new(w.clone(), bias.cloned()).forward(x);
     if !own_kernel(&inputs) || w.rank() != 2 || x.rank() == 0 {
         return candle();
     }
@@ -97,7 +96,168 @@ pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
     Tensor::from_vec(out, out_dims, x.device())
 }
 
-/// Input rows from which f32 layers use the AVX-512 kernel rather than `gemm`.
+/// A linear layer as Easel computes it.
+///
+/// On CPUs with AVX-512, f32 and bf16 weights are packed here, once, into the panels the
+/// kernel reads ([`crate::avx512::Packed`]), and the plain copy is dropped, so memory does not
+/// grow and no call re-packs them. Elsewhere (other CPUs, GPUs, trained `Var`s, f16 weights,
+/// `EASEL_KERNELS=candle`) it is candle's layer, computed by [`linear`]. The weights never
+/// change after loading: LoRA adds its terms to the output (see `easel::lora`).
+pub struct Linear {
+    weights: Weights,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+enum Weights {
+    Plain(candle_nn::Linear),
+    #[cfg(target_arch = "x86_64")]
+    Packed {
+        weight: super::avx512::Packed,
+        bias: Option<Vec<f32>>,
+    },
+}
+
+impl Linear {
+    pub fn new(layer: candle_nn::Linear) -> Result<Self> {
+        let (out_dim, in_dim) = layer.weight().dims2()?;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(weights) = packed(&layer)? {
+            return Ok(Self {
+                weights,
+                in_dim,
+                out_dim,
+            });
+        }
+        Ok(Self {
+            weights: Weights::Plain(layer),
+            in_dim,
+            out_dim,
+        })
+    }
+
+    /// The same layer with a plain f32 weight held as [in, out] in memory (still read as
+    /// [out, in]): for layers that only ever see a few rows (a text encoder's 77 tokens per
+    /// prompt) on CPUs without the packed path, where `gemm` reads that layout directly
+    /// instead of re-packing the weight on every call. Packed, trained (`Var`) and
+    /// half-precision weights stay as they are.
+    pub fn stored_transposed(self) -> Result<Self> {
+        let Weights::Plain(layer) = &self.weights else {
+            return Ok(self);
+        };
+        let w = layer.weight();
+        if w.is_variable() || !w.device().is_cpu() || w.dtype() != candle_core::DType::F32 {
+            return Ok(self);
+        }
+        let w = w.t()?.contiguous()?.t()?;
+        Ok(Self {
+            weights: Weights::Plain(candle_nn::Linear::new(w, layer.bias().cloned())),
+            ..self
+        })
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// The dtype the weights are kept in.
+    pub fn weight_dtype(&self) -> candle_core::DType {
+        match &self.weights {
+            Weights::Plain(layer) => layer.weight().dtype(),
+            #[cfg(target_arch = "x86_64")]
+            Weights::Packed { weight, .. } if weight.is_bf16() => candle_core::DType::BF16,
+            #[cfg(target_arch = "x86_64")]
+            Weights::Packed { .. } => candle_core::DType::F32,
+        }
+    }
+
+    /// Whether the weights were packed for the CPU kernel.
+    pub fn is_packed(&self) -> bool {
+        !matches!(self.weights, Weights::Plain(_))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.weights {
+            Weights::Plain(layer) => linear(x, layer),
+            #[cfg(target_arch = "x86_64")]
+            Weights::Packed { weight, bias } => {
+                // Activations are f32 on the CPU; anything else is computed in f32 and
+                // handed back in its own dtype. (Packed weights are constants: no gradient
+                // flows through them, and trained weights are never packed.)
+                if x.dims().last() != Some(&self.in_dim) {
+                    candle_core::bail!(
+                        "linear: an input of {:?} for a layer of {} inputs",
+                        x.dims(),
+                        self.in_dim
+                    );
+                }
+                let dtype = x.dtype();
+                let x32 = x.to_dtype(candle_core::DType::F32)?;
+                let out = avx512_product(
+                    &x32,
+                    super::avx512::Weight::Packed(weight),
+                    self.out_dim,
+                    bias.clone(),
+                )?;
+                out.to_dtype(dtype)
+            }
+        }
+    }
+}
+
+/// The packed form of `layer`, where the CPU kernel takes its weight.
+#[cfg(target_arch = "x86_64")]
+fn packed(layer: &candle_nn::Linear) -> Result<Option<Weights>> {
+    use candle_core::{CpuStorage, DType, Storage};
+    let w = layer.weight();
+    let usable = match w.dtype() {
+        DType::F32 => super::avx512::has_f32(),
+        DType::BF16 => super::avx512::has_bf16(),
+        _ => false,
+    } && w.device().is_cpu()
+        && !w.is_variable()
+        && !super::kernels_off()
+        // A shape check's zero-size stand-in (a broadcast) must not become real memory.
+        && w.is_contiguous();
+    if !usable {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    let bias = match layer.bias() {
+        Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+        None => None,
+    };
+    if bias.as_ref().is_some_and(|b| b.len() != n) {
+        candle_core::bail!(
+            "linear: a bias of {:?} for {n} outputs",
+            layer.bias().map(|b| b.dims())
+        );
+    }
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(storage) = &*storage else {
+        return Ok(None);
+    };
+    let weight = match storage {
+        CpuStorage::F32(d) => super::avx512::Weight::F32 {
+            data: &d[layout.start_offset()..],
+            s0: k,
+            s1: 1,
+        },
+        CpuStorage::BF16(d) => super::avx512::Weight::Bf16(&d[layout.start_offset()..]),
+        _ => return Ok(None),
+    };
+    let weight = super::avx512::Packed::new(weight, n, k).map_err(candle_core::Error::Msg)?;
+    Ok(Some(Weights::Packed { weight, bias }))
+}
+
+/// Input rows from which f32 layers use the AVX-512 kernel rather than `gemm`, when their
+/// weights are not packed.
 #[cfg(target_arch = "x86_64")]
 const F32_MIN_ROWS: usize = 512;
 
@@ -105,7 +265,7 @@ const F32_MIN_ROWS: usize = 512;
 /// products where the CPU has AVX512-BF16. `None` hands the layer to `gemm` (other dtypes or
 /// devices, gradients, older CPUs).
 #[cfg(target_arch = "x86_64")]
-fn linear_avx512(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
+fn linear_avx512(x: &Tensor, layer: &candle_nn::Linear) -> Result<Option<Tensor>> {
     use candle_core::{CpuStorage, DType, Storage};
     let w = layer.weight();
     let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
@@ -117,53 +277,74 @@ fn linear_avx512(x: &Tensor, layer: &Linear) -> Result<Option<Tensor>> {
         _ => false,
     } && own_kernel(&[x])
         && !w.track_op();
-    let (out_f, in_f) = match w.dims2() {
+    let (out_f, _) = match w.dims2() {
         Ok(d) if usable && x.rank() > 0 && x.dims().last() == Some(&d.1) => d,
         _ => return Ok(None),
     };
-    let dims = x.dims().to_vec();
-    let x = x.contiguous()?;
-    let has_bias = layer.bias().is_some();
-    let mut out = match layer.bias() {
-        Some(b) => {
-            let b: Vec<f32> = b.to_dtype(DType::F32)?.to_vec1()?;
-            if b.len() != out_f {
-                candle_core::bail!("linear: {} biases for {out_f} outputs", b.len());
-            }
-            b.repeat(rows)
-        }
-        None => vec![0f32; rows * out_f],
+    let bias = match layer.bias() {
+        Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+        None => None,
     };
+    let (ws, wl) = w.storage_and_layout();
+    let Storage::Cpu(wc) = &*ws else {
+        return Ok(None);
+    };
+    let weight = match wc {
+        CpuStorage::F32(d) => super::avx512::Weight::F32 {
+            data: &d[wl.start_offset()..],
+            s0: w.stride()[0],
+            s1: w.stride()[1],
+        },
+        CpuStorage::BF16(d) => super::avx512::Weight::Bf16(&d[wl.start_offset()..]),
+        _ => return Ok(None),
+    };
+    avx512_product(x, weight, out_f, bias).map(Some)
+}
+
+/// `x · wᵀ + bias` through the AVX-512 kernel, for an f32 CPU input whose last axis is the
+/// weight's K; the output has x's shape with `n` features.
+#[cfg(target_arch = "x86_64")]
+fn avx512_product(
+    x: &Tensor,
+    weight: super::avx512::Weight,
+    n: usize,
+    bias: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = dims.last().copied().unwrap_or(0);
+    let rows = x.elem_count() / k.max(1);
+    if let Some(b) = &bias {
+        if b.len() != n {
+            candle_core::bail!("linear: {} biases for {n} outputs", b.len());
+        }
+    }
+    let has_bias = bias.is_some();
+    let mut out = match bias {
+        Some(b) => b.repeat(rows),
+        None => vec![0f32; rows * n],
+    };
+    let x = x.contiguous()?;
     {
         let (xs, xl) = x.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (Storage::Cpu(xc), Storage::Cpu(wc)) = (&*xs, &*ws) else {
-            return Ok(None);
+        let candle_core::Storage::Cpu(xc) = &*xs else {
+            candle_core::bail!("linear kernel: the input must be on the CPU");
         };
         let xd = cpu_slice(xc, xl, "linear input")?;
-        let weight = match wc {
-            CpuStorage::F32(d) => super::avx512::Weight::F32 {
-                data: &d[wl.start_offset()..],
-                s0: w.stride()[0],
-                s1: w.stride()[1],
-            },
-            CpuStorage::BF16(d) => super::avx512::Weight::Bf16(&d[wl.start_offset()..]),
-            _ => return Ok(None),
-        };
-        super::avx512::matmul_wt(xd, rows, in_f, weight, out_f, &mut out, has_bias)
+        super::avx512::matmul_wt(xd, rows, k, weight, n, &mut out, has_bias)
             .map_err(candle_core::Error::Msg)?;
     }
     let mut shape = dims;
     if let Some(last) = shape.last_mut() {
-        *last = out_f;
+        *last = n;
     }
-    Tensor::from_vec(out, shape, x.device()).map(Some)
+    Tensor::from_vec(out, shape, x.device())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_util::{bf16_rounded, randn, rel_diff};
+    use candle_nn::Linear as CandleLinear;
 
     #[test]
     fn matches_candle_linear_with_and_without_bias() {
@@ -174,17 +355,17 @@ mod tests {
             // Enough rows for the AVX-512 kernel in f32, where the CPU has it.
             (vec![2, 300, 24], true),
         ] {
-            let layer = Linear::new(randn(&[17, 24]), bias.then(|| randn(&[17])));
+            let layer = CandleLinear::new(randn(&[17, 24]), bias.then(|| randn(&[17])));
             let x = randn(&shape);
             let d = rel_diff(&linear(&x, &layer).unwrap(), &layer.forward(&x).unwrap());
             assert!(d < 1e-5, "{shape:?}: {d}");
         }
         // A transposed weight and a strided input (a narrowed view) are taken too.
         let wt = randn(&[4, 6]);
-        let layer = Linear::new(wt.t().unwrap(), Some(randn(&[6])));
+        let layer = CandleLinear::new(wt.t().unwrap(), Some(randn(&[6])));
         let x = randn(&[2, 5, 4]);
         assert!(rel_diff(&linear(&x, &layer).unwrap(), &layer.forward(&x).unwrap()) < 1e-5);
-        let layer = Linear::new(randn(&[6, 4]), Some(randn(&[6])));
+        let layer = CandleLinear::new(randn(&[6, 4]), Some(randn(&[6])));
         let x = randn(&[3, 10, 8]).narrow(2, 2, 4).unwrap();
         assert!(rel_diff(&linear(&x, &layer).unwrap(), &layer.forward(&x).unwrap()) < 1e-5);
     }
@@ -195,8 +376,9 @@ mod tests {
         let (w, b) = (randn(&[17, 24]), randn(&[17]));
         let x = randn(&[2, 9, 24]);
         for dtype in [DType::BF16, DType::F16] {
-            let half = Linear::new(w.to_dtype(dtype).unwrap(), Some(b.to_dtype(dtype).unwrap()));
-            let widened = Linear::new(
+            let half =
+                CandleLinear::new(w.to_dtype(dtype).unwrap(), Some(b.to_dtype(dtype).unwrap()));
+            let widened = CandleLinear::new(
                 half.weight().to_dtype(DType::F32).unwrap(),
                 half.bias().map(|b| b.to_dtype(DType::F32).unwrap()),
             );
@@ -216,5 +398,53 @@ mod tests {
             let d = rel_diff(&got, &widened.forward(&input).unwrap());
             assert!(d < 1e-5, "{dtype:?}: {d}");
         }
+    }
+
+    #[test]
+    fn packed_layers_match_candle() {
+        use candle_core::DType;
+        // Widths that are not a multiple of a panel, an odd K (a bf16 pair padded), one row,
+        // a text encoder's rows, and enough rows for several tiles.
+        for (rows, k, n, bias) in [
+            (1, 24, 17, true),
+            (154, 33, 40, false),
+            (77, 64, 96, true),
+            (300, 1100, 70, true),
+        ] {
+            let (w, b) = (randn(&[n, k]), randn(&[n]));
+            let x = randn(&[rows, k]);
+            for dtype in [DType::F32, DType::BF16] {
+                let plain = CandleLinear::new(
+                    w.to_dtype(dtype).unwrap(),
+                    bias.then(|| b.to_dtype(dtype).unwrap()),
+                );
+                let layer = Linear::new(plain.clone()).unwrap();
+                #[cfg(target_arch = "x86_64")]
+                assert_eq!(
+                    layer.is_packed(),
+                    match dtype {
+                        DType::F32 => crate::avx512::has_f32(),
+                        _ => crate::avx512::has_bf16(),
+                    }
+                );
+                let got = layer.forward(&x).unwrap();
+                assert_eq!(got.dims(), &[rows, n]);
+                // Packed only where the CPU kernel runs; the same numbers either way.
+                let widened = CandleLinear::new(
+                    plain.weight().to_dtype(DType::F32).unwrap(),
+                    plain.bias().map(|b| b.to_dtype(DType::F32).unwrap()),
+                );
+                let input = if layer.is_packed() && dtype == DType::BF16 {
+                    bf16_rounded(&x)
+                } else {
+                    x.clone()
+                };
+                let d = rel_diff(&got, &widened.forward(&input).unwrap());
+                assert!(d < 1e-5, "{rows}×{k}→{n} {dtype:?}: {d}");
+            }
+        }
+        // A wrong input width is an error, not a read past the weights.
+        let layer = Linear::new(CandleLinear::new(randn(&[8, 16]), None)).unwrap();
+        assert!(layer.forward(&randn(&[3, 15])).is_err());
     }
 }
