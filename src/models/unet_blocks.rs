@@ -159,6 +159,9 @@ pub struct Attention {
     to_v: LoraLinear,
     to_out: LoraLinear,
     heads: usize,
+    /// Weights kept in bf16 (`--dtype bf16`): the attention's products in bf16 too, where the
+    /// CPU has them (see `ops::attention_bf16`).
+    bf16: bool,
 }
 
 impl Attention {
@@ -170,8 +173,10 @@ impl Attention {
         head_dim: usize,
     ) -> Result<Self> {
         let inner = heads * head_dim;
+        let to_q = linear_no_bias(query_dim, inner, vb.pp("to_q"))?;
         Ok(Self {
-            to_q: linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            bf16: to_q.weight_dtype() == candle_core::DType::BF16,
+            to_q,
             to_k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
             to_v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
             to_out: linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
@@ -193,8 +198,12 @@ impl Attention {
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(ctx)?;
         let v = self.to_v.forward(ctx)?;
-        self.to_out
-            .forward(&ops::attention(&q, &k, &v, self.heads)?)
+        let attention = if self.bf16 {
+            ops::attention_bf16
+        } else {
+            ops::attention
+        };
+        self.to_out.forward(&attention(&q, &k, &v, self.heads)?)
     }
 }
 

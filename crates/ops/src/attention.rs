@@ -20,6 +20,19 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
     run(q, k, v, heads, false)
 }
 
+/// [`attention`] for models whose weights are bf16 (`--dtype bf16`): on CPUs with
+/// AVX512-BF16 the probabilities · values product runs in bf16 with f32 accumulation (values
+/// and probabilities rounded to bf16, as every bf16 linear layer rounds its input); the
+/// scores, the softmax and the sums stay f32 (see `avx512::attention` for why). Elsewhere, the
+/// same as [`attention`].
+pub fn attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx512::has_bf16() && own_kernel(&[q, k, v]) {
+        return scope(Kind::Attention, || kernel_with(q, k, v, heads, false, true));
+    }
+    attention(q, k, v, heads)
+}
+
 /// [`attention`] where query i sees only keys 0..=i (a text encoder's causal mask); q and k have
 /// the same tokens.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
@@ -95,7 +108,22 @@ fn softmax_rows(scores: &mut [f32], m: usize, r0: usize, causal: bool) -> [f32; 
 }
 
 fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    kernel_with(q, k, v, heads, causal, false)
+}
+
+/// The kernel; `bf16` picks the bf16 products (only asked for where the CPU has them).
+fn kernel_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    causal: bool,
+    bf16: bool,
+) -> Result<Tensor> {
     let (b, n, inner) = q.dims3()?;
+    if heads == 0 || inner % heads != 0 {
+        candle_core::bail!("attention: {inner} channels do not split into {heads} heads");
+    }
     let (kb, m, k_inner) = k.dims3()?;
     if kb != b || k_inner != inner || v.dims() != k.dims() {
         candle_core::bail!(
@@ -125,6 +153,8 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Res
         cpu_slice(vc, vl, "attention v")?,
     );
     let mut out = vec![0f32; b * n * inner];
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bf16;
     #[cfg(target_arch = "x86_64")]
     if crate::avx512::has_f32() {
         let geometry = Heads {
@@ -137,7 +167,8 @@ fn kernel(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Res
             scale,
             causal,
         };
-        avx512::attention(&geometry, qd, kd, vd, &mut out);
+        let bf16_values = bf16 && crate::avx512::has_bf16();
+        avx512::attention(&geometry, qd, kd, vd, &mut out, bf16_values);
         drop((qs, ks, vs));
         return Tensor::from_vec(out, (b, n, inner), q.device());
     }
@@ -240,22 +271,30 @@ struct Heads {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
-    use crate::avx512::tile_f32;
+    use crate::avx512::{tile_bf16, tile_f32};
+    use half::bf16;
 
     /// Keys per panel of the packed k.
     const NR: usize = 32;
 
-    /// `c[rows, cols] = a[rows, kc] · b[kc, cols]` in the micro-kernel's 8-row tiles.
+    /// One of `avx512`'s tile functions (`tile_f32`, `tile_bf16`).
+    type Tile =
+        unsafe fn(usize, *const u32, usize, usize, *const u32, usize, *mut f32, usize, usize, bool);
+
+    /// `c[rows, cols] = a[rows, kc] · b[kc, cols]` in the micro-kernel's 8-row tiles (32-bit
+    /// lanes: f32 values for `tile_f32`, bf16 pairs for `tile_bf16`).
     ///
-    /// SAFETY: AVX-512F; `a` holds `rows` rows of `kc` floats `lda` apart, `b` `kc` rows of
-    /// `cols` ≤ 32 floats `ldb` apart, `c` `rows` rows of `cols` floats `ldc` apart.
+    /// SAFETY: the CPU has `tile`'s instructions; `a` holds `rows` rows of `kc` lanes `lda`
+    /// apart, `b` `kc` rows of `cols` ≤ 32 lanes `ldb` apart, `c` `rows` rows of `cols` floats
+    /// `ldc` apart.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn rows_f32(
+    unsafe fn rows_of<A, B>(
+        tile: Tile,
         rows: usize,
-        a: *const f32,
+        a: *const A,
         lda: usize,
         kc: usize,
-        b: *const f32,
+        b: *const B,
         ldb: usize,
         c: *mut f32,
         ldc: usize,
@@ -265,12 +304,24 @@ mod avx512 {
         while t < rows {
             let r = (rows - t).min(8);
             let (a, c) = (a.add(t * lda).cast(), c.add(t * ldc));
-            tile_f32(r, a, lda, kc, b.cast(), ldb, c, ldc, cols, false);
+            tile(r, a, lda, kc, b.cast(), ldb, c, ldc, cols, false);
             t += r;
         }
     }
 
-    pub(super) fn attention(g: &Heads, qd: &[f32], kd: &[f32], vd: &[f32], out: &mut [f32]) {
+    /// With `bf16_values`, the probabilities and values are multiplied in bf16 (each head's
+    /// values laid out once as key pairs × channels, each tile's probabilities rounded to
+    /// pairs). The scores stay f32 either way: they go through `exp`, which turns a score's
+    /// rounding into a relative error of the probability (bf16 scores doubled the bundled
+    /// model's image difference, to mean 2.3/255); probabilities are averaged over the keys.
+    pub(super) fn attention(
+        g: &Heads,
+        qd: &[f32],
+        kd: &[f32],
+        vd: &[f32],
+        out: &mut [f32],
+        bf16_values: bool,
+    ) {
         let Heads {
             b,
             n,
@@ -297,12 +348,32 @@ mod avx512 {
                     }
                 }
             });
+        // With bf16 values: v of image i, head h as [key pair][channel] (a zero pads an odd m).
+        let ml = m.div_ceil(2);
+        let v_head = ml * hd;
+        let mut vp = vec![0u32; if bf16_values { b * heads * v_head } else { 0 }];
+        vp.par_chunks_mut(v_head.max(1))
+            .enumerate()
+            .for_each(|(bh, dst)| {
+                let (bi, h) = (bh / heads, bh % heads);
+                let row = |key: usize| &vd[(bi * m + key) * inner + h * hd..][..hd];
+                for (l, dst) in dst.chunks_exact_mut(hd).enumerate() {
+                    let (lo, hi) = (row(2 * l), (2 * l + 1 < m).then(|| row(2 * l + 1)));
+                    for (d, dst) in dst.iter_mut().enumerate() {
+                        let pair = [lo[d], hi.map_or(0.0, |hi| hi[d])].map(bf16::from_f32);
+                        *dst = u32::from(pair[0].to_bits()) | (u32::from(pair[1].to_bits()) << 16);
+                    }
+                }
+            });
         let dst = SharedMut(out.as_mut_ptr());
         let rows = tile_rows(m);
         let tiles = n.div_ceil(rows);
         (0..b * heads * tiles).into_par_iter().for_each_init(
-            || (vec![0f32; rows * m], vec![0f32; rows * hd]),
-            |(scores, q), task| {
+            || {
+                let probs = vec![0u32; if bf16_values { rows * ml } else { 0 }];
+                (vec![0f32; rows * m], vec![0f32; rows * hd], probs)
+            },
+            |(scores, q, probs), task| {
                 let (bh, tile) = (task / tiles, task % tiles);
                 let (bi, h) = (bh / heads, bh % heads);
                 let r0 = tile * rows;
@@ -322,7 +393,8 @@ mod avx512 {
                     // B: panel p of this head's keys (hd × 32); C: `scores` (tr × m),
                     // columns 32p..32p + cols.
                     unsafe {
-                        rows_f32(
+                        rows_of(
+                            tile_f32,
                             tr,
                             q.as_ptr(),
                             hd,
@@ -337,25 +409,40 @@ mod avx512 {
                 }
                 let inv = softmax_rows(scores, m, r0, causal);
                 let o0 = (bi * n + r0) * inner + h * hd;
+                if bf16_values {
+                    // SAFETY: AVX512-BF16 checked by the caller; `scores` holds tr rows of m,
+                    // `probs` room for tr rows of ml lanes.
+                    unsafe { crate::avx512::round_rows(scores, m, ml, &mut probs[..tr * ml]) };
+                }
+                let vp = &vp[(bh * v_head).min(vp.len())..];
                 let v0 = bi * m * inner + h * hd;
                 let mut d0 = 0;
                 while d0 < hd {
                     let cols = (hd - d0).min(32);
-                    // SAFETY: A: the tr × m probabilities; B: this head's values, m rows
-                    // `inner` apart, columns d0..d0 + cols of the head; C: output rows
-                    // r0..r0 + tr, the same columns of head h, which belong to this task alone.
+                    // SAFETY: A: the tr × m probabilities (f32, or ml bf16 pairs); B: this
+                    // head's values, m rows `inner` apart (or ml pair rows `hd` apart), columns
+                    // d0..d0 + cols of the head; C: output rows r0..r0 + tr, the same columns
+                    // of head h, which belong to this task alone.
                     unsafe {
-                        rows_f32(
-                            tr,
-                            scores.as_ptr(),
-                            m,
-                            m,
-                            vd.as_ptr().add(v0 + d0),
-                            inner,
-                            dst.get().add(o0 + d0),
-                            inner,
-                            cols,
-                        );
+                        let c = dst.get().add(o0 + d0);
+                        if bf16_values {
+                            let b = vp.as_ptr().add(d0);
+                            rows_of(tile_bf16, tr, probs.as_ptr(), ml, ml, b, hd, c, inner, cols);
+                        } else {
+                            let b = vd.as_ptr().add(v0 + d0);
+                            rows_of(
+                                tile_f32,
+                                tr,
+                                scores.as_ptr(),
+                                m,
+                                m,
+                                b,
+                                inner,
+                                c,
+                                inner,
+                                cols,
+                            );
+                        }
                     }
                     d0 += cols;
                 }
@@ -416,6 +503,54 @@ mod tests {
             // The first token sees only itself: its output is its own value.
             let first = got.narrow(1, 0, 1).unwrap();
             assert!(rel_diff(&first, &v.narrow(1, 0, 1).unwrap()) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn bf16_values_match_the_product_of_rounded_operands() {
+        use crate::test_util::bf16_rounded;
+        // SD 1.5's head width (40, 20 pairs), an odd one, an odd key count (a padded pair), and
+        // cross-attention over 77 tokens.
+        for (n, m, heads, hd) in [(300, 300, 2, 40), (130, 77, 3, 5), (64, 9, 1, 64)] {
+            let q = randn(&[2, n, heads * hd]);
+            let k = randn(&[2, m, heads * hd]);
+            let v = randn(&[2, m, heads * hd]);
+            let got = attention_bf16(&q, &k, &v, heads).unwrap();
+            let f32_result = reference(&q, &k, &v, heads, false).unwrap();
+            // Whatever the CPU: close to the f32 result (bf16 keeps ~3 significant digits).
+            let d = rel_diff(&got, &f32_result);
+            assert!(d < 2e-2, "n={n} m={m}: {d} from f32");
+            #[cfg(target_arch = "x86_64")]
+            if crate::avx512::has_bf16() {
+                // Exactly the product of the rounded operands: f32 scores, then unnormalised
+                // probabilities and values rounded to bf16, sums in f32.
+                let split = |t: &Tensor| {
+                    let s = t.dim(1).unwrap();
+                    t.reshape((2, s, heads, hd))
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                };
+                let qs = (split(&q) * (hd as f64).powf(-0.5)).unwrap();
+                let vr = bf16_rounded(&split(&v));
+                let scores = qs.matmul(&split(&k).t().unwrap()).unwrap();
+                let max = scores.max_keepdim(D::Minus1).unwrap();
+                let p = scores.broadcast_sub(&max).unwrap().exp().unwrap();
+                let sum = p.sum_keepdim(D::Minus1).unwrap();
+                let want = bf16_rounded(&p)
+                    .matmul(&vr)
+                    .unwrap()
+                    .broadcast_div(&sum)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .reshape((2, n, heads * hd))
+                    .unwrap();
+                let d = rel_diff(&got, &want);
+                assert!(d < 1e-3, "n={n} m={m} heads={heads} hd={hd}: {d}");
+            }
         }
     }
 }
