@@ -240,8 +240,12 @@ fn kernel(
     };
     #[cfg(target_arch = "x86_64")]
     let done = match (tc, tl.contiguous_offsets()) {
-        (candle_core::CpuStorage::F32(w), Some((a, z))) if winograd::takes(&g) => {
-            winograd::conv(&g, xd, &w[a..z], &output);
+        (candle_core::CpuStorage::F32(w), Some((a, z))) if winograd::takes(&g, false) => {
+            winograd::conv(&g, xd, winograd::Weights::F32(&w[a..z]), &output);
+            true
+        }
+        (candle_core::CpuStorage::BF16(w), Some((a, z))) if winograd::takes(&g, true) => {
+            winograd::conv(&g, xd, winograd::Weights::Bf16(&w[a..z]), &output);
             true
         }
         _ => avx512::products(&g, xd, tc, tl, small, &output)?,
@@ -854,10 +858,11 @@ mod tests {
     #[test]
     fn half_weights_compute_as_their_f32_values() {
         use candle_core::DType;
-        // Shifted products (big), im2col (small), stride 2, and an odd channel count (which
-        // bf16 products cannot pair, so it is widened).
+        // Shifted products (big, yet under Winograd's 128 blocks: see the next test), im2col
+        // (small), stride 2, and an odd channel count (which bf16 products cannot pair, so it
+        // is widened).
         for (ci, shape, stride) in [
-            (4, [2, 4, 24, 20], 1),
+            (4, [2, 4, 16, 14], 1),
             (4, [1, 4, 8, 8], 1),
             (4, [2, 4, 30, 26], 2),
             (3, [2, 3, 24, 20], 1),
@@ -902,6 +907,56 @@ mod tests {
                 );
                 assert!(d < 1e-5, "{dtype:?} reference: {d}");
             }
+        }
+    }
+
+    #[test]
+    fn bf16_winograd_errs_like_the_direct_bf16_convolution() {
+        use candle_core::DType;
+        // More than one K pass (260 channels), a co that is not a multiple of 8, odd sizes.
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let (w, b) = (randn(&[13, 260, 3, 3]), randn(&[13]));
+        let half = Conv2d::new(
+            w.to_dtype(DType::BF16).unwrap(),
+            Some(b.to_dtype(DType::BF16).unwrap()),
+            cfg,
+        )
+        .unwrap();
+        let widened = Conv2d::new(
+            w.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap(),
+            Some(
+                b.to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap(),
+            ),
+            cfg,
+        )
+        .unwrap();
+        let x = randn(&[2, 260, 21, 23]);
+        let exact = widened.reference(&x).unwrap();
+        let got = half.forward(&x).unwrap();
+        // Winograd in bf16 also rounds the transformed tiles and kernel, so it is not the
+        // direct convolution of the rounded input; its error must be of the same order.
+        let direct = rel_diff(&widened.reference(&bf16_rounded(&x)).unwrap(), &exact);
+        let d = rel_diff(&got, &exact);
+        assert!(
+            direct > 0.0 && d < 4.0 * direct,
+            "winograd {d}, direct {direct}"
+        );
+        // Elsewhere (no AVX512-BF16) the weights are widened: the f32 result.
+        #[cfg(target_arch = "x86_64")]
+        let multiplies = crate::avx512::has_bf16();
+        #[cfg(not(target_arch = "x86_64"))]
+        let multiplies = false;
+        if !multiplies {
+            assert!(d < 1e-5, "{d}");
         }
     }
 

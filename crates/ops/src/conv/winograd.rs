@@ -10,14 +10,20 @@
 //! one by f32 rounding alone. Larger tiles (F(4×4, 3×3), 4× fewer) transform with constants
 //! like 1/6 and 1/24 that cost digits; not tried.
 //!
+//! bf16 weights (`--dtype bf16`, CPUs with AVX512-BF16) take the same path with bf16 products:
+//! the transformed kernel and input tiles are rounded to bf16 pairs of input channels, the
+//! products accumulate in f32, and the output transform is f32 (as a bf16 direct convolution
+//! rounds its input and multiplies its weights as they are).
+//!
 //! The kernel's transform (16 values per channel pair, 1.8× the 3×3 weights) is never stored
 //! whole, so the model's memory does not grow: each task makes it an 8-output-channel tile at a
 //! time, a few vector adds per weight against the 64 tiles' products it feeds.
 
+use half::bf16;
 use rayon::prelude::*;
 
 use super::{Geometry, Output};
-use crate::avx512::tile_f32;
+use crate::avx512::{tile_bf16, tile_f32};
 use crate::profile::{scope, Kind};
 
 /// Tiles (2×2 output blocks) per task: its transformed input (16 × ci × TILES) and products
@@ -28,21 +34,37 @@ const TILES: usize = 64;
 /// shapes.
 const KB: usize = 256;
 
+/// A convolution's [co, 3, 3, ci] weights.
+#[derive(Clone, Copy)]
+pub(super) enum Weights<'a> {
+    F32(&'a [f32]),
+    /// Multiplied in bf16: the CPU has AVX512-BF16 and ci is even (checked by [`takes`]).
+    Bf16(&'a [bf16]),
+}
+
 /// Whether a convolution of this shape runs here: 3×3, stride 1, padding 1, on a CPU with
-/// AVX-512 (the caller checks the weights are f32), with at least 128 output blocks of 2×2.
+/// AVX-512 (AVX512-BF16 and an even channel count for bf16 weights), with at least 128
+/// output blocks of 2×2.
 /// Fewer (the UNet's lowest levels at 256², 32 blocks) measured no faster than the direct
 /// convolution.
-pub(super) fn takes(g: &Geometry) -> bool {
+pub(super) fn takes(g: &Geometry, bf16_weights: bool) -> bool {
     g.k == 3
         && g.s == 1
         && g.pad == 1
         && g.b * g.ho.div_ceil(2) * g.wo.div_ceil(2) >= 128
-        && crate::avx512::has_f32()
+        && if bf16_weights {
+            crate::avx512::has_bf16() && g.ci.is_multiple_of(2)
+        } else {
+            crate::avx512::has_f32()
+        }
 }
 
-/// The convolution of `xd` by the [co, 3, 3, ci] f32 weights `w` into `output`.
-pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
+/// The convolution of `xd` by the weights `w` into `output` (after [`takes`]).
+pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
     let (ci, co) = (g.ci, g.co);
+    let bf16 = matches!(w, Weights::Bf16(_));
+    // 32-bit lanes per input channel: one f32, or half a bf16 pair.
+    let lanes = |channels: usize| if bf16 { channels / 2 } else { channels };
     // Output tiles per image: th × tw; tile (ty, tx) reads padded rows 2ty..2ty + 4 and
     // columns 2tx..2tx + 4. The padded copy keeps each row's even and odd columns apart
     // ([channel][image][row][parity][half]), so that tile column tx's four input columns are
@@ -80,15 +102,15 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
     let groups = co.div_ceil(group_rows);
     (0..blocks * groups).into_par_iter().for_each_init(
         || {
-            let transformed = Box::new([[0f32; TILES]; 16]);
+            let transformed = Box::new([[[0f32; TILES]; 16]; 2]);
             (
-                vec![0f32; 16 * ci * TILES],
+                vec![0u32; 16 * lanes(ci) * TILES],
                 vec![0f32; 16 * co * TILES],
                 transformed,
-                vec![0f32; 16 * 8 * KB],
+                (vec![0f32; 16 * 8 * KB], vec![0u32; 16 * 8 * KB]),
             )
         },
-        |(v, m, transformed, u), task| {
+        |(v, m, transformed, (u, u_lanes)), task| {
             let (t0, o0) = ((task / groups) * TILES, (task % groups) * group_rows);
             let (n, o1) = (TILES.min(tiles - t0), (o0 + group_rows).min(co));
             // Runs of tiles within one tile row: (first tile's index in the block, image,
@@ -102,15 +124,31 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
                 runs.push((j, bi, ty, tx, len));
                 j += len;
             }
-            // The input tiles, transformed: v[ξ][c][tile].
-            for c in 0..ci {
+            // The input tiles, transformed: v[ξ][lane][tile], a lane being one channel's f32
+            // or a pair of channels' bf16 (the even one in the low half).
+            let ci_lanes = lanes(ci);
+            let tile_rows = |c: usize, bi: usize, ty: usize| -> [&[f32]; 4] {
+                std::array::from_fn(|r| {
+                    &padded[((c * g.b + bi) * ph + 2 * ty + r) * 2 * half..][..2 * half]
+                })
+            };
+            for c in (0..ci).step_by(if bf16 { 2 } else { 1 }) {
                 for &(j0, bi, ty, tx, len) in &runs {
-                    let rows: [&[f32]; 4] = std::array::from_fn(|r| {
-                        &padded[((c * g.b + bi) * ph + 2 * ty + r) * 2 * half..][..2 * half]
-                    });
-                    input_tiles(rows, half, tx, len, transformed);
-                    for (xi, values) in transformed.iter().enumerate() {
-                        v[(xi * ci + c) * TILES + j0..][..len].copy_from_slice(&values[..len]);
+                    let [first, second] = &mut **transformed;
+                    input_tiles(tile_rows(c, bi, ty), half, tx, len, first);
+                    if bf16 {
+                        input_tiles(tile_rows(c + 1, bi, ty), half, tx, len, second);
+                        for xi in 0..16 {
+                            let dst = &mut v[(xi * ci_lanes + c / 2) * TILES + j0..][..len];
+                            round_pairs(&first[xi][..len], &second[xi][..len], dst);
+                        }
+                    } else {
+                        for (xi, values) in first.iter().enumerate() {
+                            let dst = &mut v[(xi * ci_lanes + c) * TILES + j0..][..len];
+                            for (d, s) in dst.iter_mut().zip(values) {
+                                *d = s.to_bits();
+                            }
+                        }
                     }
                 }
             }
@@ -124,21 +162,39 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
                 while r0 < o1 {
                     let r = (o1 - r0).min(8);
                     transform_kernel(w, ci, r0, r, k0, kc, u);
+                    // The transformed kernel as lanes: its f32 bits, or rounded to bf16 pairs
+                    // (kc is even: KB and ci are).
+                    let (kl, tile): (usize, Tile) = if bf16 {
+                        (kc / 2, tile_bf16)
+                    } else {
+                        (kc, tile_f32)
+                    };
+                    let a: *const u32 = if bf16 {
+                        let u_lanes = &mut u_lanes[..16 * r * kl];
+                        // SAFETY: AVX512-BF16 checked by `takes`; u holds 16·r runs of kc.
+                        unsafe {
+                            crate::avx512::round_rows(&u[..16 * r * kc], kc, kl, u_lanes);
+                        }
+                        u_lanes.as_ptr()
+                    } else {
+                        u.as_ptr().cast()
+                    };
+                    let (k0_lanes, ci_lanes) = (lanes(k0), lanes(ci));
                     for xi in 0..16 {
                         let mut q = 0;
                         while q < n {
                             let cols = (n - q).min(32);
-                            // SAFETY: AVX-512 checked by `takes`. A: u[·][ξ], r rows of kc
-                            // lanes, 16·kc apart; B: rows k0..k0 + kc of v[ξ] (ci × TILES), columns
-                            // q..q + cols ≤ n; C: rows r0..r0 + r of m[ξ] (co × TILES), the
-                            // same columns. All inside their buffers.
+                            // SAFETY: the instructions checked by `takes`. A: u[·][ξ], r rows of
+                            // kl lanes, 16·kl apart; B: lanes k0..k0 + kl of v[ξ]
+                            // (ci_lanes × TILES), columns q..q + cols ≤ n; C: rows r0..r0 + r
+                            // of m[ξ] (co × TILES), the same columns. All inside their buffers.
                             unsafe {
-                                tile_f32(
+                                tile(
                                     r,
-                                    u.as_ptr().add(xi * kc).cast(),
-                                    16 * kc,
-                                    kc,
-                                    v.as_ptr().add((xi * ci + k0) * TILES + q).cast(),
+                                    a.add(xi * kl),
+                                    16 * kl,
+                                    kl,
+                                    v.as_ptr().add((xi * ci_lanes + k0_lanes) * TILES + q),
                                     TILES,
                                     m.as_mut_ptr().add((xi * co + r0) * TILES + q),
                                     TILES,
@@ -170,7 +226,7 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: &[f32], output: &Output) {
 /// G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]. Whole runs of channels at a time, so
 /// that each step is one vectorised sweep.
 fn transform_kernel(
-    w: &[f32],
+    w: Weights,
     ci: usize,
     o0: usize,
     rows: usize,
@@ -179,10 +235,25 @@ fn transform_kernel(
     u: &mut [f32],
 ) {
     let mut mid = [[[0f32; KB]; 2]; 3];
+    let mut widened = [[0f32; KB]; 9];
     for (row, out) in u.chunks_exact_mut(16 * kc).take(rows).enumerate() {
         let o = o0 + row;
-        // Tap (i, j) of the tile's input channels: a contiguous run of the weights.
-        let g = |i: usize, j: usize| &w[((o * 3 + i) * 3 + j) * ci + k0..][..kc];
+        // Tap (i, j) of the tile's input channels: a contiguous run of the weights (widened
+        // first when they are bf16).
+        let run = |tap: usize| ((o * 9 + tap) * ci + k0)..((o * 9 + tap) * ci + k0 + kc);
+        if let Weights::Bf16(w) = w {
+            for (tap, dst) in widened.iter_mut().enumerate() {
+                for (d, s) in dst.iter_mut().zip(&w[run(tap)]) {
+                    *d = s.to_f32();
+                }
+            }
+        }
+        let g = |i: usize, j: usize| -> &[f32] {
+            match w {
+                Weights::F32(w) => &w[run(3 * i + j)],
+                Weights::Bf16(_) => &widened[3 * i + j][..kc],
+            }
+        };
         // G g, column j: rows 0 and 3 are taps (0, j) and (2, j); rows 1 and 2 go to `mid`.
         for (j, mid) in mid.iter_mut().enumerate() {
             let [m1, m2] = mid;
@@ -207,6 +278,53 @@ fn transform_kernel(
             last.copy_from_slice(x2);
         }
     }
+}
+
+/// One of `avx512`'s tile functions.
+type Tile =
+    unsafe fn(usize, *const u32, usize, usize, *const u32, usize, *mut f32, usize, usize, bool);
+
+/// Two values rounded to bf16 (nearest even) as one lane, `lo` in the low half.
+fn pair(lo: f32, hi: f32) -> u32 {
+    u32::from(bf16::from_f32(lo).to_bits()) | (u32::from(bf16::from_f32(hi).to_bits()) << 16)
+}
+
+/// `out[l] = pair(lo[l], hi[l])`, 16 lanes at a time where the CPU has AVX512-BF16 (which
+/// `takes` checked for bf16 weights).
+fn round_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+    let n = out.len().min(lo.len()).min(hi.len());
+    let mut l = 0;
+    if crate::avx512::has_bf16() {
+        // SAFETY: the instructions were checked; l + 16 ≤ n reads and writes within the slices.
+        unsafe {
+            while l + 16 <= n {
+                round_pairs16(
+                    lo.as_ptr().add(l),
+                    hi.as_ptr().add(l),
+                    out.as_mut_ptr().add(l),
+                );
+                l += 16;
+            }
+        }
+    }
+    for l in l..n {
+        out[l] = pair(lo[l], hi[l]);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn round_pairs16(lo: *const f32, hi: *const f32, out: *mut u32) {
+    use std::arch::x86_64::*;
+    // 16-bit elements 0..16 are `lo` rounded, 16..32 `hi`: interleave them.
+    let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
+        _mm512_loadu_ps(hi),
+        _mm512_loadu_ps(lo),
+    ));
+    let order = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(order, both));
 }
 
 /// sum = ½(a + b + d), diff = ½(a − b + d), element by element.
