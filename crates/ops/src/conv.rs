@@ -817,6 +817,11 @@ mod tests {
             let d = rel_diff(&got, &c.reference(&x).unwrap());
             assert!(d < 1e-5, "{:?}: {d}", x.dims());
         }
+        // Weights over 16 MiB and 576 tiles: 128 tiles per task (with up to 2 threads).
+        let c = conv(704, 704, 3, 1, 1, true);
+        let x = randn(&[1, 704, 48, 48]);
+        let d = rel_diff(&c.forward(&x).unwrap(), &c.reference(&x).unwrap());
+        assert!(d < 1e-5, "big weights: {d}");
     }
 
     #[test]

@@ -26,9 +26,15 @@ use super::{Geometry, Output};
 use crate::avx512::{tile_bf16, tile_f32};
 use crate::profile::{scope, Kind};
 
-/// Tiles (2×2 output blocks) per task: its transformed input (16 × ci × TILES) and products
-/// (16 × co × TILES) are a few MiB at most and go through L2 a product at a time.
-const TILES: usize = 64;
+/// Tiles (2×2 output blocks) per task: its transformed input (16 × ci × tiles) and products
+/// (16 × co × tiles) are a few MiB at most and go through L2 a product at a time. 64, or 128
+/// for weights over [`BIG_WEIGHTS`] bytes with tiles enough for two tasks per thread: each
+/// task reads all its weights to transform them, and weights that big come from DRAM on every
+/// read (SDXL's 1280-channel 3×3 convolutions at 32², 29 MiB in bf16, measured 263 → 338–408
+/// GFLOP/s with 128). Smaller weights measured no better, and fewer tiles worse (one task's
+/// transformed input then spills out of L2).
+const TILES: usize = 128;
+const BIG_WEIGHTS: usize = 16 << 20;
 /// Input channels per pass of the micro-kernel and per tile of the transformed kernel
 /// (16 × 8 × KB floats, 128 KiB). 256 measured faster than 64 or 128 at the VAE's and UNet's
 /// shapes.
@@ -94,25 +100,30 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
     let tiles = g.b * th * tw;
     // Tile blocks, and when there are too few of them to share out, groups of output channels
     // too (each group reads only its rows of the transformed kernel).
-    let blocks = tiles.div_ceil(TILES);
-    let wanted = (2 * rayon::current_num_threads())
-        .div_ceil(blocks)
-        .min(co.div_ceil(8));
+    let weight_bytes = co * ci * 9 * if bf16 { 2 } else { 4 };
+    let threads = rayon::current_num_threads();
+    let per_task = if weight_bytes > BIG_WEIGHTS && tiles >= 2 * threads * TILES {
+        TILES
+    } else {
+        TILES / 2
+    };
+    let blocks = tiles.div_ceil(per_task);
+    let wanted = (2 * threads).div_ceil(blocks).min(co.div_ceil(8));
     let group_rows = co.div_ceil(wanted).next_multiple_of(8);
     let groups = co.div_ceil(group_rows);
     (0..blocks * groups).into_par_iter().for_each_init(
         || {
             let transformed = Box::new([[[0f32; TILES]; 16]; 2]);
             (
-                vec![0u32; 16 * lanes(ci) * TILES],
-                vec![0f32; 16 * co * TILES],
+                vec![0u32; 16 * lanes(ci) * per_task],
+                vec![0f32; 16 * co * per_task],
                 transformed,
                 (vec![0f32; 16 * 8 * KB], vec![0u32; 16 * 8 * KB]),
             )
         },
         |(v, m, transformed, (u, u_lanes)), task| {
-            let (t0, o0) = ((task / groups) * TILES, (task % groups) * group_rows);
-            let (n, o1) = (TILES.min(tiles - t0), (o0 + group_rows).min(co));
+            let (t0, o0) = ((task / groups) * per_task, (task % groups) * group_rows);
+            let (n, o1) = (per_task.min(tiles - t0), (o0 + group_rows).min(co));
             // Runs of tiles within one tile row: (first tile's index in the block, image,
             // tile row, first tile column, length).
             let mut runs = Vec::new();
@@ -139,12 +150,12 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
                     if bf16 {
                         input_tiles(tile_rows(c + 1, bi, ty), half, tx, len, second);
                         for xi in 0..16 {
-                            let dst = &mut v[(xi * ci_lanes + c / 2) * TILES + j0..][..len];
+                            let dst = &mut v[(xi * ci_lanes + c / 2) * per_task + j0..][..len];
                             round_pairs(&first[xi][..len], &second[xi][..len], dst);
                         }
                     } else {
                         for (xi, values) in first.iter().enumerate() {
-                            let dst = &mut v[(xi * ci_lanes + c) * TILES + j0..][..len];
+                            let dst = &mut v[(xi * ci_lanes + c) * per_task + j0..][..len];
                             for (d, s) in dst.iter_mut().zip(values) {
                                 *d = s.to_bits();
                             }
@@ -186,18 +197,19 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
                             let cols = (n - q).min(32);
                             // SAFETY: the instructions checked by `takes`. A: u[·][ξ], r rows of
                             // kl lanes, 16·kl apart; B: lanes k0..k0 + kl of v[ξ]
-                            // (ci_lanes × TILES), columns q..q + cols ≤ n; C: rows r0..r0 + r
-                            // of m[ξ] (co × TILES), the same columns. All inside their buffers.
+                            // (ci_lanes × per_task), columns q..q + cols ≤ n; C: rows r0..r0 + r
+                            // of m[ξ] (co × per_task), the same columns. All inside their
+                            // buffers.
                             unsafe {
                                 tile(
                                     r,
                                     a.add(xi * kl),
                                     16 * kl,
                                     kl,
-                                    v.as_ptr().add((xi * ci_lanes + k0_lanes) * TILES + q),
-                                    TILES,
-                                    m.as_mut_ptr().add((xi * co + r0) * TILES + q),
-                                    TILES,
+                                    v.as_ptr().add((xi * ci_lanes + k0_lanes) * per_task + q),
+                                    per_task,
+                                    m.as_mut_ptr().add((xi * co + r0) * per_task + q),
+                                    per_task,
                                     cols,
                                     k0 > 0,
                                 );
@@ -213,7 +225,7 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
             for oc in o0..o1 {
                 for &(j0, bi, ty, tx, len) in &runs {
                     let m: [&[f32]; 16] =
-                        std::array::from_fn(|xi| &m[(xi * co + oc) * TILES + j0..][..len]);
+                        std::array::from_fn(|xi| &m[(xi * co + oc) * per_task + j0..][..len]);
                     output_tiles(output, bi, oc, 2 * ty, 2 * tx, m);
                 }
             }
