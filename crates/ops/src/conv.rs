@@ -918,12 +918,13 @@ mod tests {
     #[test]
     fn bf16_winograd_errs_like_the_direct_bf16_convolution() {
         use candle_core::DType;
-        // More than one K pass (260 channels), a co that is not a multiple of 8, odd sizes.
+        // More than one K pass (330 channels: bf16 weights take Winograd from 320), a co that
+        // is not a multiple of 8, odd sizes.
         let cfg = Conv2dConfig {
             padding: 1,
             ..Default::default()
         };
-        let (w, b) = (randn(&[13, 260, 3, 3]), randn(&[13]));
+        let (w, b) = (randn(&[13, 330, 3, 3]), randn(&[13]));
         let half = Conv2d::new(
             w.to_dtype(DType::BF16).unwrap(),
             Some(b.to_dtype(DType::BF16).unwrap()),
@@ -944,7 +945,7 @@ mod tests {
             cfg,
         )
         .unwrap();
-        let x = randn(&[2, 260, 21, 23]);
+        let x = randn(&[2, 330, 21, 23]);
         let exact = widened.reference(&x).unwrap();
         let got = half.forward(&x).unwrap();
         // Winograd in bf16 also rounds the transformed tiles and kernel, so it is not the

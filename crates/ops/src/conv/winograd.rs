@@ -17,7 +17,7 @@
 //!
 //! The kernel's transform (16 values per channel pair, 1.8× the 3×3 weights) is never stored
 //! whole, so the model's memory does not grow: each task makes it an 8-output-channel tile at a
-//! time, a few vector adds per weight against the 64 tiles' products it feeds.
+//! time, a few vector adds per weight against the 64 or 128 tiles' products it feeds.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -40,6 +40,14 @@ const BIG_WEIGHTS: usize = 16 << 20;
 /// shapes.
 const KB: usize = 256;
 
+/// Input channels from which bf16 weights take this path. Below (the VAE's 128- and 256-channel
+/// levels at 256² and 512²), the direct bf16 convolution keeps its input copy in bf16 pairs,
+/// half this path's f32 copy, and that is where an SD 1.5 bf16 decode peaks: Winograd there
+/// took `--dtype bf16`'s peak from 0.73× to 0.77× the f32 weights. (Rounding that copy to bf16
+/// instead costs a second rounding before the transform: the bundled model's max difference
+/// went from 12 to 25/255.)
+const BF16_MIN_CHANNELS: usize = 320;
+
 /// A convolution's [co, 3, 3, ci] weights.
 #[derive(Clone, Copy)]
 pub(super) enum Weights<'a> {
@@ -49,8 +57,8 @@ pub(super) enum Weights<'a> {
 }
 
 /// Whether a convolution of this shape runs here: 3×3, stride 1, padding 1, on a CPU with
-/// AVX-512 (AVX512-BF16 and an even channel count for bf16 weights), with at least 128
-/// output blocks of 2×2.
+/// AVX-512 (AVX512-BF16, an even channel count and at least [`BF16_MIN_CHANNELS`] for bf16
+/// weights), with at least 128 output blocks of 2×2.
 /// Fewer (the UNet's lowest levels at 256², 32 blocks) measured no faster than the direct
 /// convolution.
 pub(super) fn takes(g: &Geometry, bf16_weights: bool) -> bool {
@@ -59,7 +67,7 @@ pub(super) fn takes(g: &Geometry, bf16_weights: bool) -> bool {
         && g.pad == 1
         && g.b * g.ho.div_ceil(2) * g.wo.div_ceil(2) >= 128
         && if bf16_weights {
-            crate::avx512::has_bf16() && g.ci.is_multiple_of(2)
+            crate::avx512::has_bf16() && g.ci.is_multiple_of(2) && g.ci >= BF16_MIN_CHANNELS
         } else {
             crate::avx512::has_f32()
         }
