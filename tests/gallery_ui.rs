@@ -203,8 +203,11 @@ fn a_typed_folder_is_added_and_indexed_and_a_wrong_one_is_refused() {
     h.get_by_label("Folder to add")
         .type_text(&mine.display().to_string());
     h.get_by_label("Add folder").click();
+    // The library list can arrive before the "indexed" status (and the progress bar's
+    // removal), which moves the row below: wait for both, or the next click lands on the
+    // old position.
     drive(&mut h, "added folder indexed", |(p, _)| {
-        p.entries().len() == n_mine
+        p.entries().len() == n_mine && p.status().starts_with(&format!("{n_mine} images;"))
     });
 
     // A path that is not a folder is refused in the panel, and nothing changes.
