@@ -203,7 +203,7 @@ impl Module for Linear {
                     &x32,
                     super::avx512::Weight::Packed(weight),
                     self.out_dim,
-                    bias.clone(),
+                    bias.as_deref(),
                 )?;
                 out.to_dtype(dtype)
             }
@@ -298,7 +298,7 @@ fn linear_avx512(x: &Tensor, layer: &candle_nn::Linear) -> Result<Option<Tensor>
         CpuStorage::BF16(d) => super::avx512::Weight::Bf16(&d[wl.start_offset()..]),
         _ => return Ok(None),
     };
-    avx512_product(x, weight, out_f, bias).map(Some)
+    avx512_product(x, weight, out_f, bias.as_deref()).map(Some)
 }
 
 /// `x · wᵀ + bias` through the AVX-512 kernel, for an f32 CPU input whose last axis is the
@@ -308,7 +308,7 @@ fn avx512_product(
     x: &Tensor,
     weight: super::avx512::Weight,
     n: usize,
-    bias: Option<Vec<f32>>,
+    bias: Option<&[f32]>,
 ) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = dims.last().copied().unwrap_or(0);
