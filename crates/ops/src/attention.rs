@@ -271,15 +271,11 @@ struct Heads {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
-    use crate::avx512::{tile_bf16, tile_f32};
+    use crate::avx512::{tile_bf16, tile_f32, Tile};
     use half::bf16;
 
     /// Keys per panel of the packed k.
     const NR: usize = 32;
-
-    /// One of `avx512`'s tile functions (`tile_f32`, `tile_bf16`).
-    type Tile =
-        unsafe fn(usize, *const u32, usize, usize, *const u32, usize, *mut f32, usize, usize, bool);
 
     /// `c[rows, cols] = a[rows, kc] · b[kc, cols]` in the micro-kernel's 8-row tiles (32-bit
     /// lanes: f32 values for `tile_f32`, bf16 pairs for `tile_bf16`).

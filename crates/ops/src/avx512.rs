@@ -501,6 +501,10 @@ unsafe fn madd_bf16(acc: __m512, a: __m512i, b: __m512i) -> __m512 {
 
 /// One micro-kernel per instruction set: `R` rows × 32 columns, accumulated over `kc` lanes
 /// in 2·R registers and added to `c`, plus the dispatch from a row count to its kernel.
+/// [`tile_f32`] or [`tile_bf16`], for callers that pick one at run time.
+pub(crate) type Tile =
+    unsafe fn(usize, *const u32, usize, usize, *const u32, usize, *mut f32, usize, usize, bool);
+
 macro_rules! micro_kernel {
     ($tile:ident, $kernel:ident, $features:literal, $madd:ident) => {
         /// One tile of `r` ≤ 8 rows: dispatches to the kernel for that row count.

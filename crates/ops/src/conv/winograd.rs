@@ -23,7 +23,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::{Geometry, Output};
-use crate::avx512::{tile_bf16, tile_f32};
+use crate::avx512::{tile_bf16, tile_f32, Tile};
 use crate::profile::{scope, Kind};
 
 /// Tiles (2×2 output blocks) per task: its transformed input (16 × ci × tiles) and products
@@ -299,10 +299,6 @@ fn transform_kernel(
         }
     }
 }
-
-/// One of `avx512`'s tile functions.
-type Tile =
-    unsafe fn(usize, *const u32, usize, usize, *const u32, usize, *mut f32, usize, usize, bool);
 
 /// Two values rounded to bf16 (nearest even) as one lane, `lo` in the low half.
 fn pair(lo: f32, hi: f32) -> u32 {
