@@ -727,7 +727,7 @@ mod avx512 {
 
     /// `dst[i]` = bf16(lo[i]) in the low half, bf16(hi[i]) in the high half (round to nearest
     /// even, as `vdpbf16ps`'s other operand was rounded).
-    fn pair(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+    pub(super) fn pair(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
         let len = dst.len().min(lo.len()).min(hi.len());
         let mut i = 0;
         // SAFETY: `has_bf16()` was checked before any pairing; 16 values at i < len − 15.

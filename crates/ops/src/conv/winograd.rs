@@ -159,7 +159,8 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
                         input_tiles(tile_rows(c + 1, bi, ty), half, tx, len, second);
                         for xi in 0..16 {
                             let dst = &mut v[(xi * ci_lanes + c / 2) * per_task + j0..][..len];
-                            round_pairs(&first[xi][..len], &second[xi][..len], dst);
+                            // Two channels' values as one lane each (AVX512-BF16 checked by `takes`).
+                            super::avx512::pair(&first[xi][..len], &second[xi][..len], dst);
                         }
                     } else {
                         for (xi, values) in first.iter().enumerate() {
@@ -298,49 +299,6 @@ fn transform_kernel(
             last.copy_from_slice(x2);
         }
     }
-}
-
-/// Two values rounded to bf16 (nearest even) as one lane, `lo` in the low half.
-fn pair(lo: f32, hi: f32) -> u32 {
-    u32::from(bf16::from_f32(lo).to_bits()) | (u32::from(bf16::from_f32(hi).to_bits()) << 16)
-}
-
-/// `out[l] = pair(lo[l], hi[l])`, 16 lanes at a time where the CPU has AVX512-BF16 (which
-/// `takes` checked for bf16 weights).
-fn round_pairs(lo: &[f32], hi: &[f32], out: &mut [u32]) {
-    let n = out.len().min(lo.len()).min(hi.len());
-    let mut l = 0;
-    if crate::avx512::has_bf16() {
-        // SAFETY: the instructions were checked; l + 16 ≤ n reads and writes within the slices.
-        unsafe {
-            while l + 16 <= n {
-                round_pairs16(
-                    lo.as_ptr().add(l),
-                    hi.as_ptr().add(l),
-                    out.as_mut_ptr().add(l),
-                );
-                l += 16;
-            }
-        }
-    }
-    for l in l..n {
-        out[l] = pair(lo[l], hi[l]);
-    }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn round_pairs16(lo: *const f32, hi: *const f32, out: *mut u32) {
-    use std::arch::x86_64::*;
-    // 16-bit elements 0..16 are `lo` rounded, 16..32 `hi`: interleave them.
-    let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
-        _mm512_loadu_ps(hi),
-        _mm512_loadu_ps(lo),
-    ));
-    let order = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
-    _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(order, both));
 }
 
 /// sum = ½(a + b + d), diff = ½(a − b + d), element by element.
