@@ -8,6 +8,7 @@
 //! - [`gallery`]: what is kept with every image (PNG metadata).
 //! - [`ops`]: the heavy tensor ops (attention, convolution, norms) with own CPU kernels
 //!   (re-exported from `crates/ops`, built optimised even in debug).
+//! - [`prompt`]: A1111's prompt language: emphasis, `BREAK`, 75-token chunks, `<lora:…>` tags.
 //! - [`lora`]: LoRA adapters: formats, matching, hot application from memory, folder scans.
 //! - [`cli`]: the headless subcommands.
 //! - [`worker`]: the inference thread the studio talks to (typed commands and events).
@@ -21,6 +22,7 @@ pub mod diffusion;
 pub mod gallery;
 pub mod lora;
 pub mod models;
+pub mod prompt;
 /// The heavy ops' CPU kernels live in their own crate (`crates/ops`) so that they are
 /// optimised even in debug builds; `crate::ops` is their path inside Easel.
 pub use easel_ops as ops;

@@ -88,7 +88,7 @@ fn check(p: &Pipeline, stack: &LoraStack, case: &str, label: &str) {
         (req.prompt.as_str(), "prompt_states"),
         (req.negative_prompt.as_str(), "negative_states"),
     ] {
-        let (states, _) = p.encode_prompt(text).unwrap();
+        let states = p.encode_prompt(text).unwrap();
         let d = max_abs_diff(&states, &refs[key]);
         assert!(d < TOL, "{label}: {key} differ by {d}");
     }

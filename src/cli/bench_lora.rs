@@ -82,8 +82,8 @@ pub fn run(args: &BenchArgs, dir: &Path, rank: usize) -> Result<()> {
 
     let prompt = "a photograph of an astronaut riding a horse on the moon, highly detailed";
     let encode = || -> Result<Tensor> {
-        let (cond, _) = pipeline.encode_prompt(prompt)?;
-        let (uncond, _) = pipeline.encode_prompt("")?;
+        let cond = pipeline.encode_prompt(prompt)?;
+        let uncond = pipeline.encode_prompt("")?;
         Ok(Tensor::cat(&[&uncond, &cond], 0)?)
     };
     let context_plain = encode()?;

@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 
 use crate::diffusion::Pipeline;
 use crate::lora::library::{self, default_lora_dirs, LoraInfo};
-use crate::lora::prompt::{parse_spec, prompt_loras, LoraSpec};
 use crate::lora::{Adapter, AdapterSettings, LoraStack};
+use crate::prompt::lora_tags::{parse_spec, prompt_loras, LoraSpec};
 
 #[derive(Args, Debug)]
 pub struct LoraArgs {

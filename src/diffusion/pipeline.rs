@@ -22,6 +22,7 @@ use crate::models::taesd::{Taesd, TaesdOptions};
 use crate::models::unet::Conditioning;
 use crate::models::vae::TileConfig;
 use crate::models::{ModelError, StableDiffusion};
+use crate::prompt::{self, Chunk, Chunks};
 
 /// Steps above this are refused: no sampler gains anything there, and a typo like 20000 would
 /// otherwise tie up the machine for hours.
@@ -135,12 +136,11 @@ impl SizeConditioning {
 
 /// Prompts encoded for the UNet.
 pub struct TextEncoding {
-    /// The text states: [prompts, 77, width] (SDXL: both encoders' side by side).
+    /// The text states: [prompts, 77 × chunks, width] (SDXL: both encoders' side by side).
     pub states: Tensor,
-    /// SDXL: the second encoder's pooled projection, [prompts, pooled].
+    /// SDXL: the second encoder's pooled projection (of each prompt's first chunk),
+    /// [prompts, pooled].
     pub pooled: Option<Tensor>,
-    /// One slot per prompt: set when it was truncated.
-    pub warnings: Vec<Option<String>>,
 }
 
 /// What a few-step model is made to run with, when the files say it is one.
@@ -328,8 +328,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Tokenises and encodes one prompt: [1, 77, hidden]. Returns a warning when it was truncated.
-    pub fn encode_prompt(&self, text: &str) -> Result<(Tensor, Option<String>), PipelineError> {
+    /// Encodes one prompt: [1, 77 × chunks, hidden].
+    pub fn encode_prompt(&self, text: &str) -> Result<Tensor, PipelineError> {
         self.encode_prompt_skipping(text, 1)
     }
 
@@ -338,35 +338,15 @@ impl Pipeline {
         &self,
         text: &str,
         clip_skip: usize,
-    ) -> Result<(Tensor, Option<String>), PipelineError> {
-        let [one] = self.encode_prompts_skipping([text], clip_skip)?;
-        Ok(one)
-    }
-
-    /// Several prompts encoded as one batch (a guided run's prompt and negative: the text
-    /// encoder's weights are read once for both): [1, 77, hidden] each, with a warning for each
-    /// one that was truncated.
-    pub fn encode_prompts_skipping<const N: usize>(
-        &self,
-        texts: [&str; N],
-        clip_skip: usize,
-    ) -> Result<[(Tensor, Option<String>); N], PipelineError> {
-        let enc = self.encode_texts(&texts, &texts, clip_skip)?;
-        let mut out = Vec::with_capacity(N);
-        for (i, warning) in enc.warnings.into_iter().enumerate() {
-            let one = enc
-                .states
-                .narrow(0, i, 1)
-                .map_err(compute("text encoding"))?;
-            out.push((one, warning));
-        }
-        out.try_into().map_err(|_| {
-            compute("text encoding")(candle_core::Error::Msg("wrong batch size".into()))
-        })
+    ) -> Result<Tensor, PipelineError> {
+        Ok(self.encode_texts(&[text], &[text], clip_skip)?.states)
     }
 
     /// Encodes prompts as one batch. `texts_2` go to SDXL's second encoder (ignored by other
-    /// models), whose states are joined to the first's along the width.
+    /// models), whose states are joined to the first's along the width. Prompts are read in
+    /// A1111's language (see [`crate::prompt`]): each is split into 75-token chunks, weighted,
+    /// and every prompt is padded with empty chunks to the longest one's count, so the states
+    /// are [prompts, 77 × chunks, width].
     pub fn encode_texts(
         &self,
         texts: &[&str],
@@ -375,44 +355,67 @@ impl Pipeline {
     ) -> Result<TextEncoding, PipelineError> {
         let model = &self.model;
         let device = &model.device;
-        let mut warnings = vec![None; texts.len()];
-        let ids = tokenize(&model.tokenizer, texts, &mut warnings);
+        let split = |tokenizer, texts: &[&str]| -> Vec<Chunks> {
+            texts
+                .iter()
+                .map(|t| prompt::chunks::split(tokenizer, &prompt::lora_tags::strip_tags(t)))
+                .collect()
+        };
+        let first = split(&model.tokenizer, texts);
+        let second = (model.text_encoder_2.as_ref()).map(|s| (s, split(&s.tokenizer, texts_2)));
+        let n_chunks = first
+            .iter()
+            .chain(second.iter().flat_map(|(_, c)| c))
+            .map(|c| c.chunks.len())
+            .max()
+            .unwrap_or(1);
         let err = compute("text encoding");
-        let Some(second) = &model.text_encoder_2 else {
-            let states = model
-                .text_encoder
-                .encode_batch(&ids, device, clip_skip)
-                .map_err(err)?;
+        let Some((second, chunks_2)) = second else {
+            let rows = padded_rows(&model.tokenizer, &first, n_chunks);
+            let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
+            let states = (|| {
+                let states = model.text_encoder.encode_batch(&ids, device, clip_skip)?;
+                join_chunks(&states, &rows, texts.len())
+            })()
+            .map_err(err)?;
             return Ok(TextEncoding {
                 states,
                 pooled: None,
-                warnings,
             });
         };
-        let ids_2 = tokenize(&second.tokenizer, texts_2, &mut warnings);
         (|| {
+            let rows = padded_rows(&model.tokenizer, &first, n_chunks);
+            let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
             let eos = model.tokenizer.eos_id();
-            let (first, _) = model
+            let (states_1, _) = model
                 .text_encoder
                 .encode_hidden(&ids, eos, device, clip_skip)?;
+            let states_1 = join_chunks(&states_1, &rows, texts.len())?;
+            let rows = padded_rows(&second.tokenizer, &chunks_2, n_chunks);
+            let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
             let eos = second.tokenizer.eos_id();
-            let (states, pooled) = second
-                .encoder
-                .encode_hidden(&ids_2, eos, device, clip_skip)?;
-            let states = Tensor::cat(&[&first, &states], 2)?;
-            Ok(TextEncoding {
-                states,
-                pooled,
-                warnings,
-            })
+            let (states_2, pooled) = second.encoder.encode_hidden(&ids, eos, device, clip_skip)?;
+            let states_2 = join_chunks(&states_2, &rows, texts.len())?;
+            // A1111 pools the first chunk.
+            let pooled = match pooled {
+                Some(p) => {
+                    let firsts: Vec<u32> = (0..texts.len() as u32)
+                        .map(|i| i * n_chunks as u32)
+                        .collect();
+                    let at = Tensor::new(firsts.as_slice(), device)?;
+                    Some(p.index_select(&at, 0)?)
+                }
+                None => None,
+            };
+            let states = Tensor::cat(&[&states_1, &states_2], 2)?;
+            Ok(TextEncoding { states, pooled })
         })()
         .map_err(err)
     }
 
-    /// What the UNet is conditioned on for `req` (see [`Self::conditioning`]); warnings about
-    /// truncated prompts are dropped.
+    /// What the UNet is conditioned on for `req` (see [`Self::conditioning`]).
     pub fn conditioning_for(&self, req: &GenerateRequest) -> Result<Conditioning, PipelineError> {
-        self.conditioning(req, self.guided_by_cfg(req), &mut Vec::new())
+        self.conditioning(req, self.guided_by_cfg(req))
     }
 
     /// What the UNet is conditioned on for a request: the text states ([uncond, cond] when
@@ -421,7 +424,6 @@ impl Pipeline {
         &self,
         req: &GenerateRequest,
         cfg: bool,
-        warnings: &mut Vec<String>,
     ) -> Result<Conditioning, PipelineError> {
         let device = &self.model.device;
         let prompt_2 = req.sdxl.prompt_2.as_deref().unwrap_or(&req.prompt);
@@ -445,14 +447,7 @@ impl Pipeline {
         let TextEncoding {
             mut states,
             mut pooled,
-            warnings: text_warnings,
         } = self.encode_texts(&texts, &texts_2, req.clip_skip)?;
-        let n = texts.len();
-        // The prompt's warning first, then the negative's.
-        for (i, warning) in text_warnings.into_iter().enumerate().rev() {
-            let negative = n == 2 && i == 0;
-            warnings.extend(warning.map(|w| if negative { format!("negative {w}") } else { w }));
-        }
         let err = || compute("text encoding");
         if zero_negative {
             let zeros = |t: &Tensor| Tensor::cat(&[&t.zeros_like()?, t], 0);
@@ -663,7 +658,7 @@ impl Pipeline {
         let mut warnings = Vec::new();
 
         let cfg = self.guided_by_cfg(req);
-        let cond = self.conditioning(req, cfg, &mut warnings)?;
+        let cond = self.conditioning(req, cfg)?;
 
         let mut scheduler = self.scheduler(req)?;
         let shape = self.latent_shape(req);
@@ -778,29 +773,44 @@ impl Pipeline {
     }
 }
 
-/// Tokenises prompts for one text encoder, noting in `warnings` (one slot per prompt) those
-/// that were truncated. `<lora:name:w>` tags choose adapters (see `crate::lora`); CLIP must not
-/// read them.
-fn tokenize(
+/// Every prompt's chunks, each prompt padded with empty chunks to `n_chunks`: the rows of one
+/// text-encoder batch, prompt by prompt.
+fn padded_rows(
     tokenizer: &crate::models::tokenizer::ClipTokenizer,
-    texts: &[&str],
-    warnings: &mut [Option<String>],
-) -> Vec<Vec<u32>> {
-    texts
+    prompts: &[Chunks],
+    n_chunks: usize,
+) -> Vec<Chunk> {
+    let empty = prompt::chunks::empty(tokenizer);
+    prompts
         .iter()
-        .zip(warnings.iter_mut())
-        .map(|(text, warning)| {
-            let enc = tokenizer.encode(&crate::lora::prompt::strip_tags(text));
-            if enc.truncated && warning.is_none() {
-                *warning = Some(format!(
-                    "prompt is {} tokens, truncated to the first {} (the text encoder's limit)",
-                    enc.n_tokens,
-                    tokenizer.max_len() - 2
-                ));
-            }
-            enc.ids
+        .flat_map(|p| {
+            let pad = n_chunks - p.chunks.len();
+            p.chunks
+                .iter()
+                .cloned()
+                .chain(std::iter::repeat_n(empty.clone(), pad))
         })
         .collect()
+}
+
+/// Encoded rows [prompts × chunks, 77, width] → each chunk weighted (A1111's emphasis), then
+/// each prompt's chunks side by side: [prompts, 77 × chunks, width].
+fn join_chunks(states: &Tensor, rows: &[Chunk], prompts: usize) -> candle_core::Result<Tensor> {
+    let n_chunks = rows.len() / prompts.max(1);
+    if n_chunks == 1 && rows.iter().all(|r| !r.is_weighted()) {
+        return Ok(states.clone());
+    }
+    let mut out = Vec::with_capacity(prompts);
+    for p in 0..prompts {
+        let chunks = (0..n_chunks)
+            .map(|c| {
+                let row = p * n_chunks + c;
+                prompt::weigh(&states.narrow(0, row, 1)?, &rows[row])
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        out.push(Tensor::cat(&chunks, 1)?);
+    }
+    Tensor::cat(&out, 0)
 }
 
 fn round_to(v: usize, multiple: usize) -> usize {

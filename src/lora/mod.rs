@@ -10,7 +10,7 @@
 //! - [`adapter`]: one file read and matched (all-or-nothing, with a report of what did not fit).
 //! - [`stack`]: the adapters in use and their weights; `apply`.
 //! - [`library`]: a folder of adapters described from headers alone (rank, family, trigger words).
-//! - [`prompt`]: A1111's `<lora:name:weight>` prompt tags.
+//! - `<lora:name:weight>` prompt tags are read in [`crate::prompt::lora_tags`].
 //!
 //! Effective scale of an adapter on a layer = weight × alpha / rank (1 × weight without alpha).
 
@@ -21,13 +21,12 @@ pub mod header;
 pub mod keys;
 pub mod layers;
 pub mod library;
-pub mod prompt;
 pub mod stack;
 
+pub use crate::prompt::lora_tags::LoraSpec;
 pub use adapter::Adapter;
 pub use error::LoraError;
 pub use keys::{Component, Format};
 pub use layers::{LoraConv2d, LoraLinear, LoraSlot, LowRankTerm, SlotShape};
 pub use library::{Family, LoraInfo};
-pub use prompt::LoraSpec;
 pub use stack::{AdapterSettings, ApplyReport, LoraChoice, LoraStack};

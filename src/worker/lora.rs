@@ -9,9 +9,9 @@ use std::path::PathBuf;
 
 use crate::gallery::png_meta::LoraUse;
 use crate::lora::library::find_by_name;
-use crate::lora::prompt::{prompt_loras, LoraSpec};
 use crate::lora::{AdapterSettings, LoraChoice, LoraStack};
 use crate::models::StableDiffusion;
+use crate::prompt::lora_tags::{prompt_loras, LoraSpec};
 
 /// The adapters a job uses.
 #[derive(Debug, Clone, Default, PartialEq)]
