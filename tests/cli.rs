@@ -862,6 +862,119 @@ fn refuses_unusable_init_noise() {
     }
 }
 
+/// img2img from the command line: the picture (any size: covered and centre-cropped), the
+/// strength's share of the steps, and both recorded in the PNG for A1111 and for Easel.
+/// (tests/img2img_reference.rs holds the numbers to diffusers.)
+#[test]
+fn init_image_and_strength_run_the_last_steps_and_are_recorded() {
+    let tmp = TempDir::new().unwrap();
+    // A 96×64 picture for a 32×32 model: scaled to 48×32, cropped to 32×32.
+    let picture = tmp.path().join("start.png");
+    image::RgbImage::from_fn(96, 64, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+    })
+    .save(&picture)
+    .unwrap();
+    let mut images = Vec::new();
+    for strength in ["0.5", "1"] {
+        let out = tmp.path().join(format!("out{strength}.png"));
+        let run = generate([
+            OsString::from("--model"),
+            fixture_model("sd-tiny-a").into(),
+            "--prompt".into(),
+            "a red circle".into(),
+            "--steps".into(),
+            "6".into(),
+            "--seed".into(),
+            "3".into(),
+            "--width".into(),
+            "32".into(),
+            "--height".into(),
+            "32".into(),
+            "--init-image".into(),
+            picture.clone().into(),
+            "--strength".into(),
+            strength.into(),
+            "-o".into(),
+            out.clone().into(),
+        ]);
+        assert_ok(&run, "img2img");
+        let ran = if strength == "1" { 6 } else { 3 };
+        assert!(
+            run.stderr.contains(&format!("step {ran}/{ran}")),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains(&format!("step {}/", ran + 1)),
+            "{}",
+            run.stderr
+        );
+        let meta = read_png_metadata(&out).unwrap();
+        let init = meta.easel.unwrap().init_image.unwrap();
+        assert_eq!(init.path, picture.display().to_string());
+        assert_eq!(init.strength, strength.parse::<f64>().unwrap());
+        let a1111 = meta.a1111.unwrap();
+        assert_eq!(a1111.get("Denoising strength"), Some(strength));
+        images.push(read_rgb(&out).2);
+    }
+    assert_ne!(images[0], images[1]);
+}
+
+#[test]
+fn refuses_unusable_init_images_and_strengths() {
+    let a = fixture_model("sd-tiny-a");
+    let files = Scratch::new();
+    let picture = files.path().join("ok.png");
+    image::RgbImage::new(32, 32).save(&picture).unwrap();
+    let picture = show(&picture);
+    let empty = show(&files.file("empty.png", b""));
+    let text = show(&files.file("notes.png", b"not a picture at all"));
+    let mut corrupt = std::fs::read(&picture).unwrap();
+    corrupt.truncate(corrupt.len() / 2);
+    let corrupt = show(&files.file("half.png", &corrupt));
+    let missing = show(&files.path().join("missing.png"));
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["--init-image", &empty],
+            vec!["--init-image", &empty, "empty (0 bytes)"],
+        ),
+        (
+            vec!["--init-image", &text],
+            vec!["--init-image", &text, "not a readable image"],
+        ),
+        (
+            vec!["--init-image", &corrupt],
+            vec!["--init-image", &corrupt, "not a readable image"],
+        ),
+        (
+            vec!["--init-image", &missing],
+            vec!["--init-image", &missing, "No such file"],
+        ),
+        (
+            vec!["--strength", "0.5"],
+            vec!["--strength", "only with --init-image"],
+        ),
+        (
+            vec!["--init-image", &picture, "--strength", "0"],
+            vec!["strength", "0 is outside"],
+        ),
+        (
+            vec!["--init-image", &picture, "--strength", "1.5"],
+            vec!["strength", "1.5 is outside"],
+        ),
+        (
+            vec!["--init-image", &picture, "--strength", "0.1"],
+            vec!["strength", "runs no step", "0.500"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        let s = Scratch::new();
+        let line = refused(&s, &a, &extra, None, &needles);
+        eprintln!("{}: {line}", extra.join(" "));
+    }
+}
+
 #[test]
 fn refuses_unwritable_outputs() {
     let a = fixture_model("sd-tiny-a");

@@ -331,6 +331,7 @@ fn meta(model: &str, prompt: &str) -> GenerationMetadata {
         vae: None,
         loras: Vec::new(),
         init_noise: None,
+        init_image: None,
         sdxl: None,
         easel_version: "test".into(),
         extra: Default::default(),

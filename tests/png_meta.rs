@@ -38,6 +38,10 @@ fn meta() -> GenerationMetadata {
             },
         ],
         init_noise: Some("noise/start.safetensors".to_string()),
+        init_image: Some(easel::gallery::png_meta::InitImageUse {
+            path: "pictures/start.png".to_string(),
+            strength: 0.6,
+        }),
         sdxl: None,
         easel_version: "0.1.0".to_string(),
         extra: serde_json::Map::new(),
@@ -87,7 +91,7 @@ fn writes_a1111_text_exactly() {
         soft light, (detailed:1.2)\n\
         Negative prompt: blurry, lowres\n\
         Steps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 1234567890, Size: 8x6, \
-        Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, \
+        Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.6, \
         Lora hashes: \"detail_tweaker: 7c6bad76eb, inkstyle v2: d1131f7207\", \
         Version: easel-0.1.0";
     assert_eq!(meta().a1111_parameters(), expected);
@@ -112,6 +116,7 @@ fn writes_no_negative_line_when_negative_is_empty() {
         vae: None,
         loras: vec![],
         init_noise: None,
+        init_image: None,
         sdxl: None,
         easel_version: "0.1.0".to_string(),
         extra: serde_json::Map::new(),
@@ -244,6 +249,7 @@ fn own_output_round_trips_through_parse() {
     assert_eq!(
         p.other,
         vec![
+            ("Denoising strength".to_string(), "0.6".to_string()),
             (
                 "Lora hashes".to_string(),
                 "detail_tweaker: 7c6bad76eb, inkstyle v2: d1131f7207".to_string()

@@ -296,6 +296,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         vae: None,
         loras: Vec::new(),
         init_noise: None,
+        init_image: None,
         sdxl: None,
         easel_version: "0.1.0".into(),
         extra: Default::default(),

@@ -14,9 +14,9 @@ use clap::Args;
 use crate::diffusion::schedulers::PredictionType;
 use crate::diffusion::schedulers::{Sampler, Spacing};
 use crate::diffusion::{
-    GenerateRequest, Outcome, Pipeline, SdxlOptions, SizeConditioning, VaeTiling,
+    GenerateRequest, InitImage, Outcome, Pipeline, SdxlOptions, SizeConditioning, VaeTiling,
 };
-use crate::gallery::png_meta::{self, GenerationMetadata, VaeUse};
+use crate::gallery::png_meta::{self, GenerationMetadata, InitImageUse, VaeUse};
 use crate::models::checkpoint::LoadOptions;
 
 #[derive(Args, Debug)]
@@ -91,9 +91,20 @@ pub struct GenerateArgs {
     /// Few-step models (SD-Turbo: euler_a, 1–4 steps, --cfg 0) want trailing.
     #[arg(long)]
     pub spacing: Option<Spacing>,
-    /// A safetensors file with one tensor [1, C, H/f, W/f] used instead of the seeded noise.
+    /// A safetensors file with one tensor [1, C, H/f, W/f] used instead of the seeded noise
+    /// (with --init-image: the noise mixed into the picture's latents).
     #[arg(long)]
     pub init_noise: Option<PathBuf>,
+    /// img2img: start from this picture (PNG, JPEG, WebP, …). It is scaled to cover
+    /// --width × --height and centre-cropped (nothing is stretched); without them the size is
+    /// the picture's own, scaled down to the model's native area if larger, rounded down to
+    /// the model's multiple.
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// img2img: how much of the picture is repainted, 0 < F ≤ 1 (of S steps the last ⌊S·F⌋
+    /// run). Default 0.75.
+    #[arg(long, allow_negative_numbers = true)]
+    pub strength: Option<f64>,
     /// Write each step's preview here as step_NNN.png.
     #[arg(long)]
     pub preview_dir: Option<PathBuf>,
@@ -185,8 +196,27 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     req.cfg_scale = args.cfg;
     req.clip_skip = args.clip_skip;
     req.vae_tiling = args.vae_tiling;
-    req.width = args.width.unwrap_or(req.width);
-    req.height = args.height.unwrap_or(req.height);
+    let picture = match &args.init_image {
+        Some(path) => Some(read_init_image(path)?),
+        None if args.strength.is_some() => bail!("--strength: only with --init-image"),
+        None => None,
+    };
+    let (width, height) = match &picture {
+        Some(p) => init_size(
+            p,
+            pipeline.model.native_size(),
+            pipeline.model.size_multiple(),
+        ),
+        None => (req.width, req.height),
+    };
+    req.width = args.width.unwrap_or(width);
+    req.height = args.height.unwrap_or(height);
+    if let Some(picture) = &picture {
+        req.init_image = Some(InitImage {
+            image: crate::diffusion::init_image::fit(picture, req.width as u32, req.height as u32),
+            strength: args.strength.unwrap_or(DEFAULT_STRENGTH),
+        });
+    }
     if let Some(s) = args.sampler {
         req.sampler = s;
     }
@@ -215,6 +245,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "seed: {seed}  sampler: {}  {}x{}  {} steps  cfg {}",
         req.sampler, req.width, req.height, req.steps, req.cfg_scale
     );
+    if let Some(init) = &req.init_image {
+        let first = crate::diffusion::init_image::first_step(req.steps, init.strength);
+        eprintln!(
+            "img2img: strength {}, the last {} of {} steps run",
+            init.strength,
+            req.steps - first.unwrap_or(0),
+            req.steps
+        );
+    }
 
     let cancel = AtomicBool::new(false);
     let mut preview_error = None;
@@ -275,6 +314,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             None => None,
         },
         init_noise: args.init_noise.as_ref().map(|p| p.display().to_string()),
+        init_image: (args.init_image.as_ref())
+            .zip(req.init_image.as_ref())
+            .map(|(path, init)| InitImageUse {
+                path: path.display().to_string(),
+                strength: init.strength,
+            }),
         sdxl: pipeline.model.is_sdxl().then(|| req.sdxl.clone()),
         easel_version: env!("CARGO_PKG_VERSION").to_string(),
         extra: Default::default(),
@@ -282,6 +327,46 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     png_meta::write_png(&args.output, image.width, image.height, &image.rgb, &meta)?;
     eprintln!("wrote {}", args.output.display());
     Ok(())
+}
+
+/// A1111's default denoising strength for img2img.
+const DEFAULT_STRENGTH: f64 = 0.75;
+
+/// Pictures larger than this a side are refused before decoding (the image crate would
+/// otherwise allocate whatever a header claims).
+const MAX_INIT_SIDE: u32 = 16384;
+
+/// `--init-image`: any picture the image crate reads, as RGB (alpha dropped).
+fn read_init_image(path: &Path) -> Result<image::RgbImage> {
+    let what = |e: &dyn std::fmt::Display| anyhow!("--init-image {}: {e}", path.display());
+    let unreadable = |e: image::ImageError| what(&format!("not a readable image ({e})"));
+    if std::fs::metadata(path).map_err(|e| what(&e))?.len() == 0 {
+        return Err(what(&"the file is empty (0 bytes)"));
+    }
+    let open = || -> Result<image::ImageReader<_>> {
+        let reader = image::ImageReader::open(path).map_err(|e| what(&e))?;
+        let reader = reader.with_guessed_format().map_err(|e| what(&e))?;
+        match reader.format() {
+            Some(_) => Ok(reader),
+            None => Err(what(&"not an image (no known picture format)")),
+        }
+    };
+    let (w, h) = open()?.into_dimensions().map_err(unreadable)?;
+    if w > MAX_INIT_SIDE || h > MAX_INIT_SIDE {
+        return Err(what(&format!(
+            "{w}×{h} is larger than {MAX_INIT_SIDE} px a side"
+        )));
+    }
+    Ok(open()?.decode().map_err(unreadable)?.to_rgb8())
+}
+
+/// The size an img2img run takes without --width/--height: the picture's, scaled down to the
+/// model's native area when larger (SD 1.x at 512², SDXL at 1024²), rounded down to `multiple`.
+fn init_size(picture: &image::RgbImage, native: usize, multiple: usize) -> (usize, usize) {
+    let (w, h) = (picture.width() as f64, picture.height() as f64);
+    let scale = ((native * native) as f64 / (w * h)).sqrt().min(1.0);
+    let snap = |v: f64| ((v * scale) as usize / multiple * multiple).max(multiple);
+    (snap(w), snap(h))
 }
 
 /// `--original-size` / `--target-size`: WIDTHxHEIGHT, each side 1..=65536.

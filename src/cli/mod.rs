@@ -30,8 +30,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Generate one image from a text prompt.
-    Generate(generate::GenerateArgs),
+    /// Generate one image from a text prompt (and, for img2img, a picture).
+    Generate(Box<generate::GenerateArgs>),
     /// Measure text encoding, a UNet step, VAE decode and a preview on SD 1.5-sized weights.
     Bench(bench::BenchArgs),
     /// Measure the bundled default model: scene prompts read back from pixels at several CFG
@@ -60,7 +60,7 @@ pub fn main() -> ExitCode {
         Err(e) => return clap_error(e),
     };
     let result = match cli.command {
-        Some(Command::Generate(args)) => generate::run(args),
+        Some(Command::Generate(args)) => generate::run(*args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::BenchModel(args)) => bench_model::run(args),
         Some(Command::Index(args)) => index::run(args),

@@ -1,12 +1,15 @@
-//! Text → latents → image: the pipeline, its samplers, guidance and live previews.
+//! Text (and, for img2img, a picture) → latents → image: the pipeline, its samplers, guidance
+//! and live previews.
 
 pub mod guidance;
+pub mod init_image;
 pub mod memory;
 pub mod noise;
 pub mod pipeline;
 pub mod preview;
 pub mod schedulers;
 
+pub use init_image::InitImage;
 pub use memory::VaeTiling;
 pub use pipeline::{
     GenerateRequest, GeneratedImage, Outcome, Pipeline, PipelineError, SdxlOptions,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 
 use super::guidance;
+use super::init_image::{self, InitImage};
 use super::memory::{self, VaeTiling};
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, taesd_preview, Preview};
@@ -55,6 +56,10 @@ pub struct GenerateRequest {
     pub init_noise: Option<Tensor>,
     /// Whether the VAE decodes in tiles; auto: when the untiled decode would not fit in memory.
     pub vae_tiling: VaeTiling,
+    /// img2img: the picture to start from, at width × height, and the strength. With it,
+    /// `init_noise` is the noise mixed into its latents (diffusers' `noise` in
+    /// `prepare_latents`).
+    pub init_image: Option<InitImage>,
 }
 
 impl GenerateRequest {
@@ -75,6 +80,7 @@ impl GenerateRequest {
             clip_skip: 1,
             init_noise: None,
             vae_tiling: VaeTiling::Auto,
+            init_image: None,
         }
     }
 }
@@ -570,6 +576,32 @@ impl Pipeline {
             }
         }
         let vae_tiled = self.check_memory(req)?;
+        if let Some(init) = &req.init_image {
+            let s = init.strength;
+            if !(s.is_finite() && s > 0.0 && s <= 1.0) {
+                return invalid("strength", format!("{s} is outside 0 < strength ≤ 1"));
+            }
+            if init_image::first_step(req.steps, s).is_none() {
+                return invalid(
+                    "strength",
+                    format!(
+                        "{s} of {} steps runs no step (raise it to at least {:.3}, or the steps)",
+                        req.steps,
+                        init_image::min_strength(req.steps)
+                    ),
+                );
+            }
+            let (w, h) = init.image.dimensions();
+            if (w as usize, h as usize) != (req.width, req.height) {
+                return invalid(
+                    "init-image",
+                    format!(
+                        "the picture is {w}×{h}, the request {}×{}",
+                        req.width, req.height
+                    ),
+                );
+            }
+        }
         if let Some(noise) = &req.init_noise {
             let want = self.latent_shape(req);
             if noise.dims() != want {
@@ -662,19 +694,33 @@ impl Pipeline {
 
         let mut scheduler = self.scheduler(req)?;
         let shape = self.latent_shape(req);
+        // img2img runs the schedule's last steps only.
+        let first = match &req.init_image {
+            Some(init) => init_image::first_step(req.steps, init.strength).unwrap_or(0),
+            None => 0,
+        };
+        let init_latents = match &req.init_image {
+            Some(init) => Some(self.encode_image(&init.image, vae_tiled)?),
+            None => None,
+        };
         let init = match &req.init_noise {
             Some(t) => t.to_dtype(DType::F32).and_then(|t| t.to_device(device)),
             None => noise.randn(&shape, device),
         }
         .map_err(compute("initial noise"))?;
-        let mut latents =
-            (init * scheduler.init_noise_sigma()).map_err(compute("initial noise"))?;
+        let mut latents = match &init_latents {
+            Some(x0) => scheduler.add_noise(x0, &init, first),
+            None => init * scheduler.init_noise_sigma(),
+        }
+        .map_err(compute("initial noise"))?;
 
-        let total = req.steps;
+        let total = req.steps - first;
         let timesteps = scheduler.timesteps().to_vec();
-        for (i, &t) in timesteps.iter().enumerate() {
+        for (i, &t) in timesteps.iter().enumerate().skip(first) {
             if cancel.load(Ordering::Relaxed) {
-                return Ok(Outcome::Cancelled { completed_steps: i });
+                return Ok(Outcome::Cancelled {
+                    completed_steps: i - first,
+                });
             }
             let step_out = (|| {
                 let input = if cfg {
@@ -703,7 +749,7 @@ impl Pipeline {
             }
             .map_err(compute("preview"))?;
             on_step(&StepProgress {
-                step: i + 1,
+                step: i + 1 - first,
                 total,
                 elapsed: start.elapsed(),
                 latents: &latents,
@@ -724,6 +770,28 @@ impl Pipeline {
         }
         let image = self.decode(&latents, vae_tiled)?;
         Ok(Outcome::Finished(GeneratedImage { warnings, ..image }))
+    }
+
+    /// img2img's picture → clean latents (the VAE's mean, times its scaling), in tiles when
+    /// the decode is (the encoder needs about as much memory).
+    pub fn encode_image(
+        &self,
+        picture: &image::RgbImage,
+        tiled: bool,
+    ) -> Result<Tensor, PipelineError> {
+        let stage = if tiled {
+            "tiled VAE encode"
+        } else {
+            "VAE encode"
+        };
+        let vae = &self.model.vae;
+        init_image::to_tensor(picture, &self.model.device)
+            .and_then(|x| match tiled {
+                true => vae.encode_tiled(&x, &TileConfig::default()),
+                false => vae.encode(&x),
+            })
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(compute(stage))
     }
 
     /// Latents → image (with the VAE, in tiles when `vae_tiled`, or TAESD when

@@ -67,6 +67,9 @@ pub struct GenerationMetadata {
     /// Path of an `--init-noise` file if one replaced the seeded noise: the seed alone
     /// would not reproduce the image then.
     pub init_noise: Option<String>,
+    /// img2img: the picture the image started from and the strength.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<InitImageUse>,
     /// SDXL's second prompts and micro-conditioning; absent for other models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdxl: Option<crate::diffusion::SdxlOptions>,
@@ -101,6 +104,15 @@ impl VaeUse {
             hash: String::new(),
         }
     }
+}
+
+/// The picture an img2img generation started from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitImageUse {
+    /// Where it was read from (as given; restoring checks it still exists).
+    pub path: String,
+    /// How much of it was repainted (A1111's `Denoising strength`).
+    pub strength: f64,
 }
 
 /// One LoRA applied to a generation.

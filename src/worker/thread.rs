@@ -319,6 +319,7 @@ impl Control {
                         .as_deref()
                         .map(crate::gallery::png_meta::VaeUse::named),
                     init_noise: None,
+                    init_image: None,
                     sdxl: pipeline.model.is_sdxl().then(|| (*r.sdxl).clone()),
                     easel_version: env!("CARGO_PKG_VERSION").to_string(),
                     extra: Default::default(),

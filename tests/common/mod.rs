@@ -173,7 +173,9 @@ pub fn check_request(p: &Pipeline, dir: &Path, case: &str, req: &GenerateRequest
             steps_seen += 1;
         })
         .unwrap();
-    assert_eq!(steps_seen, req.steps);
+    // img2img runs only the schedule's last steps; diffusers recorded each one it ran.
+    let recorded = refs.keys().filter(|k| k.starts_with("latents_")).count();
+    assert_eq!(steps_seen, recorded);
     assert!(
         noise.0.is_empty(),
         "{model}/{case}: diffusers drew {} more noise tensors",

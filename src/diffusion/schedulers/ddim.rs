@@ -12,8 +12,8 @@ use super::config::{PredictionType, SchedulerConfig};
 use super::error::SchedulerError;
 use super::schedule::{alphas_cumprod, spaced_timesteps};
 use super::{
-    alpha_roots, check_step, lincomb, to_f32, x0_from_alpha, NoiseSource, Scheduler, Spacing,
-    StepOutput,
+    alpha_roots, check_step, lincomb, noised_at_alpha, to_f32, x0_from_alpha, NoiseSource,
+    Scheduler, Spacing, StepOutput,
 };
 
 pub(crate) struct Ddim {
@@ -72,6 +72,17 @@ impl Ddim {
 impl Scheduler for Ddim {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> candle_core::Result<Tensor> {
+        check_step(step_index, self.timesteps.len())?;
+        let t = self.timestep_indices[step_index];
+        noised_at_alpha(self.alphas_cumprod[t], original, noise)
     }
 
     fn step(

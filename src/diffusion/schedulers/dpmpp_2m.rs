@@ -67,6 +67,17 @@ impl Scheduler for DpmPp2mKarras {
         &self.timesteps
     }
 
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> candle_core::Result<Tensor> {
+        check_step(step_index, self.timesteps.len())?;
+        let (alpha, sigma) = alpha_sigma(f64::from(self.sigmas[step_index]));
+        lincomb(alpha, &to_f32(original)?, sigma, &to_f32(noise)?)
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,

@@ -80,6 +80,16 @@ impl Scheduler for Euler {
         &self.timesteps
     }
 
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> candle_core::Result<Tensor> {
+        check_step(step_index, self.timesteps.len())?;
+        to_f32(original)? + to_f32(noise)?.affine(f64::from(self.sigmas[step_index]), 0.0)?
+    }
+
     /// diffusers: `sigmas.max()` for "linspace" and "trailing", √(max² + 1) for "leading"
     /// (in float32).
     fn init_noise_sigma(&self) -> f64 {

@@ -15,7 +15,8 @@ use super::config::{PredictionType, SchedulerConfig};
 use super::error::SchedulerError;
 use super::schedule::{alphas_cumprod, np_linspace};
 use super::{
-    alpha_roots, check_step, lincomb, to_f32, x0_from_alpha, NoiseSource, Scheduler, StepOutput,
+    alpha_roots, check_step, lincomb, noised_at_alpha, to_f32, x0_from_alpha, NoiseSource,
+    Scheduler, StepOutput,
 };
 
 pub(crate) struct Lcm {
@@ -70,6 +71,17 @@ impl Lcm {
 impl Scheduler for Lcm {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
+    }
+
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> candle_core::Result<Tensor> {
+        check_step(step_index, self.timesteps.len())?;
+        let t = self.timestep_indices[step_index];
+        noised_at_alpha(self.alphas_cumprod[t], original, noise)
     }
 
     fn step(

@@ -209,6 +209,16 @@ pub trait Scheduler: Send {
         Ok(sample.clone())
     }
 
+    /// img2img's start: clean latents `original` noised to the level the schedule has at
+    /// `step_index`, with `noise` drawn from N(0, 1) (diffusers' `add_noise` at
+    /// `timesteps[step_index]`, as its img2img pipeline calls it).
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> candle_core::Result<Tensor>;
+
     /// Advances `sample` by one step given the (guided) UNet output. Takes `&mut self` because
     /// multistep samplers keep earlier outputs; ancestral samplers draw fresh noise from `noise`.
     fn step(
@@ -263,6 +273,12 @@ fn check_step(step_index: usize, steps: usize) -> candle_core::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `√ᾱ·x + √(1 − ᾱ)·ε`: the forward process at ᾱ (DDPM's `add_noise`, which DDIM and LCM use).
+fn noised_at_alpha(alpha_prod_t: f32, x: &Tensor, noise: &Tensor) -> candle_core::Result<Tensor> {
+    let (sqrt_a, sqrt_b) = alpha_roots(alpha_prod_t);
+    lincomb(sqrt_a, &to_f32(x)?, sqrt_b, &to_f32(noise)?)
 }
 
 /// `a·x + b·y` on tensors of the same shape.
@@ -373,6 +389,26 @@ mod tests {
             Some(Sampler::DpmPp2mKarras)
         );
         assert_eq!(Sampler::from_diffusers_class("PNDMScheduler"), None);
+    }
+
+    #[test]
+    fn add_noise_reaches_the_schedule_level_of_its_step() {
+        // x0 = 0 leaves the noise term alone: its size is the step's noise level.
+        let cfg = SchedulerConfig::sd15();
+        let device = candle_core::Device::Cpu;
+        let zero = Tensor::zeros((1, 4, 2, 2), DType::F32, &device).unwrap();
+        let noise = Tensor::ones((1, 4, 2, 2), DType::F32, &device).unwrap();
+        for sampler in Sampler::ALL {
+            let sched = build(sampler, &cfg, 10, None).unwrap();
+            let mut last = f32::INFINITY;
+            for i in 0..10 {
+                let x = sched.add_noise(&zero, &noise, i).unwrap();
+                let level: f32 = x.mean_all().unwrap().to_scalar().unwrap();
+                assert!(level > 0.0 && level <= last, "{sampler} step {i}: {level}");
+                last = level;
+            }
+            assert!(sched.add_noise(&zero, &noise, 10).is_err());
+        }
     }
 
     #[test]

@@ -86,6 +86,9 @@ impl GenerationMetadata {
             pairs.push(("VAE hash", vae.hash.clone()));
             pairs.push(("VAE", vae.name.clone()));
         }
+        if let Some(init) = &self.init_image {
+            pairs.push(("Denoising strength", format!("{}", init.strength)));
+        }
         if self.clip_skip > 1 {
             pairs.push(("Clip skip", self.clip_skip.to_string()));
         }
