@@ -123,6 +123,8 @@ pub struct Settings {
     pub taesd_preview: bool,
     /// TAESD for the final decode instead of the VAE (fast, slightly softer).
     pub taesd_decode: bool,
+    /// img2img: how much of the starting picture is repainted (0 < strength ≤ 1).
+    pub strength: f64,
 }
 
 /// What the user chose for one model, overriding what its files say.
@@ -184,6 +186,7 @@ impl Default for Settings {
             precision: Default::default(),
             taesd_preview: false,
             taesd_decode: false,
+            strength: crate::diffusion::init_image::DEFAULT_STRENGTH,
         }
     }
 }

@@ -213,6 +213,98 @@ fn live_mode_slider_release_requeues_same_seed_and_cancels_stale_job() {
     drive(&mut h, "stopped", RUN, |a| a.studio.running.is_none());
 }
 
+/// img2img in the studio: a picture dropped on the canvas becomes the start (its size the
+/// generation size), Generate records it and the strength, "Use as init" under a finished
+/// image starts from that one, Clear goes back to text. The prompt shows A1111's token count.
+#[test]
+fn a_picture_dropped_on_the_canvas_starts_img2img() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    h.state_mut().studio.settings.prompt = "a red circle".into();
+    h.run_steps(2);
+    let tokens = match &h.state().studio.model {
+        easel::app::ModelState::Ready(info) => {
+            easel::prompt::chunks::split(&info.tokenizer.0, "a red circle").token_count
+        }
+        _ => unreachable!(),
+    };
+    assert!(tokens > 0);
+    assert!(h.query_by_label(&format!("{tokens}/75")).is_some());
+
+    let picture = dir.path().join("start.png");
+    let image = image::RgbImage::from_fn(40, 24, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 9) as u8, 60])
+    });
+    image.save(&picture).expect("save");
+    // Dropped with no pointer position it restores settings, as before; over the canvas it
+    // is a starting picture.
+    common::drop_file_at(&mut h, &picture, Some(egui::pos2(640.0, 380.0)));
+    drive(&mut h, "picture read", LOAD, |a| a.studio.init.is_some());
+    let (native, multiple) = match &h.state().studio.model {
+        easel::app::ModelState::Ready(info) => (info.native_size, info.size_multiple),
+        _ => unreachable!(),
+    };
+    let want = easel::diffusion::init_image::natural_size(&image, native, multiple);
+    let s = &h.state().studio.settings;
+    assert_eq!(
+        (s.width, s.height),
+        want,
+        "the picture's size, within the model's area"
+    );
+    h.run_steps(2);
+    assert!(h.query_by_label("Starting picture").is_some());
+    assert!(h.query_by_label_contains("Runs the last").is_some());
+
+    {
+        let s = &mut h.state_mut().studio.settings;
+        s.steps = 6;
+        s.strength = 0.5;
+    }
+    h.get_by_label("Generate").click();
+    drive(&mut h, "img2img saved", RUN, |a| {
+        a.studio.history.first().is_some_and(|i| i.path.is_some())
+    });
+    let saved = h.state().studio.history[0].path.clone().expect("saved");
+    let easel = read_png_metadata(&saved)
+        .expect("png")
+        .easel
+        .expect("easel");
+    let init = easel.init_image.expect("init recorded");
+    assert_eq!(
+        (init.path.as_str(), init.strength),
+        (picture.to_str().unwrap(), 0.5)
+    );
+
+    h.get_by_label("Clear").click();
+    h.run_steps(2);
+    assert!(h.state().studio.init.is_none());
+    h.get_by_label("Use as init").click();
+    drive(&mut h, "finished image as the start", LOAD, |a| {
+        a.studio.init.as_ref().is_some_and(|i| i.source == saved)
+    });
+
+    // Restoring the img2img result (dropped beside the canvas) brings its strength back and
+    // offers its starting picture, which is not opened until asked for.
+    h.state_mut().studio.settings.strength = 0.9;
+    common::drop_file(&mut h, &saved);
+    drive(&mut h, "settings restored", LOAD, |a| {
+        a.studio.init_offer.is_some()
+    });
+    assert_eq!(h.state().studio.settings.strength, 0.5);
+    assert!(h.state().studio.init.is_none());
+    assert_eq!(
+        h.state().studio.init_offer.as_deref(),
+        Some(picture.as_path())
+    );
+    h.run_steps(2);
+    h.get_by_label("Start from it too").click();
+    drive(&mut h, "offered picture used", LOAD, |a| {
+        a.studio.init.as_ref().is_some_and(|i| i.source == picture)
+    });
+}
+
 fn write_with_chunks(path: &Path, chunks: &[(&str, &str)]) {
     let file = std::fs::File::create(path).expect("create");
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 8, 8);

@@ -40,6 +40,10 @@ pub enum Action {
     PickLibraryFolder,
     /// Read generation settings from a dropped PNG.
     RestoreFromFile(PathBuf),
+    /// img2img: read this picture (off the UI thread) and start Generate from it.
+    UseAsInit(PathBuf),
+    /// Back to text to image.
+    ClearInit,
     /// The image-search gesture, when the gallery panel cannot search itself (no CLIP model):
     /// the studio says what is missing.
     SearchByImage(PathBuf),

@@ -170,6 +170,10 @@ impl Studio {
                     path.file_name().unwrap_or_default().to_string_lossy()
                 )),
             },
+            Event::InitImageRead { path, result } => match result {
+                Ok(picture) => self.set_init(ctx, path, picture),
+                Err(e) => self.error(format!("No picture to start from: {e}")),
+            },
             Event::ModelPathChosen { path, verdict } => match verdict {
                 Ok(()) => self.load_model(path),
                 Err(why) => self.error(why),
@@ -241,6 +245,20 @@ impl Studio {
             s.prompt_2 = x.prompt_2.clone().unwrap_or_default();
             s.negative_prompt_2 = x.negative_prompt_2.clone().unwrap_or_default();
             s.size_cond = x.size.clamped();
+        }
+        match &r.init {
+            // Made from text: so is the next one.
+            Some(None) => {
+                self.init = None;
+                self.init_offer = None;
+            }
+            // Made from a picture: its strength now, the picture when the user says so.
+            Some(Some((picture, strength))) => {
+                s.strength = *strength;
+                self.init = None;
+                self.init_offer = Some(picture.clone());
+            }
+            None => {}
         }
         self.info(r.summary());
     }

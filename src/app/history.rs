@@ -1,5 +1,6 @@
 //! The history strip: this session's images, newest last. Click a thumbnail to view it; the
-//! "Restore" button under it restores its settings in one click.
+//! "Restore" button under it restores its settings in one click, "Use as init" starts the next
+//! images from it (img2img).
 
 use super::actions::Action;
 use super::state::{item_number, Showing, Studio};
@@ -45,6 +46,14 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
                             .clicked()
                         {
                             actions.push(Action::Restore(i));
+                        }
+                        let saved = item.path.clone();
+                        let use_it = ui
+                            .add_enabled(saved.is_some(), egui::Button::new("Use as init").small())
+                            .on_hover_text("Start the next images from this one (img2img)")
+                            .on_disabled_hover_text("Available once the image is saved");
+                        if let (true, Some(path)) = (use_it.clicked(), saved) {
+                            actions.push(Action::UseAsInit(path));
                         }
                     });
                 }

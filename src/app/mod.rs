@@ -25,6 +25,7 @@ mod queue;
 mod settings_panel;
 mod state;
 pub mod theme;
+mod token_count;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -151,22 +152,28 @@ impl StudioApp {
         egui::Panel::bottom("history_strip")
             .resizable(false)
             .show(ui, |ui| history::show(ui, &mut self.studio));
-        egui::CentralPanel::default_margins().show(ui, |ui| {
-            progress::show(ui, &mut self.studio);
-            ui.separator();
-            if self.studio.model.is_ready() || !self.studio.history.is_empty() {
-                canvas::show(ui, &mut self.studio);
-            } else {
-                empty_state::show(ui, &mut self.studio);
-            }
-        });
+        let canvas_rect = egui::CentralPanel::default_margins()
+            .show(ui, |ui| {
+                progress::show(ui, &mut self.studio);
+                ui.separator();
+                if self.studio.model.is_ready() || !self.studio.history.is_empty() {
+                    canvas::show(ui, &mut self.studio);
+                } else {
+                    empty_state::show(ui, &mut self.studio);
+                }
+            })
+            .response
+            .rect;
         let selected = self.selected_tool();
         drop::handle(
             &ctx,
             &mut self.studio,
             &mut self.tools,
             selected,
-            tools_rect,
+            drop::Areas {
+                tools: tools_rect,
+                canvas: canvas_rect,
+            },
         );
         self.studio.show_notices(&ctx);
     }

@@ -5,6 +5,7 @@ use egui::{Response, RichText, Slider};
 
 use super::actions::Action;
 use super::state::{ModelState, Studio};
+use super::token_count::Count;
 use crate::diffusion::schedulers::{Sampler, Spacing};
 
 pub const MAX_STEPS: usize = 150;
@@ -20,6 +21,7 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
         if matches!(&studio.model, ModelState::Ready(info) if info.sdxl) {
             sdxl_fields(ui, studio);
         }
+        init_section(ui, studio);
         ui.add_space(4.0);
         sliders(ui, studio);
         ui.add_space(8.0);
@@ -112,20 +114,52 @@ fn folder_name(dir: &std::path::Path) -> String {
 }
 
 fn prompts(ui: &mut egui::Ui, studio: &mut Studio) {
+    let tokenizer = match &studio.model {
+        ModelState::Ready(info) => Some(info.tokenizer.0.clone()),
+        _ => None,
+    };
+    let counts = &mut studio.token_counts;
     let s = &mut studio.settings;
-    prompt_field(ui, "Prompt", &mut s.prompt, "What to paint", 4);
+    let count = counts.count(tokenizer.as_ref(), &s.prompt);
+    prompt_field(ui, "Prompt", &mut s.prompt, "What to paint", 4, count);
+    let count = counts.count(tokenizer.as_ref(), &s.negative_prompt);
     prompt_field(
         ui,
         "Negative prompt",
         &mut s.negative_prompt,
         "What to avoid",
         2,
+        count,
     );
 }
 
-/// A labelled multi-line prompt box (the label is also its accessible name).
-fn prompt_field(ui: &mut egui::Ui, label: &str, text: &mut String, hint: &str, rows: usize) {
-    let label = ui.label(label);
+/// A labelled multi-line prompt box (the label is also its accessible name), with A1111's
+/// token count ("12/75") beside the label when known.
+fn prompt_field(
+    ui: &mut egui::Ui,
+    label: &str,
+    text: &mut String,
+    hint: &str,
+    rows: usize,
+    count: Option<Count>,
+) {
+    let label = ui
+        .horizontal(|ui| {
+            let label = ui.label(label);
+            if let Some(c) = count {
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    ui.weak(format!("{}/{}", c.tokens, c.capacity))
+                        .on_hover_text(format!(
+                            "{} tokens in {} chunk(s) of 75: a longer prompt is read in more \
+                         chunks, as AUTOMATIC1111 reads it; nothing is cut. BREAK starts a \
+                         new chunk; (word:1.2) and [word] weigh words up and down.",
+                            c.tokens, c.chunks
+                        ));
+                });
+            }
+            label
+        })
+        .inner;
     ui.add(
         egui::TextEdit::multiline(text)
             .hint_text(hint)
@@ -133,6 +167,95 @@ fn prompt_field(ui: &mut egui::Ui, label: &str, text: &mut String, hint: &str, r
             .desired_width(f32::INFINITY),
     )
     .labelled_by(label.id);
+}
+
+/// img2img: the picture Generate starts from (dropped on the canvas, or an image's "Use as
+/// init"), and the strength.
+fn init_section(ui: &mut egui::Ui, studio: &mut Studio) {
+    let mut requeue = false;
+    let mut clear = false;
+    let mut use_offer = None;
+    let Studio {
+        init,
+        init_offer,
+        settings,
+        ..
+    } = studio;
+    egui::CollapsingHeader::new("Image to image")
+        .id_salt("img2img")
+        .default_open(true)
+        .show(ui, |ui| {
+            if let Some(offer) = init_offer.as_ref() {
+                let name = offer.file_name().unwrap_or_default().to_string_lossy();
+                super::theme::notice_frame(ui, false).show(ui, |ui| {
+                    if offer.is_file() {
+                        ui.label(format!("The restored image started from {name}."));
+                        if ui.button("Start from it too").clicked() {
+                            use_offer = Some(offer.clone());
+                        }
+                    } else {
+                        ui.label(format!(
+                            "The restored image started from {name}, which is no longer at {}.",
+                            offer.display()
+                        ));
+                    }
+                });
+            }
+            let Some(init) = init else {
+                ui.weak(
+                    "Drop a picture on the canvas, or press \"Use as init\" under an image, to \
+                     start from it instead of noise.",
+                );
+                return;
+            };
+            ui.horizontal(|ui| {
+                let (w, h) = init.picture.dimensions();
+                let side = 72.0;
+                let scale = side / w.max(h).max(1) as f32;
+                let size = egui::vec2(w as f32 * scale, h as f32 * scale);
+                ui.add(egui::Image::new((init.thumbnail.id(), size)).alt_text("Starting picture"));
+                ui.vertical(|ui| {
+                    let name = init
+                        .source
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    ui.label(name)
+                        .on_hover_text(init.source.display().to_string());
+                    ui.weak(format!("{w}×{h}, covered and centre-cropped to the size"));
+                    if ui
+                        .button("Clear")
+                        .on_hover_text("Back to text to image")
+                        .clicked()
+                    {
+                        clear = true;
+                    }
+                });
+            });
+            let strength = Slider::new(&mut settings.strength, 0.01..=1.0)
+                .step_by(0.01)
+                .text("Strength");
+            requeue |= released(&ui.add(strength).on_hover_text(
+                "How much of the picture is repainted: 1 = all of it, small = small changes",
+            ));
+            let steps = settings.steps;
+            match crate::diffusion::init_image::first_step(steps, settings.strength) {
+                Some(first) => ui.weak(format!("Runs the last {} of {steps} steps", steps - first)),
+                None => ui.colored_label(
+                    ui.visuals().warn_fg_color,
+                    format!("Too low for {steps} steps: no step would run"),
+                ),
+            };
+        });
+    if clear {
+        studio.push(Action::ClearInit);
+    }
+    if let Some(path) = use_offer {
+        studio.push(Action::UseAsInit(path));
+    }
+    if requeue && studio.settings.live {
+        studio.push(Action::LiveRequeue);
+    }
 }
 
 /// SDXL's extras, folded away: the second text encoder's prompts and the micro-conditioning
@@ -146,13 +269,21 @@ fn sdxl_fields(ui: &mut egui::Ui, studio: &mut Studio) {
         .id_salt("sdxl")
         .show(ui, |ui| {
             let (p2, n2) = (&mut s.prompt_2, &mut s.negative_prompt_2);
-            prompt_field(ui, "Prompt 2 (OpenCLIP bigG)", p2, "Same as the prompt", 2);
+            prompt_field(
+                ui,
+                "Prompt 2 (OpenCLIP bigG)",
+                p2,
+                "Same as the prompt",
+                2,
+                None,
+            );
             prompt_field(
                 ui,
                 "Negative prompt 2",
                 n2,
                 "Same as the negative prompt",
                 1,
+                None,
             );
             let c = &mut s.size_cond;
             requeue |= size_field(ui, "Original size", &mut c.original, (width, height));

@@ -56,6 +56,14 @@ pub struct HistoryItem {
     pub elapsed: Duration,
 }
 
+/// img2img's starting picture, as the prompt panel shows it.
+pub struct InitPicture {
+    pub source: PathBuf,
+    pub picture: std::sync::Arc<image::RgbImage>,
+    /// A small copy for the panel.
+    pub thumbnail: TextureHandle,
+}
+
 /// What the canvas shows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Showing {
@@ -115,6 +123,12 @@ pub struct Studio {
     pub switch_offer: Option<LibraryEntry>,
     /// A just-loaded few-step model's recipe, offered while the settings are far from it.
     pub few_step_offer: Option<(String, crate::diffusion::pipeline::FewStep)>,
+    /// img2img: the picture Generate starts from; `None` = text to image.
+    pub init: Option<InitPicture>,
+    /// The picture a restored image started from, offered (never opened unasked).
+    pub init_offer: Option<PathBuf>,
+    /// The prompt panel's token counts, by prompt text (A1111's "75/150").
+    pub token_counts: super::token_count::TokenCounts,
 }
 
 impl Studio {
@@ -139,6 +153,9 @@ impl Studio {
             library_scanning: false,
             switch_offer: None,
             few_step_offer: None,
+            init: None,
+            init_offer: None,
+            token_counts: Default::default(),
         }
     }
 
@@ -184,6 +201,48 @@ impl Studio {
             };
         }
         self.worker.load_model(path, options);
+    }
+
+    /// Makes `picture` img2img's start, its size the generation size (its own, scaled down to
+    /// the model's native area when larger).
+    pub fn set_init(
+        &mut self,
+        ctx: &egui::Context,
+        source: PathBuf,
+        picture: std::sync::Arc<image::RgbImage>,
+    ) {
+        let native = match &self.model {
+            ModelState::Ready(info) => info.native_size,
+            _ => 512,
+        };
+        let (w, h) =
+            crate::diffusion::init_image::natural_size(&picture, native, self.size_multiple());
+        let (w, h) = (
+            w.min(super::prompt_panel::MAX_SIDE),
+            h.min(super::prompt_panel::MAX_SIDE),
+        );
+        self.settings.width = w;
+        self.settings.height = h;
+        let small = image::imageops::thumbnail(picture.as_ref(), 160, 160);
+        let rgb = egui::ColorImage::from_rgb(
+            [small.width() as usize, small.height() as usize],
+            small.as_raw(),
+        );
+        let thumbnail = ctx.load_texture("init picture", rgb, egui::TextureOptions::LINEAR);
+        let name = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.info(format!(
+            "Generate now starts from {name} ({}×{}); size set to {w}×{h}",
+            picture.width(),
+            picture.height()
+        ));
+        self.init = Some(InitPicture {
+            source,
+            picture,
+            thumbnail,
+        });
     }
 
     /// Work is under way (running or queued).
@@ -232,6 +291,11 @@ impl Studio {
                 size: s.size_cond,
             }),
             loras: super::lora_panel::recipe_loras(s),
+            init: self.init.as_ref().map(|i| crate::worker::RecipeInit {
+                picture: i.picture.clone(),
+                source: i.source.clone(),
+                strength: s.strength,
+            }),
         }
     }
 
@@ -290,6 +354,11 @@ impl Studio {
             Action::LoadModel(dir) => self.load_model(dir),
             Action::OpenModelPath(path) => self.worker.check_model_path(path),
             Action::RestoreFromFile(path) => self.worker.read_settings(path),
+            Action::UseAsInit(path) => {
+                self.init_offer = None;
+                self.worker.read_init_image(path);
+            }
+            Action::ClearInit => self.init = None,
             // The gallery panel searches itself when it has a CLIP model; this is the
             // fallback when it has none.
             Action::SearchByImage(path) => self.info(format!(

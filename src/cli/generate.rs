@@ -11,6 +11,7 @@ use candle_core::{Device, Tensor};
 use crate::models::device::{DeviceChoice, Precision};
 use clap::Args;
 
+use crate::diffusion::init_image;
 use crate::diffusion::schedulers::PredictionType;
 use crate::diffusion::schedulers::{Sampler, Spacing};
 use crate::diffusion::{
@@ -197,12 +198,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     req.clip_skip = args.clip_skip;
     req.vae_tiling = args.vae_tiling;
     let picture = match &args.init_image {
-        Some(path) => Some(read_init_image(path)?),
+        Some(path) => Some(init_image::read(path).map_err(|e| anyhow!("--init-image {e}"))?),
         None if args.strength.is_some() => bail!("--strength: only with --init-image"),
         None => None,
     };
     let (width, height) = match &picture {
-        Some(p) => init_size(
+        Some(p) => init_image::natural_size(
             p,
             pipeline.model.native_size(),
             pipeline.model.size_multiple(),
@@ -213,8 +214,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     req.height = args.height.unwrap_or(height);
     if let Some(picture) = &picture {
         req.init_image = Some(InitImage {
-            image: crate::diffusion::init_image::fit(picture, req.width as u32, req.height as u32),
-            strength: args.strength.unwrap_or(DEFAULT_STRENGTH),
+            image: init_image::fit(picture, req.width as u32, req.height as u32),
+            strength: args.strength.unwrap_or(init_image::DEFAULT_STRENGTH),
         });
     }
     if let Some(s) = args.sampler {
@@ -246,7 +247,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         req.sampler, req.width, req.height, req.steps, req.cfg_scale
     );
     if let Some(init) = &req.init_image {
-        let first = crate::diffusion::init_image::first_step(req.steps, init.strength);
+        let first = init_image::first_step(req.steps, init.strength);
         eprintln!(
             "img2img: strength {}, the last {} of {} steps run",
             init.strength,
@@ -327,46 +328,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     png_meta::write_png(&args.output, image.width, image.height, &image.rgb, &meta)?;
     eprintln!("wrote {}", args.output.display());
     Ok(())
-}
-
-/// A1111's default denoising strength for img2img.
-const DEFAULT_STRENGTH: f64 = 0.75;
-
-/// Pictures larger than this a side are refused before decoding (the image crate would
-/// otherwise allocate whatever a header claims).
-const MAX_INIT_SIDE: u32 = 16384;
-
-/// `--init-image`: any picture the image crate reads, as RGB (alpha dropped).
-fn read_init_image(path: &Path) -> Result<image::RgbImage> {
-    let what = |e: &dyn std::fmt::Display| anyhow!("--init-image {}: {e}", path.display());
-    let unreadable = |e: image::ImageError| what(&format!("not a readable image ({e})"));
-    if std::fs::metadata(path).map_err(|e| what(&e))?.len() == 0 {
-        return Err(what(&"the file is empty (0 bytes)"));
-    }
-    let open = || -> Result<image::ImageReader<_>> {
-        let reader = image::ImageReader::open(path).map_err(|e| what(&e))?;
-        let reader = reader.with_guessed_format().map_err(|e| what(&e))?;
-        match reader.format() {
-            Some(_) => Ok(reader),
-            None => Err(what(&"not an image (no known picture format)")),
-        }
-    };
-    let (w, h) = open()?.into_dimensions().map_err(unreadable)?;
-    if w > MAX_INIT_SIDE || h > MAX_INIT_SIDE {
-        return Err(what(&format!(
-            "{w}×{h} is larger than {MAX_INIT_SIDE} px a side"
-        )));
-    }
-    Ok(open()?.decode().map_err(unreadable)?.to_rgb8())
-}
-
-/// The size an img2img run takes without --width/--height: the picture's, scaled down to the
-/// model's native area when larger (SD 1.x at 512², SDXL at 1024²), rounded down to `multiple`.
-fn init_size(picture: &image::RgbImage, native: usize, multiple: usize) -> (usize, usize) {
-    let (w, h) = (picture.width() as f64, picture.height() as f64);
-    let scale = ((native * native) as f64 / (w * h)).sqrt().min(1.0);
-    let snap = |v: f64| ((v * scale) as usize / multiple * multiple).max(multiple);
-    (snap(w), snap(h))
 }
 
 /// `--original-size` / `--target-size`: WIDTHxHEIGHT, each side 1..=65536.

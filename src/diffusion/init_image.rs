@@ -5,6 +5,8 @@
 //! from there: with S steps and strength F, the last ⌊S·F⌋ steps run (diffusers' `strength`),
 //! so F = 1 repaints everything and small F keeps the picture nearly as it was.
 
+use std::path::{Path, PathBuf};
+
 use candle_core::{DType, Device, Tensor};
 use image::imageops::FilterType;
 use image::RgbImage;
@@ -27,6 +29,77 @@ impl std::fmt::Debug for InitImage {
             .field("strength", &self.strength)
             .finish()
     }
+}
+
+/// A1111's default denoising strength for img2img (the CLI's and the studio's default).
+pub const DEFAULT_STRENGTH: f64 = 0.75;
+
+/// Pictures larger than this a side are refused before decoding (a header may claim any size).
+pub const MAX_SIDE: u32 = 16384;
+
+/// Why a picture could not be read; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: the file is empty (0 bytes)")]
+    Empty { path: PathBuf },
+    #[error("{path}: not an image (no known picture format)")]
+    NotAnImage { path: PathBuf },
+    #[error("{path}: not a readable image ({source})")]
+    Unreadable {
+        path: PathBuf,
+        source: image::ImageError,
+    },
+    #[error("{path}: {width}×{height} is larger than {MAX_SIDE} px a side")]
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+    },
+}
+
+/// Any picture the image crate reads (PNG, JPEG, WebP), as RGB (alpha dropped). The size is
+/// checked from the header before the pixels are decoded.
+pub fn read(path: &Path) -> Result<RgbImage, ReadError> {
+    let p = || path.to_path_buf();
+    let io = |source| ReadError::Io { path: p(), source };
+    let unreadable = |source| ReadError::Unreadable { path: p(), source };
+    if std::fs::metadata(path).map_err(io)?.len() == 0 {
+        return Err(ReadError::Empty { path: p() });
+    }
+    let open = || -> Result<image::ImageReader<_>, ReadError> {
+        let reader = image::ImageReader::open(path).map_err(io)?;
+        let reader = reader.with_guessed_format().map_err(io)?;
+        match reader.format() {
+            Some(_) => Ok(reader),
+            None => Err(ReadError::NotAnImage { path: p() }),
+        }
+    };
+    let (width, height) = open()?.into_dimensions().map_err(unreadable)?;
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(ReadError::TooLarge {
+            path: p(),
+            width,
+            height,
+        });
+    }
+    Ok(open()?.decode().map_err(unreadable)?.to_rgb8())
+}
+
+/// The size to generate at from a picture when none is asked: its own, scaled down to the
+/// model's native area when larger (SD 1.x at 512², SDXL at 1024²), rounded down to `multiple`.
+pub fn natural_size(picture: &RgbImage, native: usize, multiple: usize) -> (usize, usize) {
+    let (w, h) = (f64::from(picture.width()), f64::from(picture.height()));
+    let scale = ((native * native) as f64 / (w * h).max(1.0))
+        .sqrt()
+        .min(1.0);
+    let multiple = multiple.max(1);
+    let snap = |v: f64| ((v * scale) as usize / multiple * multiple).max(multiple);
+    (snap(w), snap(h))
 }
 
 /// The index of the first step that runs with `strength` over `steps` steps (diffusers'
@@ -107,6 +180,16 @@ mod tests {
         let big = fit(&small, 30, 20);
         assert_eq!(big.dimensions(), (30, 20));
         assert_eq!(big.get_pixel(15, 10).0, [9, 99, 199]);
+    }
+
+    #[test]
+    fn natural_size_keeps_small_pictures_and_shrinks_large_ones_to_the_native_area() {
+        let small = RgbImage::new(300, 200);
+        assert_eq!(natural_size(&small, 512, 8), (296, 200));
+        let big = RgbImage::new(2048, 1024);
+        let (w, h) = natural_size(&big, 512, 8);
+        assert_eq!((w, h), (720, 360));
+        assert!(w * h <= 512 * 512);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct StableDiffusion {
     pub name: String,
     /// What it is, for people: "SD 1.x · fp16 · single file", "diffusers folder".
     pub description: String,
-    pub tokenizer: ClipTokenizer,
+    pub tokenizer: std::sync::Arc<ClipTokenizer>,
     pub text_encoder: ClipTextModel,
     /// SDXL's second text encoder (OpenCLIP bigG, with the projection that makes the pooled
     /// embedding) and its own tokenizer.
@@ -163,7 +163,7 @@ impl StableDiffusion {
                 f.layout.family.label(),
                 f.layout.precision.precision_name()
             ),
-            tokenizer,
+            tokenizer: std::sync::Arc::new(tokenizer),
             text_encoder: f.text_encoder,
             text_encoder_2: match f.text_encoder_2 {
                 // Single files carry no tokenizer; SDXL's second one pads with "!".
@@ -332,7 +332,7 @@ impl StableDiffusion {
                 Some(_) => "SDXL · diffusers folder".into(),
                 None => "diffusers folder".into(),
             },
-            tokenizer,
+            tokenizer: std::sync::Arc::new(tokenizer),
             text_encoder,
             text_encoder_2,
             unet,

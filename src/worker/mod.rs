@@ -61,6 +61,30 @@ pub struct Recipe {
     pub sdxl: Box<crate::diffusion::SdxlOptions>,
     /// The LoRA adapters, applied from memory before the first step.
     pub loras: LoraRecipe,
+    /// img2img: the picture to start from and the strength; `None` for text to image.
+    pub init: Option<RecipeInit>,
+}
+
+/// The picture an img2img recipe starts from. Any size: the worker fits it to the recipe's
+/// (covered and centre-cropped, as the CLI does).
+#[derive(Clone, PartialEq)]
+pub struct RecipeInit {
+    pub picture: Arc<image::RgbImage>,
+    /// Where it was read from (recorded in the PNG).
+    pub source: PathBuf,
+    /// 0 < strength ≤ 1: how much of it is repainted.
+    pub strength: f64,
+}
+
+impl std::fmt::Debug for RecipeInit {
+    /// The size, not the pixels.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecipeInit")
+            .field("source", &self.source)
+            .field("size", &self.picture.dimensions())
+            .field("strength", &self.strength)
+            .finish()
+    }
 }
 
 /// The studio's defaults (20 steps, CFG 7.5, 512×512, DPM++ 2M Karras); tests and callers
@@ -80,6 +104,7 @@ impl Default for Recipe {
             clip_skip: 1,
             sdxl: Default::default(),
             loras: Default::default(),
+            init: None,
         }
     }
 }
@@ -146,7 +171,25 @@ pub struct ModelInfo {
     pub sdxl: bool,
     /// Set for few-step models (LCM, SD-Turbo): the steps and CFG they are made for.
     pub few_step: Option<Box<crate::diffusion::pipeline::FewStep>>,
+    /// The (first) tokenizer, for the prompt panel's token counts.
+    pub tokenizer: SharedTokenizer,
     pub load_duration: Duration,
+}
+
+/// A model's tokenizer shared with the UI; equal when it is the same one.
+#[derive(Clone)]
+pub struct SharedTokenizer(pub Arc<crate::models::tokenizer::ClipTokenizer>);
+
+impl PartialEq for SharedTokenizer {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for SharedTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A finished image; the pixels are shared with the task that writes the PNG.
@@ -227,6 +270,11 @@ pub enum Event {
         error: String,
     },
     /// Settings read from a dropped PNG (or why none could be).
+    /// A picture to start img2img from, read off the UI thread.
+    InitImageRead {
+        path: PathBuf,
+        result: Result<Arc<image::RgbImage>, String>,
+    },
     Restored {
         path: PathBuf,
         result: Result<Restored, String>,
@@ -414,6 +462,17 @@ impl Worker {
         self.spawn_blocking(move || {
             let result = restore::read_settings(&path);
             sink.send(Event::Restored { path, result });
+        });
+    }
+
+    /// Reads a picture for img2img on the I/O runtime; answered by [`Event::InitImageRead`].
+    pub fn read_init_image(&self, path: PathBuf) {
+        let sink = self.sink();
+        self.spawn_blocking(move || {
+            let result = crate::diffusion::init_image::read(&path)
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
+            sink.send(Event::InitImageRead { path, result });
         });
     }
 

@@ -49,6 +49,10 @@ pub struct Restored {
     pub clip_skip: Option<usize>,
     /// SDXL's second prompts and micro-conditioning (Easel's own metadata only).
     pub sdxl: Option<crate::diffusion::SdxlOptions>,
+    /// img2img (Easel's own metadata only): `Some(None)` = the image was made from text;
+    /// `Some(Some((picture, strength)))` = from that picture. The picture is only named here:
+    /// nothing a PNG names is opened unless the user chooses it.
+    pub init: Option<Option<(std::path::PathBuf, f64)>>,
     /// What was found but could not be used, in words.
     pub notes: Vec<String>,
 }
@@ -70,6 +74,7 @@ impl Restored {
             model_hash: None,
             clip_skip: None,
             sdxl: None,
+            init: None,
             notes: Vec::new(),
         }
     }
@@ -104,6 +109,9 @@ impl Restored {
         }
         if let Some(s) = self.spacing {
             found.push(format!("{s} spacing"));
+        }
+        if let Some(Some((_, strength))) = &self.init {
+            found.push(format!("img2img strength {strength}"));
         }
         if let Some(c) = self.clip_skip {
             found.push(format!("clip skip {c}"));
@@ -155,6 +163,15 @@ pub fn from_metadata(meta: &PngMetadata) -> Option<Restored> {
         r.model_hash = Some(e.model_hash.clone()).filter(|m| !m.is_empty());
         r.clip_skip = Some(e.clip_skip);
         r.sdxl = e.sdxl.clone();
+        r.init = Some(e.init_image.as_ref().map(|i| {
+            // A strength from elsewhere is not trusted beyond the valid range.
+            let strength = if i.strength.is_finite() {
+                i.strength.clamp(0.01, 1.0)
+            } else {
+                crate::diffusion::init_image::DEFAULT_STRENGTH
+            };
+            (std::path::PathBuf::from(&i.path), strength)
+        }));
         return Some(r);
     }
     if let Some(a) = &meta.a1111 {

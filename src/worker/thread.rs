@@ -18,7 +18,7 @@ use super::io;
 use super::queue::{Pending, Queue};
 use super::{Command, Event, EventSink, FinishedImage, ModelInfo};
 use crate::diffusion::pipeline::default_sampler;
-use crate::diffusion::{GenerateRequest, Outcome, Pipeline, StepProgress};
+use crate::diffusion::{GenerateRequest, InitImage, Outcome, Pipeline, StepProgress};
 use crate::gallery::png_meta::GenerationMetadata;
 use crate::models::checkpoint::LoadOptions;
 use crate::models::StableDiffusion;
@@ -262,6 +262,14 @@ impl Control {
         req.spacing = r.spacing;
         req.clip_skip = r.clip_skip;
         req.sdxl = (*r.sdxl).clone();
+        req.init_image = r.init.as_ref().map(|init| InitImage {
+            image: crate::diffusion::init_image::fit(
+                &init.picture,
+                r.width as u32,
+                r.height as u32,
+            ),
+            strength: init.strength,
+        });
 
         let job = p.job;
         let loras = {
@@ -319,7 +327,12 @@ impl Control {
                         .as_deref()
                         .map(crate::gallery::png_meta::VaeUse::named),
                     init_noise: None,
-                    init_image: None,
+                    init_image: r.init.as_ref().map(|init| {
+                        crate::gallery::png_meta::InitImageUse {
+                            path: init.source.display().to_string(),
+                            strength: init.strength,
+                        }
+                    }),
                     sdxl: pipeline.model.is_sdxl().then(|| (*r.sdxl).clone()),
                     easel_version: env!("CARGO_PKG_VERSION").to_string(),
                     extra: Default::default(),
@@ -377,6 +390,7 @@ fn model_info(pipeline: &Pipeline, path: PathBuf, took: std::time::Duration) -> 
         default_sampler: default_sampler(model),
         sdxl: model.is_sdxl(),
         few_step: crate::diffusion::pipeline::few_step_defaults(model).map(Box::new),
+        tokenizer: super::SharedTokenizer(model.tokenizer.clone()),
         load_duration: took,
     }
 }

@@ -78,8 +78,18 @@ pub fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
-/// Drops a file on the studio window, as a file manager would, and draws one frame.
+/// Drops a file on the studio window, as a file manager would, and draws one frame (with no
+/// pointer position, as on X11).
 pub fn drop_file(h: &mut egui_kittest::Harness<'_, easel::app::StudioApp>, path: &Path) {
+    drop_file_at(h, path, None);
+}
+
+/// [`drop_file`] with the pointer at `at` (window coordinates), where the file lands.
+pub fn drop_file_at(
+    h: &mut egui_kittest::Harness<'_, easel::app::StudioApp>,
+    path: &Path,
+    at: Option<egui::Pos2>,
+) {
     #[derive(Debug)]
     struct Dropped(PathBuf);
     impl egui::DroppedFile for Dropped {
@@ -89,6 +99,10 @@ pub fn drop_file(h: &mut egui_kittest::Harness<'_, easel::app::StudioApp>, path:
         fn bytes(&self) -> Result<Vec<u8>, String> {
             std::fs::read(&self.0).map_err(|e| e.to_string())
         }
+    }
+    if let Some(at) = at {
+        h.input_mut().events.push(egui::Event::PointerMoved(at));
+        h.step();
     }
     h.input_mut()
         .dropped_files
