@@ -125,6 +125,9 @@ pub struct Settings {
     pub taesd_decode: bool,
     /// img2img: how much of the starting picture is repainted (0 < strength ≤ 1).
     pub strength: f64,
+    /// Hires fix on, and its second pass.
+    pub hires_on: bool,
+    pub hires: crate::diffusion::Hires,
 }
 
 /// What the user chose for one model, overriding what its files say.
@@ -187,6 +190,8 @@ impl Default for Settings {
             taesd_preview: false,
             taesd_decode: false,
             strength: crate::diffusion::init_image::DEFAULT_STRENGTH,
+            hires_on: false,
+            hires: Default::default(),
         }
     }
 }

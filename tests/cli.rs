@@ -921,6 +921,57 @@ fn init_image_and_strength_run_the_last_steps_and_are_recorded() {
     assert_ne!(images[0], images[1]);
 }
 
+/// Hires fix from the command line: the image is the enlarged size, the PNG keeps the first
+/// pass's size and the second pass as A1111 writes it (and in Easel's JSON).
+#[test]
+fn hires_fix_enlarges_and_records_a1111_fields() {
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("hires.png");
+    let run = generate([
+        OsString::from("--model"),
+        fixture_model("sd-tiny-a").into(),
+        "--prompt".into(),
+        "a red circle".into(),
+        "--steps".into(),
+        "4".into(),
+        "--seed".into(),
+        "3".into(),
+        "--hires-scale".into(),
+        "2".into(),
+        "--hires-denoise".into(),
+        "0.5".into(),
+        "--hires-upscaler".into(),
+        "lanczos".into(),
+        "-o".into(),
+        out.clone().into(),
+    ]);
+    assert_ok(&run, "hires");
+    assert!(
+        run.stderr.contains("step 6/6"),
+        "4 + 2 steps: {}",
+        run.stderr
+    );
+    assert_eq!(read_rgb(&out).0, 64);
+    let meta = read_png_metadata(&out).unwrap();
+    let easel = meta.easel.unwrap();
+    assert_eq!(
+        (easel.width, easel.height),
+        (32, 32),
+        "the first pass's size"
+    );
+    let h = easel.hires.unwrap();
+    assert_eq!((h.scale, h.steps, h.denoise), (2.0, 0, 0.5));
+    let a = meta.a1111.unwrap();
+    assert_eq!(a.get("Hires upscale"), Some("2"));
+    assert_eq!(a.get("Hires upscaler"), Some("Lanczos"));
+    assert_eq!(a.get("Denoising strength"), Some("0.5"));
+    assert_eq!(
+        a.get("Hires steps"),
+        None,
+        "0 = the first pass's, unwritten as in A1111"
+    );
+}
+
 #[test]
 fn refuses_unusable_init_images_and_strengths() {
     let a = fixture_model("sd-tiny-a");
@@ -966,6 +1017,22 @@ fn refuses_unusable_init_images_and_strengths() {
         (
             vec!["--init-image", &picture, "--strength", "0.1"],
             vec!["strength", "runs no step", "0.500"],
+        ),
+        (
+            vec!["--hires-denoise", "0.5"],
+            vec!["--hires-denoise", "only with --hires-scale"],
+        ),
+        (
+            vec!["--init-image", &picture, "--hires-scale", "2"],
+            vec!["--hires-scale", "text to image"],
+        ),
+        (
+            vec!["--hires-scale", "9"],
+            vec!["--hires-scale", "9 is outside"],
+        ),
+        (
+            vec!["--hires-scale", "2", "--hires-upscaler", "esrgan"],
+            vec!["--hires-upscaler", "latent or lanczos"],
         ),
     ];
     for (extra, needles) in cases {

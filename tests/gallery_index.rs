@@ -332,6 +332,7 @@ fn meta(model: &str, prompt: &str) -> GenerationMetadata {
         loras: Vec::new(),
         init_noise: None,
         init_image: None,
+        hires: None,
         sdxl: None,
         easel_version: "test".into(),
         extra: Default::default(),

@@ -91,3 +91,131 @@ fn strength_and_size_are_checked() {
     let err = p.validate(&req).unwrap_err().to_string();
     assert!(err.contains("8×8"), "{err}");
 }
+
+/// Hires fix's latent upscaler is torch's bilinear interpolate (A1111's "Latent").
+#[test]
+fn latent_upscale_matches_torch_bilinear() {
+    let refs = load(&refs_dir().join("latent_upscale.safetensors"));
+    for key in ["x2", "x1_6"] {
+        let (_, _, h, w) = refs[key].dims4().unwrap();
+        let ours = easel::diffusion::hires::upscale_latents(&refs["input"], h, w).unwrap();
+        let d = max_abs_diff(&ours, &refs[key]);
+        assert!(d < 1e-6, "{key}: differs by {d}");
+    }
+}
+
+/// Hires fix is its parts: the Lanczos-upscaled hires image equals the first pass's image,
+/// enlarged and put through img2img by hand with the same seed (bit for bit); the latent one
+/// runs both passes' steps and ends at the larger size.
+#[test]
+fn hires_fix_is_a_first_pass_enlarged_and_repainted() {
+    use easel::diffusion::{Hires, Outcome, Upscaler};
+    use std::sync::atomic::AtomicBool;
+    let p = Pipeline::load(&fixtures().join("sd-tiny-a"), &Device::Cpu).unwrap();
+    let mut base = GenerateRequest::new(&p.model, "a red circle", 7);
+    base.steps = 4;
+    let run = |req: &GenerateRequest| -> (Vec<usize>, easel::diffusion::GeneratedImage) {
+        let mut steps = Vec::new();
+        let mut totals = Vec::new();
+        let out = p
+            .generate(req, &AtomicBool::new(false), &mut |s| {
+                steps.push(s.step);
+                totals.push(s.total);
+            })
+            .unwrap();
+        let Outcome::Finished(image) = out else {
+            panic!("cancelled")
+        };
+        // Progress counts both passes against one total.
+        assert!(totals.iter().all(|&t| t == steps.len()), "{totals:?}");
+        (steps, image)
+    };
+    let hires = Hires {
+        scale: 2.0,
+        steps: 6,
+        denoise: 0.5,
+        upscaler: Upscaler::Lanczos,
+    };
+    let mut req = base.clone();
+    req.hires = Some(hires);
+    let (steps, fixed) = run(&req);
+    assert_eq!(
+        steps,
+        (1..=4 + 3).collect::<Vec<_>>(),
+        "4 steps, then 3 of 6"
+    );
+    assert_eq!((fixed.width, fixed.height), (64, 64));
+
+    let (_, first) = run(&base);
+    let picture = image::RgbImage::from_raw(32, 32, first.rgb).unwrap();
+    let mut by_hand = base.clone();
+    by_hand.width = 64;
+    by_hand.height = 64;
+    by_hand.steps = 6;
+    by_hand.init_image = Some(InitImage {
+        image: easel::diffusion::init_image::fit(&picture, 64, 64),
+        strength: 0.5,
+    });
+    let (_, manual) = run(&by_hand);
+    assert_eq!(
+        fixed.rgb, manual.rgb,
+        "hires = first pass + Lanczos + img2img"
+    );
+
+    req.hires = Some(Hires {
+        upscaler: Upscaler::Latent,
+        steps: 0,
+        ..hires
+    });
+    let (steps, latent) = run(&req);
+    assert_eq!(
+        steps.len(),
+        4 + 2,
+        "4 steps, then 2 of 4 (steps 0 = the first pass's)"
+    );
+    assert_eq!((latent.width, latent.height), (64, 64));
+    assert_ne!(latent.rgb, fixed.rgb);
+
+    // Bad second passes are refused up front, named as hires settings.
+    for (h, want) in [
+        (
+            Hires {
+                scale: 1.0,
+                ..hires
+            },
+            "hires-scale",
+        ),
+        (
+            Hires {
+                scale: 200.0,
+                ..hires
+            },
+            "hires-scale",
+        ),
+        (
+            Hires {
+                denoise: 0.0,
+                ..hires
+            },
+            "hires-denoise",
+        ),
+        (
+            Hires {
+                denoise: 0.1,
+                ..hires
+            },
+            "runs no step",
+        ),
+        (
+            Hires {
+                steps: 5000,
+                ..hires
+            },
+            "hires-steps",
+        ),
+    ] {
+        req.hires = Some(h);
+        let err = p.validate(&req).unwrap_err().to_string();
+        assert!(err.contains(want), "{h:?}: {err}");
+    }
+}

@@ -305,6 +305,52 @@ fn a_picture_dropped_on_the_canvas_starts_img2img() {
     });
 }
 
+/// Hires fix in the studio: switched on in its section, the saved image is the enlarged size
+/// and records the second pass; an A1111 PNG with hires fields switches it back on.
+#[test]
+fn hires_fix_from_the_prompt_panel_and_from_an_a1111_png() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    h.state_mut().studio.settings.steps = 4;
+    h.get_by_label("Hires fix").click();
+    h.run_steps(2);
+    h.get_by_label("Enlarge and repaint").click();
+    h.run_steps(2);
+    assert!(h.state().studio.settings.hires_on);
+    assert!(h.query_by_label("Final size 64×64").is_some());
+    h.get_by_label("Generate").click();
+    drive(&mut h, "hires image saved", RUN, |a| {
+        a.studio.history.first().is_some_and(|i| i.path.is_some())
+    });
+    let saved = h.state().studio.history[0].path.clone().expect("saved");
+    assert_eq!(common::read_rgb(&saved).0, 64);
+    let easel = read_png_metadata(&saved)
+        .expect("png")
+        .easel
+        .expect("easel");
+    assert_eq!(easel.hires, Some(easel::diffusion::Hires::default()));
+
+    h.get_by_label("Enlarge and repaint").click();
+    h.run_steps(2);
+    assert!(!h.state().studio.settings.hires_on);
+    let a1111 = dir.path().join("a1111.png");
+    write_with_chunks(
+        &a1111,
+        &[(
+            "parameters",
+            "a castle\nSteps: 20, Seed: 1, Size: 32x32, Denoising strength: 0.4, \
+             Hires upscale: 1.5, Hires steps: 7, Hires upscaler: Lanczos",
+        )],
+    );
+    common::drop_file(&mut h, &a1111);
+    drive(&mut h, "restored", LOAD, |a| a.studio.settings.hires_on);
+    let hs = h.state().studio.settings.hires;
+    assert_eq!((hs.scale, hs.steps, hs.denoise), (1.5, 7, 0.4));
+    assert_eq!(hs.upscaler, easel::diffusion::Upscaler::Lanczos);
+}
+
 fn write_with_chunks(path: &Path, chunks: &[(&str, &str)]) {
     let file = std::fs::File::create(path).expect("create");
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 8, 8);
@@ -389,6 +435,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         loras: Vec::new(),
         init_noise: None,
         init_image: None,
+        hires: None,
         sdxl: None,
         easel_version: "0.1.0".into(),
         extra: Default::default(),

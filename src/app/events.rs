@@ -246,6 +246,12 @@ impl Studio {
             s.negative_prompt_2 = x.negative_prompt_2.clone().unwrap_or_default();
             s.size_cond = x.size.clamped();
         }
+        if let Some(h) = r.hires {
+            s.hires_on = h.is_some();
+            if let Some(h) = h {
+                s.hires = h;
+            }
+        }
         match &r.init {
             // Made from text: so is the next one.
             Some(None) => {

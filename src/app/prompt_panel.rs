@@ -22,6 +22,7 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
             sdxl_fields(ui, studio);
         }
         init_section(ui, studio);
+        hires_section(ui, studio);
         ui.add_space(4.0);
         sliders(ui, studio);
         ui.add_space(8.0);
@@ -233,11 +234,12 @@ fn init_section(ui: &mut egui::Ui, studio: &mut Studio) {
                 });
             });
             let strength = Slider::new(&mut settings.strength, 0.01..=1.0)
-                .step_by(0.01)
+                .fixed_decimals(2)
                 .text("Strength");
             requeue |= released(&ui.add(strength).on_hover_text(
                 "How much of the picture is repainted: 1 = all of it, small = small changes",
             ));
+            settings.strength = hundredths(settings.strength);
             let steps = settings.steps;
             match crate::diffusion::init_image::first_step(steps, settings.strength) {
                 Some(first) => ui.weak(format!("Runs the last {} of {steps} steps", steps - first)),
@@ -256,6 +258,71 @@ fn init_section(ui: &mut egui::Ui, studio: &mut Studio) {
     if requeue && studio.settings.live {
         studio.push(Action::LiveRequeue);
     }
+}
+
+/// Hires fix: the second pass's enlargement, steps, strength and upscaler (A1111's fields).
+fn hires_section(ui: &mut egui::Ui, studio: &mut Studio) {
+    let mut requeue = false;
+    let img2img = studio.init.is_some();
+    let multiple = studio.size_multiple();
+    let s = &mut studio.settings;
+    egui::CollapsingHeader::new("Hires fix")
+        .id_salt("hires")
+        .show(ui, |ui| {
+            ui.add_enabled_ui(!img2img, |ui| {
+                requeue |= ui
+                    .checkbox(&mut s.hires_on, "Enlarge and repaint")
+                    .on_hover_text(
+                        "Generate at the size above, enlarge, and repaint at the larger size: \
+                         the composition of the model's own size, the detail of the larger one",
+                    )
+                    .changed();
+                let h = &mut s.hires;
+                requeue |= released(
+                    &ui.add(
+                        Slider::new(&mut h.scale, 1.05..=crate::diffusion::hires::MAX_SCALE)
+                            .fixed_decimals(2)
+                            .text("Upscale by"),
+                    ),
+                );
+                h.scale = hundredths(h.scale);
+                requeue |= released(
+                    &ui.add(Slider::new(&mut h.steps, 0..=MAX_STEPS).text("Hires steps"))
+                        .on_hover_text("0: as many as the first pass"),
+                );
+                requeue |= released(
+                    &ui.add(
+                        Slider::new(&mut h.denoise, 0.01..=1.0)
+                            .fixed_decimals(2)
+                            .text("Denoising strength"),
+                    )
+                    .on_hover_text("How much the enlarged image is repainted (latent: 0.5–0.7)"),
+                );
+                h.denoise = hundredths(h.denoise);
+                egui::ComboBox::from_label("Upscaler")
+                    .selected_text(h.upscaler.a1111_name())
+                    .show_ui(ui, |ui| {
+                        for u in crate::diffusion::Upscaler::ALL {
+                            requeue |= ui
+                                .selectable_value(&mut h.upscaler, u, u.a1111_name())
+                                .changed();
+                        }
+                    });
+                let (w, ht) = h.size(s.width, s.height, multiple);
+                ui.weak(format!("Final size {w}×{ht}"));
+            })
+            .response
+            .on_disabled_hover_text("For text to image: clear the starting picture first");
+        });
+    if requeue && studio.settings.live && studio.settings.hires_on {
+        studio.push(Action::LiveRequeue);
+    }
+}
+
+/// A slider's value to two decimals, exactly as typed: 0.7, not 0.7000000000000001 (which
+/// stepping by 0.01 gives, and which the PNG would then record).
+fn hundredths(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
 }
 
 /// SDXL's extras, folded away: the second text encoder's prompts and the micro-conditioning

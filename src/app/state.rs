@@ -296,6 +296,8 @@ impl Studio {
                 source: i.source.clone(),
                 strength: s.strength,
             }),
+            // A1111 offers hires fix for text to image only.
+            hires: (s.hires_on && self.init.is_none()).then_some(s.hires),
         }
     }
 

@@ -15,7 +15,8 @@ use crate::diffusion::init_image;
 use crate::diffusion::schedulers::PredictionType;
 use crate::diffusion::schedulers::{Sampler, Spacing};
 use crate::diffusion::{
-    GenerateRequest, InitImage, Outcome, Pipeline, SdxlOptions, SizeConditioning, VaeTiling,
+    GenerateRequest, Hires, InitImage, Outcome, Pipeline, SdxlOptions, SizeConditioning, Upscaler,
+    VaeTiling,
 };
 use crate::gallery::png_meta::{self, GenerationMetadata, InitImageUse, VaeUse};
 use crate::models::checkpoint::LoadOptions;
@@ -106,6 +107,21 @@ pub struct GenerateArgs {
     /// run). Default 0.75.
     #[arg(long, allow_negative_numbers = true)]
     pub strength: Option<f64>,
+    /// Hires fix: generate at --width × --height, enlarge by F (1 < F ≤ 4), and repaint at
+    /// the larger size (A1111's "Upscale by").
+    #[arg(long, allow_negative_numbers = true)]
+    pub hires_scale: Option<f64>,
+    /// Hires fix: the second pass's steps (default: --steps).
+    #[arg(long, allow_negative_numbers = true)]
+    pub hires_steps: Option<usize>,
+    /// Hires fix: the second pass's strength, 0 < F ≤ 1 (A1111's "Denoising strength",
+    /// default 0.7).
+    #[arg(long, allow_negative_numbers = true)]
+    pub hires_denoise: Option<f64>,
+    /// Hires fix: latent (enlarge the latents; soft, wants 0.5–0.7) | lanczos (enlarge the
+    /// decoded picture; sharper). Default latent.
+    #[arg(long)]
+    pub hires_upscaler: Option<Upscaler>,
     /// Write each step's preview here as step_NNN.png.
     #[arg(long)]
     pub preview_dir: Option<PathBuf>,
@@ -212,6 +228,26 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     req.width = args.width.unwrap_or(width);
     req.height = args.height.unwrap_or(height);
+    req.hires = match args.hires_scale {
+        Some(scale) if picture.is_none() => Some(Hires {
+            scale,
+            steps: args.hires_steps.unwrap_or(0),
+            denoise: args.hires_denoise.unwrap_or(Hires::default().denoise),
+            upscaler: args.hires_upscaler.unwrap_or(Hires::default().upscaler),
+        }),
+        Some(_) => bail!("--hires-scale: hires fix is for text to image, not with --init-image"),
+        None => {
+            let stray = [
+                ("--hires-steps", args.hires_steps.is_some()),
+                ("--hires-denoise", args.hires_denoise.is_some()),
+                ("--hires-upscaler", args.hires_upscaler.is_some()),
+            ];
+            if let Some((flag, _)) = stray.iter().find(|(_, given)| *given) {
+                bail!("{flag}: only with --hires-scale");
+            }
+            None
+        }
+    };
     if let Some(picture) = &picture {
         req.init_image = Some(InitImage {
             image: init_image::fit(picture, req.width as u32, req.height as u32),
@@ -246,6 +282,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "seed: {seed}  sampler: {}  {}x{}  {} steps  cfg {}",
         req.sampler, req.width, req.height, req.steps, req.cfg_scale
     );
+    if let Some(h) = &req.hires {
+        let (w, h2) = h.size(req.width, req.height, pipeline.model.size_multiple());
+        eprintln!(
+            "hires fix: {}x{} by {} ({}), {} steps at strength {}",
+            w,
+            h2,
+            h.scale,
+            h.upscaler,
+            h.steps_for(req.steps),
+            h.denoise
+        );
+    }
     if let Some(init) = &req.init_image {
         let first = init_image::first_step(req.steps, init.strength);
         eprintln!(
@@ -321,6 +369,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 path: path.display().to_string(),
                 strength: init.strength,
             }),
+        hires: req.hires,
         sdxl: pipeline.model.is_sdxl().then(|| req.sdxl.clone()),
         easel_version: env!("CARGO_PKG_VERSION").to_string(),
         extra: Default::default(),

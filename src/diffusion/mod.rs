@@ -2,6 +2,7 @@
 //! and live previews.
 
 pub mod guidance;
+pub mod hires;
 pub mod init_image;
 pub mod memory;
 pub mod noise;
@@ -9,6 +10,7 @@ pub mod pipeline;
 pub mod preview;
 pub mod schedulers;
 
+pub use hires::{Hires, Upscaler};
 pub use init_image::InitImage;
 pub use memory::VaeTiling;
 pub use pipeline::{

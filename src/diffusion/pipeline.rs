@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 
 use super::guidance;
+use super::hires::{self, Hires};
 use super::init_image::{self, InitImage};
 use super::memory::{self, VaeTiling};
 use super::noise::{NoiseSource, SeededNoise};
@@ -60,6 +61,8 @@ pub struct GenerateRequest {
     /// `init_noise` is the noise mixed into its latents (diffusers' `noise` in
     /// `prepare_latents`).
     pub init_image: Option<InitImage>,
+    /// Hires fix: a second pass at a larger size (see [`hires`]).
+    pub hires: Option<Hires>,
 }
 
 impl GenerateRequest {
@@ -81,6 +84,7 @@ impl GenerateRequest {
             init_noise: None,
             vae_tiling: VaeTiling::Auto,
             init_image: None,
+            hires: None,
         }
     }
 }
@@ -602,6 +606,44 @@ impl Pipeline {
                 );
             }
         }
+        if let Some(h) = &req.hires {
+            if !(h.scale.is_finite() && h.scale > 1.0 && h.scale <= hires::MAX_SCALE) {
+                return invalid(
+                    "hires-scale",
+                    format!("{} is outside 1 < scale ≤ {}", h.scale, hires::MAX_SCALE),
+                );
+            }
+            let d = h.denoise;
+            if !(d.is_finite() && d > 0.0 && d <= 1.0) {
+                return invalid("hires-denoise", format!("{d} is outside 0 < strength ≤ 1"));
+            }
+            let big = self.hires_request(req, h);
+            if init_image::first_step(big.steps, d).is_none() {
+                return invalid(
+                    "hires-denoise",
+                    format!(
+                        "{d} of {} steps runs no step (raise it to at least {:.3}, or the steps)",
+                        big.steps,
+                        init_image::min_strength(big.steps)
+                    ),
+                );
+            }
+            // The second pass's size, steps and memory, named as the hires setting's.
+            self.plan(&big).map_err(|e| match e {
+                PipelineError::InvalidRequest { arg, msg } => PipelineError::InvalidRequest {
+                    arg: if arg == "steps" {
+                        "hires-steps"
+                    } else {
+                        "hires-scale"
+                    },
+                    msg: format!(
+                        "the second pass at {}×{}, {} steps: {arg}: {msg}",
+                        big.width, big.height, big.steps
+                    ),
+                },
+                other => other,
+            })?;
+        }
         if let Some(noise) = &req.init_noise {
             let want = self.latent_shape(req);
             if noise.dims() != want {
@@ -676,7 +718,8 @@ impl Pipeline {
         self.generate_with_noise(req, &mut noise, cancel, on_step)
     }
 
-    /// Generates drawing all randomness (initial latents unless given, ancestral noise) from `noise`.
+    /// Generates drawing all randomness (initial latents unless given, ancestral noise) from
+    /// `noise`; a hires pass draws its own from the seed again (see [`hires`]).
     pub fn generate_with_noise(
         &self,
         req: &GenerateRequest,
@@ -685,42 +728,143 @@ impl Pipeline {
         on_step: &mut dyn FnMut(&StepProgress),
     ) -> Result<Outcome, PipelineError> {
         let vae_tiled = self.plan(req)?;
-        let start = Instant::now();
         let device = &self.model.device;
         let mut warnings = Vec::new();
-
-        let cfg = self.guided_by_cfg(req);
-        let cond = self.conditioning(req, cfg)?;
-
-        let mut scheduler = self.scheduler(req)?;
-        let shape = self.latent_shape(req);
-        // img2img runs the schedule's last steps only.
-        let first = match &req.init_image {
-            Some(init) => init_image::first_step(req.steps, init.strength).unwrap_or(0),
-            None => 0,
+        let second = req.hires.map(|h| self.hires_request(req, &h));
+        let mut progress = Progress {
+            done: 0,
+            total: runs(req.steps, req.init_image.as_ref().map(|i| i.strength))
+                + (second.as_ref().zip(req.hires.as_ref()))
+                    .map_or(0, |(big, h)| runs(big.steps, Some(h.denoise))),
+            started: Instant::now(),
         };
-        let init_latents = match &req.init_image {
-            Some(init) => Some(self.encode_image(&init.image, vae_tiled)?),
+
+        let start = match &req.init_image {
+            Some(init) => Some((self.encode_image(&init.image, vae_tiled)?, init.strength)),
             None => None,
         };
-        let init = match &req.init_noise {
-            Some(t) => t.to_dtype(DType::F32).and_then(|t| t.to_device(device)),
-            None => noise.randn(&shape, device),
+        let init_noise = match &req.init_noise {
+            Some(t) => Some(
+                t.to_dtype(DType::F32)
+                    .and_then(|t| t.to_device(device))
+                    .map_err(compute("initial noise"))?,
+            ),
+            None => None,
+        };
+        let pass = Pass {
+            req,
+            start,
+            init_noise,
+        };
+        let Some(mut latents) = self.denoise(pass, noise, cancel, on_step, &mut progress)? else {
+            return Ok(Outcome::Cancelled {
+                completed_steps: progress.done,
+            });
+        };
+        let mut final_tiled = vae_tiled;
+        if let (Some(big), Some(h)) = (&second, &req.hires) {
+            final_tiled = self.plan(big)?;
+            let f = self.model.vae_scale();
+            let x0 = match h.upscaler {
+                hires::Upscaler::Latent => {
+                    hires::upscale_latents(&latents, big.height / f, big.width / f)
+                        .map_err(compute("hires upscale"))?
+                }
+                hires::Upscaler::Lanczos => {
+                    let base = self.decode(&latents, vae_tiled)?;
+                    let picture =
+                        image::RgbImage::from_raw(base.width as u32, base.height as u32, base.rgb)
+                            .ok_or_else(|| {
+                                compute("hires upscale")(candle_core::Error::Msg(
+                                    "decoded image has the wrong size".into(),
+                                ))
+                            })?;
+                    let picture = init_image::fit(&picture, big.width as u32, big.height as u32);
+                    self.encode_image(&picture, final_tiled)?
+                }
+            };
+            let pass = Pass {
+                req: big,
+                start: Some((x0, h.denoise)),
+                init_noise: None,
+            };
+            // A1111 draws the second pass's noise from the seed again.
+            let mut noise = SeededNoise::new(req.seed);
+            match self.denoise(pass, &mut noise, cancel, on_step, &mut progress)? {
+                Some(l) => latents = l,
+                None => {
+                    return Ok(Outcome::Cancelled {
+                        completed_steps: progress.done,
+                    })
+                }
+            }
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Outcome::Cancelled {
+                completed_steps: progress.done,
+            });
+        }
+        let taesd_decode = self.taesd.as_ref().is_some_and(|t| t.final_decode);
+        if final_tiled && req.vae_tiling == VaeTiling::Auto && !taesd_decode {
+            warnings.push(
+                "the VAE decoded in tiles: the untiled decode would not fit in the free memory"
+                    .to_string(),
+            );
+        }
+        let image = self.decode(&latents, final_tiled)?;
+        Ok(Outcome::Finished(GeneratedImage { warnings, ..image }))
+    }
+
+    /// The second pass of a hires request: its size, steps and strength; no picture or noise
+    /// of the first pass's.
+    fn hires_request(&self, req: &GenerateRequest, h: &hires::Hires) -> GenerateRequest {
+        let (width, height) = h.size(req.width, req.height, self.model.size_multiple());
+        GenerateRequest {
+            width,
+            height,
+            steps: h.steps_for(req.steps),
+            init_noise: None,
+            init_image: None,
+            hires: None,
+            ..req.clone()
+        }
+    }
+
+    /// One denoising pass: from noise, or from clean latents noised to the strength's first
+    /// step (img2img, hires). `None` when cancelled.
+    fn denoise(
+        &self,
+        pass: Pass<'_>,
+        noise: &mut dyn NoiseSource,
+        cancel: &AtomicBool,
+        on_step: &mut dyn FnMut(&StepProgress),
+        progress: &mut Progress,
+    ) -> Result<Option<Tensor>, PipelineError> {
+        let req = pass.req;
+        let device = &self.model.device;
+        let cfg = self.guided_by_cfg(req);
+        let cond = self.conditioning(req, cfg)?;
+        let mut scheduler = self.scheduler(req)?;
+        // img2img runs the schedule's last steps only.
+        let first = match &pass.start {
+            Some((_, strength)) => init_image::first_step(req.steps, *strength).unwrap_or(0),
+            None => 0,
+        };
+        let init = match pass.init_noise {
+            Some(t) => Ok(t),
+            None => noise.randn(&self.latent_shape(req), device),
         }
         .map_err(compute("initial noise"))?;
-        let mut latents = match &init_latents {
-            Some(x0) => scheduler.add_noise(x0, &init, first),
+        let mut latents = match &pass.start {
+            Some((x0, _)) => scheduler.add_noise(x0, &init, first),
             None => init * scheduler.init_noise_sigma(),
         }
         .map_err(compute("initial noise"))?;
 
-        let total = req.steps - first;
         let timesteps = scheduler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate().skip(first) {
             if cancel.load(Ordering::Relaxed) {
-                return Ok(Outcome::Cancelled {
-                    completed_steps: i - first,
-                });
+                return Ok(None);
             }
             let step_out = (|| {
                 let input = if cfg {
@@ -748,28 +892,16 @@ impl Pipeline {
                 _ => latent_preview(&step_out.pred_original, self.model.latent_rgb()),
             }
             .map_err(compute("preview"))?;
+            progress.done += 1;
             on_step(&StepProgress {
-                step: i + 1 - first,
-                total,
-                elapsed: start.elapsed(),
+                step: progress.done,
+                total: progress.total,
+                elapsed: progress.started.elapsed(),
                 latents: &latents,
                 preview,
             });
         }
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(Outcome::Cancelled {
-                completed_steps: total,
-            });
-        }
-        let taesd_decode = self.taesd.as_ref().is_some_and(|t| t.final_decode);
-        if vae_tiled && req.vae_tiling == VaeTiling::Auto && !taesd_decode {
-            warnings.push(
-                "the VAE decoded in tiles: the untiled decode would not fit in the free memory"
-                    .to_string(),
-            );
-        }
-        let image = self.decode(&latents, vae_tiled)?;
-        Ok(Outcome::Finished(GeneratedImage { warnings, ..image }))
+        Ok(Some(latents))
     }
 
     /// img2img's picture → clean latents (the VAE's mean, times its scaling), in tiles when
@@ -838,6 +970,30 @@ impl Pipeline {
             pixels,
             warnings: Vec::new(),
         })
+    }
+}
+
+/// One denoising pass of [`Pipeline::generate_with_noise`].
+struct Pass<'a> {
+    req: &'a GenerateRequest,
+    /// img2img / hires: clean latents and the strength.
+    start: Option<(Tensor, f64)>,
+    /// Replaces the drawn initial noise.
+    init_noise: Option<Tensor>,
+}
+
+/// Steps done across a request's passes, for [`StepProgress`].
+struct Progress {
+    done: usize,
+    total: usize,
+    started: Instant,
+}
+
+/// The steps a pass of `steps` runs: all of them, or (with a strength) img2img's last ones.
+fn runs(steps: usize, strength: Option<f64>) -> usize {
+    match strength {
+        Some(s) => steps - init_image::first_step(steps, s).unwrap_or(0),
+        None => steps,
     }
 }
 

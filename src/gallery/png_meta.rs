@@ -70,6 +70,9 @@ pub struct GenerationMetadata {
     /// img2img: the picture the image started from and the strength.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_image: Option<InitImageUse>,
+    /// Hires fix: the second pass (the image is `width` × `height` enlarged by its scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hires: Option<crate::diffusion::Hires>,
     /// SDXL's second prompts and micro-conditioning; absent for other models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdxl: Option<crate::diffusion::SdxlOptions>,

@@ -63,6 +63,8 @@ pub struct Recipe {
     pub loras: LoraRecipe,
     /// img2img: the picture to start from and the strength; `None` for text to image.
     pub init: Option<RecipeInit>,
+    /// Hires fix: a second pass at a larger size.
+    pub hires: Option<crate::diffusion::Hires>,
 }
 
 /// The picture an img2img recipe starts from. Any size: the worker fits it to the recipe's
@@ -105,6 +107,7 @@ impl Default for Recipe {
             sdxl: Default::default(),
             loras: Default::default(),
             init: None,
+            hires: None,
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Restored {
     /// `Some(Some((picture, strength)))` = from that picture. The picture is only named here:
     /// nothing a PNG names is opened unless the user chooses it.
     pub init: Option<Option<(std::path::PathBuf, f64)>>,
+    /// Hires fix: `Some(None)` = the image had none, `Some(Some(_))` = its second pass.
+    pub hires: Option<Option<crate::diffusion::Hires>>,
     /// What was found but could not be used, in words.
     pub notes: Vec<String>,
 }
@@ -75,6 +77,7 @@ impl Restored {
             clip_skip: None,
             sdxl: None,
             init: None,
+            hires: None,
             notes: Vec::new(),
         }
     }
@@ -112,6 +115,13 @@ impl Restored {
         }
         if let Some(Some((_, strength))) = &self.init {
             found.push(format!("img2img strength {strength}"));
+        }
+        if let Some(Some(h)) = &self.hires {
+            found.push(format!(
+                "hires fix {}× {}",
+                h.scale,
+                h.upscaler.a1111_name()
+            ));
         }
         if let Some(c) = self.clip_skip {
             found.push(format!("clip skip {c}"));
@@ -172,6 +182,7 @@ pub fn from_metadata(meta: &PngMetadata) -> Option<Restored> {
             };
             (std::path::PathBuf::from(&i.path), strength)
         }));
+        r.hires = Some(e.hires.map(trusted_hires));
         return Some(r);
     }
     if let Some(a) = &meta.a1111 {
@@ -181,8 +192,45 @@ pub fn from_metadata(meta: &PngMetadata) -> Option<Restored> {
     from_comfyui(graph.as_object()?)
 }
 
+/// Hires settings from a file, within the ranges Easel accepts (a file may claim anything).
+fn trusted_hires(h: crate::diffusion::Hires) -> crate::diffusion::Hires {
+    let finite = |v: f64, default: f64| if v.is_finite() { v } else { default };
+    let d = crate::diffusion::Hires::default();
+    crate::diffusion::Hires {
+        scale: finite(h.scale, d.scale).clamp(1.05, crate::diffusion::hires::MAX_SCALE),
+        steps: h.steps.min(crate::diffusion::pipeline::MAX_STEPS),
+        denoise: finite(h.denoise, d.denoise).clamp(0.01, 1.0),
+        upscaler: h.upscaler,
+    }
+}
+
+/// A1111's hires fields (`Hires upscale` present = hires fix was on).
+fn a1111_hires(a: &ParsedParameters, notes: &mut Vec<String>) -> Option<crate::diffusion::Hires> {
+    let number = |key: &str| a.get(key).and_then(|v| v.trim().parse::<f64>().ok());
+    let scale = number("Hires upscale")?;
+    let d = crate::diffusion::Hires::default();
+    let upscaler = match a.get("Hires upscaler") {
+        None => d.upscaler,
+        Some(name) => {
+            crate::diffusion::Upscaler::from_a1111_name(name.trim()).unwrap_or_else(|| {
+                notes.push(format!(
+                    "hires upscaler \u{201c}{name}\u{201d} is not available here; Lanczos instead"
+                ));
+                crate::diffusion::Upscaler::Lanczos
+            })
+        }
+    };
+    Some(trusted_hires(crate::diffusion::Hires {
+        scale,
+        steps: number("Hires steps").map_or(0, |v| v.max(0.0) as usize),
+        denoise: number("Denoising strength").unwrap_or(d.denoise),
+        upscaler,
+    }))
+}
+
 fn from_a1111(a: &ParsedParameters) -> Restored {
     let mut r = Restored::empty(Source::Automatic1111);
+    r.hires = Some(a1111_hires(a, &mut r.notes));
     r.prompt = Some(a.prompt.clone());
     r.negative_prompt = Some(a.negative_prompt.clone());
     r.steps = a.steps;
@@ -352,6 +400,36 @@ mod tests {
         assert_eq!(r.prompt, None);
         assert_eq!(r.sampler, None);
         assert!(r.notes[0].contains("lcm"));
+    }
+
+    #[test]
+    fn a1111_hires_fields_restore_clamped_and_absent_means_off() {
+        let parse = |text: &str| {
+            from_a1111(&crate::gallery::png_meta::parse_a1111_parameters(text).expect("parses"))
+        };
+        let r = parse(
+            "a cat\nSteps: 20, Seed: 5, Size: 512x512, Denoising strength: 0.45, \
+             Hires upscale: 2, Hires steps: 12, Hires upscaler: Latent",
+        );
+        let want = crate::diffusion::Hires {
+            scale: 2.0,
+            steps: 12,
+            denoise: 0.45,
+            upscaler: crate::diffusion::Upscaler::Latent,
+        };
+        assert_eq!(r.hires, Some(Some(want)));
+        assert!(r.summary().contains("hires fix 2×"), "{}", r.summary());
+        // An upscaler Easel lacks becomes Lanczos, said once; absurd values are clamped.
+        let r = parse("a cat\nSteps: 20, Hires upscale: 1000, Hires steps: 99999999, Hires upscaler: R-ESRGAN 4x+");
+        let h = r.hires.flatten().expect("hires");
+        assert_eq!(
+            (h.scale, h.upscaler),
+            (4.0, crate::diffusion::Upscaler::Lanczos)
+        );
+        assert_eq!(h.steps, crate::diffusion::pipeline::MAX_STEPS);
+        assert_eq!(h.denoise, 0.7);
+        assert!(r.notes.iter().any(|n| n.contains("R-ESRGAN")));
+        assert_eq!(parse("a cat\nSteps: 20").hires, Some(None));
     }
 
     #[test]

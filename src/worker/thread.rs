@@ -262,6 +262,7 @@ impl Control {
         req.spacing = r.spacing;
         req.clip_skip = r.clip_skip;
         req.sdxl = (*r.sdxl).clone();
+        req.hires = r.hires;
         req.init_image = r.init.as_ref().map(|init| InitImage {
             image: crate::diffusion::init_image::fit(
                 &init.picture,
@@ -310,8 +311,10 @@ impl Control {
                     steps: r.steps,
                     cfg_scale: r.cfg_scale,
                     seed: r.seed,
-                    width: image.width,
-                    height: image.height,
+                    // The recipe's size: with hires fix the image is larger (A1111 too writes
+                    // the first pass's size beside "Hires upscale").
+                    width: r.width,
+                    height: r.height,
                     sampler: r.sampler.cli_name().to_string(),
                     sampler_a1111: r.sampler.a1111_name().to_string(),
                     model_name: pipeline.model.name.clone(),
@@ -333,6 +336,7 @@ impl Control {
                             strength: init.strength,
                         }
                     }),
+                    hires: r.hires,
                     sdxl: pipeline.model.is_sdxl().then(|| (*r.sdxl).clone()),
                     easel_version: env!("CARGO_PKG_VERSION").to_string(),
                     extra: Default::default(),

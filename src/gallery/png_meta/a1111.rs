@@ -89,6 +89,15 @@ impl GenerationMetadata {
         if let Some(init) = &self.init_image {
             pairs.push(("Denoising strength", format!("{}", init.strength)));
         }
+        if let Some(h) = &self.hires {
+            // A1111's order and rules: the strength, then the scale, steps only when set.
+            pairs.push(("Denoising strength", format!("{}", h.denoise)));
+            pairs.push(("Hires upscale", format!("{}", h.scale)));
+            if h.steps > 0 {
+                pairs.push(("Hires steps", h.steps.to_string()));
+            }
+            pairs.push(("Hires upscaler", h.upscaler.a1111_name().to_string()));
+        }
         if self.clip_skip > 1 {
             pairs.push(("Clip skip", self.clip_skip.to_string()));
         }
