@@ -972,6 +972,74 @@ fn hires_fix_enlarges_and_records_a1111_fields() {
     );
 }
 
+/// Inpainting from the command line: only the white part of the mask changes (on an ordinary
+/// model the black part is blended back from the picture's own latents at every step), a mask
+/// of another size is resized with a note, and the PNG records the mask.
+#[test]
+fn mask_repaints_the_white_part_and_is_recorded() {
+    let tmp = TempDir::new().unwrap();
+    let picture = tmp.path().join("start.png");
+    image::RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 8) as u8, 128])
+    })
+    .save(&picture)
+    .unwrap();
+    // White right half, at twice the size: resized.
+    let mask = tmp.path().join("mask.png");
+    image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x >= 32 { 255 } else { 0 }]))
+        .save(&mask)
+        .unwrap();
+    let out = tmp.path().join("out.png");
+    let run = generate([
+        OsString::from("--model"),
+        fixture_model("sd-tiny-a").into(),
+        "--prompt".into(),
+        "a red circle".into(),
+        "--steps".into(),
+        "4".into(),
+        "--seed".into(),
+        "3".into(),
+        "--init-image".into(),
+        picture.clone().into(),
+        "--mask".into(),
+        mask.clone().into(),
+        "--strength".into(),
+        "1".into(),
+        "-o".into(),
+        out.clone().into(),
+    ]);
+    assert_ok(&run, "inpaint");
+    assert!(run.stderr.contains("resized to 32x32"), "{}", run.stderr);
+    let meta = read_png_metadata(&out).unwrap().easel.unwrap();
+    assert_eq!(
+        meta.init_image.unwrap().mask,
+        Some(mask.display().to_string())
+    );
+    // The kept (left) half stays nearer the picture than the repainted one.
+    let (_, _, rgb) = read_rgb(&out);
+    let (_, _, original) = read_rgb(&picture);
+    let diff = |left: bool| -> f64 {
+        let mut sum = 0.0;
+        for y in 0..32 {
+            for x in 0..32 {
+                if (x < 16) == left {
+                    for c in 0..3 {
+                        let i = (y * 32 + x) * 3 + c;
+                        sum += (f64::from(rgb[i]) - f64::from(original[i])).abs();
+                    }
+                }
+            }
+        }
+        sum
+    };
+    assert!(
+        diff(true) < diff(false),
+        "kept {} vs repainted {}",
+        diff(true),
+        diff(false)
+    );
+}
+
 #[test]
 fn refuses_unusable_init_images_and_strengths() {
     let a = fixture_model("sd-tiny-a");
@@ -1029,6 +1097,15 @@ fn refuses_unusable_init_images_and_strengths() {
         (
             vec!["--hires-scale", "9"],
             vec!["--hires-scale", "9 is outside"],
+        ),
+        (vec!["--mask", &picture], vec!["--mask", "--init-image"]),
+        (
+            vec!["--init-image", &picture, "--mask", &picture],
+            vec!["mask", "all black", "nothing to repaint"],
+        ),
+        (
+            vec!["--init-image", &picture, "--mask", &text],
+            vec!["--mask", &text, "not a readable image"],
         ),
         (
             vec!["--hires-scale", "2", "--hires-upscaler", "esrgan"],

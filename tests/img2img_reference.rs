@@ -219,3 +219,62 @@ fn hires_fix_is_a_first_pass_enlarged_and_repainted() {
         assert!(err.contains(want), "{h:?}: {err}");
     }
 }
+
+/// Inpainting against diffusers' `StableDiffusionInpaintPipeline` (VAE means, recorded noise):
+/// an ordinary UNet (the kept part blended back at every step) and a 9-channel inpainting UNet
+/// (mask and masked picture as input), each from pure noise at strength 1 and part-way.
+#[test]
+fn inpainting_matches_diffusers_for_4_and_9_channel_unets() {
+    let dir = fixtures().join("refs/inpaint");
+    let mut cases: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".json").map(str::to_string)
+        })
+        .collect();
+    cases.sort();
+    assert_eq!(cases.len(), 4, "{cases:?}");
+    for case in cases {
+        let meta: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap(),
+        )
+        .unwrap();
+        let model = case.split('_').next().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = tmp.path().join(model);
+        copy_dir(&fixtures().join(model), &folder);
+        if meta["unet"] == "inpaint-tiny" {
+            std::fs::remove_dir_all(folder.join("unet")).unwrap();
+            copy_dir(&fixtures().join("inpaint-tiny/unet"), &folder.join("unet"));
+        }
+        let p = Pipeline::load(&folder, &Device::Cpu).unwrap();
+        assert_eq!(p.model.is_inpainting(), meta["unet"] == "inpaint-tiny");
+        let refs = load(&dir.join(format!("{case}.safetensors")));
+        let picture = image::open(dir.join(meta["init_image"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        let mask = image::open(dir.join(meta["mask"].as_str().unwrap()))
+            .unwrap()
+            .to_luma8();
+
+        let mut req = GenerateRequest::new(&p.model, meta["prompt"].as_str().unwrap(), 0);
+        req.negative_prompt = meta["negative_prompt"].as_str().unwrap().to_string();
+        req.steps = meta["steps"].as_u64().unwrap() as usize;
+        req.cfg_scale = meta["guidance_scale"].as_f64().unwrap();
+        req.width = meta["width"].as_u64().unwrap() as usize;
+        req.height = meta["height"].as_u64().unwrap() as usize;
+        req.sampler = meta["sampler"]
+            .as_str()
+            .unwrap()
+            .parse::<Sampler>()
+            .unwrap();
+        req.init_noise = Some(refs["noise"].clone());
+        req.init_image = Some(InitImage {
+            image: picture,
+            strength: meta["strength"].as_f64().unwrap(),
+        });
+        req.mask = Some(easel::diffusion::Mask { image: mask });
+        check_request(&p, &dir, &case, &req);
+    }
+}

@@ -41,6 +41,7 @@ fn meta() -> GenerationMetadata {
         init_image: Some(easel::gallery::png_meta::InitImageUse {
             path: "pictures/start.png".to_string(),
             strength: 0.6,
+            mask: Some("pictures/hands.png".to_string()),
         }),
         hires: None,
         sdxl: None,

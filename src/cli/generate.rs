@@ -11,12 +11,12 @@ use candle_core::{Device, Tensor};
 use crate::models::device::{DeviceChoice, Precision};
 use clap::Args;
 
-use crate::diffusion::init_image;
 use crate::diffusion::schedulers::PredictionType;
 use crate::diffusion::schedulers::{Sampler, Spacing};
+use crate::diffusion::{init_image, inpaint};
 use crate::diffusion::{
-    GenerateRequest, Hires, InitImage, Outcome, Pipeline, SdxlOptions, SizeConditioning, Upscaler,
-    VaeTiling,
+    GenerateRequest, Hires, InitImage, Mask, Outcome, Pipeline, SdxlOptions, SizeConditioning,
+    Upscaler, VaeTiling,
 };
 use crate::gallery::png_meta::{self, GenerationMetadata, InitImageUse, VaeUse};
 use crate::models::checkpoint::LoadOptions;
@@ -107,6 +107,11 @@ pub struct GenerateArgs {
     /// run). Default 0.75.
     #[arg(long, allow_negative_numbers = true)]
     pub strength: Option<f64>,
+    /// Inpainting: repaint only where this picture is white (black keeps the --init-image;
+    /// grey levels are cut at half). Resized to the image size when it differs. Works with any
+    /// model; inpainting models (9-channel UNet) are shown the mask and the kept picture.
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
     /// Hires fix: generate at --width × --height, enlarge by F (1 < F ≤ 4), and repaint at
     /// the larger size (A1111's "Upscale by").
     #[arg(long, allow_negative_numbers = true)]
@@ -248,6 +253,25 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             None
         }
     };
+    if let Some(path) = &args.mask {
+        if picture.is_none() {
+            bail!("--mask: needs the picture it covers (--init-image)");
+        }
+        let mask = init_image::read(path).map_err(|e| anyhow!("--mask {e}"))?;
+        let mask = image::DynamicImage::ImageRgb8(mask).to_luma8();
+        if mask.dimensions() != (req.width as u32, req.height as u32) {
+            eprintln!(
+                "note: --mask is {}x{}, resized to {}x{}",
+                mask.width(),
+                mask.height(),
+                req.width,
+                req.height
+            );
+        }
+        req.mask = Some(Mask {
+            image: inpaint::fit(&mask, req.width as u32, req.height as u32),
+        });
+    }
     if let Some(picture) = &picture {
         req.init_image = Some(InitImage {
             image: init_image::fit(picture, req.width as u32, req.height as u32),
@@ -368,6 +392,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             .map(|(path, init)| InitImageUse {
                 path: path.display().to_string(),
                 strength: init.strength,
+                mask: args.mask.as_ref().map(|m| m.display().to_string()),
             }),
         hires: req.hires,
         sdxl: pipeline.model.is_sdxl().then(|| req.sdxl.clone()),

@@ -4,6 +4,7 @@
 pub mod guidance;
 pub mod hires;
 pub mod init_image;
+pub mod inpaint;
 pub mod memory;
 pub mod noise;
 pub mod pipeline;
@@ -12,6 +13,7 @@ pub mod schedulers;
 
 pub use hires::{Hires, Upscaler};
 pub use init_image::InitImage;
+pub use inpaint::Mask;
 pub use memory::VaeTiling;
 pub use pipeline::{
     GenerateRequest, GeneratedImage, Outcome, Pipeline, PipelineError, SdxlOptions,

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use super::guidance;
 use super::hires::{self, Hires};
 use super::init_image::{self, InitImage};
+use super::inpaint::Mask;
 use super::memory::{self, VaeTiling};
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, taesd_preview, Preview};
@@ -63,6 +64,8 @@ pub struct GenerateRequest {
     pub init_image: Option<InitImage>,
     /// Hires fix: a second pass at a larger size (see [`hires`]).
     pub hires: Option<Hires>,
+    /// Inpainting: where the starting picture is repainted (white), at width × height.
+    pub mask: Option<Mask>,
 }
 
 impl GenerateRequest {
@@ -85,6 +88,7 @@ impl GenerateRequest {
             vae_tiling: VaeTiling::Auto,
             init_image: None,
             hires: None,
+            mask: None,
         }
     }
 }
@@ -606,6 +610,31 @@ impl Pipeline {
                 );
             }
         }
+        if let Some(mask) = &req.mask {
+            if req.init_image.is_none() {
+                return invalid(
+                    "mask",
+                    "a mask needs the picture it covers (--init-image)".to_string(),
+                );
+            }
+            let (w, h) = mask.image.dimensions();
+            if (w as usize, h as usize) != (req.width, req.height) {
+                return invalid(
+                    "mask",
+                    format!(
+                        "the mask is {w}×{h}, the request {}×{}",
+                        req.width, req.height
+                    ),
+                );
+            }
+            if mask.coverage() == 0.0 {
+                return invalid(
+                    "mask",
+                    "the mask is all black: nothing to repaint (white marks what changes)"
+                        .to_string(),
+                );
+            }
+        }
         if let Some(h) = &req.hires {
             if !(h.scale.is_finite() && h.scale > 1.0 && h.scale <= hires::MAX_SCALE) {
                 return invalid(
@@ -751,10 +780,12 @@ impl Pipeline {
             ),
             None => None,
         };
+        let inpaint = self.inpaint_inputs(req, vae_tiled)?;
         let pass = Pass {
             req,
             start,
             init_noise,
+            inpaint,
         };
         let Some(mut latents) = self.denoise(pass, noise, cancel, on_step, &mut progress)? else {
             return Ok(Outcome::Cancelled {
@@ -787,6 +818,7 @@ impl Pipeline {
                 req: big,
                 start: Some((x0, h.denoise)),
                 init_noise: None,
+                inpaint: self.inpaint_inputs(big, final_tiled)?,
             };
             // A1111 draws the second pass's noise from the seed again.
             let mut noise = SeededNoise::new(req.seed);
@@ -813,6 +845,53 @@ impl Pipeline {
         }
         let image = self.decode(&latents, final_tiled)?;
         Ok(Outcome::Finished(GeneratedImage { warnings, ..image }))
+    }
+
+    /// An inpainting request's mask and latents; for an inpainting UNet without a mask,
+    /// A1111's text-to-image conditioning (everything repaints, the "picture" is mid-grey).
+    fn inpaint_inputs(
+        &self,
+        req: &GenerateRequest,
+        tiled: bool,
+    ) -> Result<Option<Inpaint>, PipelineError> {
+        let device = &self.model.device;
+        let f = self.model.vae_scale();
+        let inpainting_unet = self.model.is_inpainting();
+        let err = compute("inpainting mask");
+        let (Some(mask), Some(init)) = (&req.mask, &req.init_image) else {
+            if !inpainting_unet {
+                return Ok(None);
+            }
+            let zeros = Tensor::zeros((1, 3, req.height, req.width), DType::F32, device)
+                .map_err(compute("inpainting mask"))?;
+            let masked = self.encode_tensor(&zeros, tiled)?;
+            let ones = Tensor::ones((1, 1, req.height / f, req.width / f), DType::F32, device)
+                .map_err(err)?;
+            return Ok(Some(Inpaint {
+                mask: ones,
+                kept: masked.clone(),
+                masked: Some(masked),
+            }));
+        };
+        let kept = self.encode_image(&init.image, tiled)?;
+        let latent_mask = mask
+            .latents(f, device)
+            .map_err(compute("inpainting mask"))?;
+        let masked = if inpainting_unet {
+            let keep = (1.0 - mask.pixels(device).map_err(compute("inpainting mask"))?)
+                .map_err(compute("inpainting mask"))?;
+            let picture = init_image::to_tensor(&init.image, device)
+                .and_then(|x| x.broadcast_mul(&keep))
+                .map_err(compute("inpainting mask"))?;
+            Some(self.encode_tensor(&picture, tiled)?)
+        } else {
+            None
+        };
+        Ok(Some(Inpaint {
+            mask: latent_mask,
+            kept,
+            masked,
+        }))
     }
 
     /// The second pass of a hires request: its size, steps and strength; no picture or noise
@@ -855,11 +934,14 @@ impl Pipeline {
             None => noise.randn(&self.latent_shape(req), device),
         }
         .map_err(compute("initial noise"))?;
+        // diffusers' inpainting pipeline starts from pure noise at strength 1.
+        let pure = pass.inpaint.is_some() && pass.start.as_ref().is_some_and(|(_, s)| *s >= 1.0);
         let mut latents = match &pass.start {
-            Some((x0, _)) => scheduler.add_noise(x0, &init, first),
-            None => init * scheduler.init_noise_sigma(),
+            Some((x0, _)) if !pure => scheduler.add_noise(x0, &init, first),
+            _ => &init * scheduler.init_noise_sigma(),
         }
         .map_err(compute("initial noise"))?;
+        let steps = timesteps_len(scheduler.as_ref());
 
         let timesteps = scheduler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate().skip(first) {
@@ -873,6 +955,19 @@ impl Pipeline {
                     latents.clone()
                 };
                 let input = scheduler.scale_model_input(&input, i)?;
+                // An inpainting UNet also reads the mask and the masked picture.
+                let input = match &pass.inpaint {
+                    Some(Inpaint {
+                        masked: Some(masked),
+                        mask,
+                        ..
+                    }) => {
+                        let n = input.dim(0)?;
+                        let extra = Tensor::cat(&[mask, masked], 1)?.repeat((n, 1, 1, 1))?;
+                        Tensor::cat(&[&input, &extra.to_dtype(input.dtype())?], 1)?
+                    }
+                    _ => input,
+                };
                 let pred = self.model.unet.forward_with(&input, t, &cond)?;
                 let pred = if cfg {
                     guidance::combine(
@@ -887,6 +982,23 @@ impl Pipeline {
             })()
             .map_err(compute("denoising step"))?;
             latents = step_out.prev_sample;
+            // An ordinary UNet: the kept part goes back in, noised to the next step's level.
+            if let Some(Inpaint {
+                mask,
+                kept,
+                masked: None,
+            }) = &pass.inpaint
+            {
+                latents = (|| {
+                    let kept = if i + 1 < steps {
+                        scheduler.add_noise(kept, &init, i + 1)?
+                    } else {
+                        kept.clone()
+                    };
+                    kept.broadcast_mul(&(1.0 - mask)?)? + latents.broadcast_mul(mask)?
+                })()
+                .map_err(compute("inpainting blend"))?;
+            }
             let preview = match &self.taesd {
                 Some(t) if t.preview => taesd_preview(&t.model, &step_out.pred_original),
                 _ => latent_preview(&step_out.pred_original, self.model.latent_rgb()),
@@ -916,14 +1028,24 @@ impl Pipeline {
         } else {
             "VAE encode"
         };
+        let x = init_image::to_tensor(picture, &self.model.device).map_err(compute(stage))?;
+        self.encode_tensor(&x, tiled)
+    }
+
+    /// Pixels [1, 3, H, W] in [-1, 1] → clean latents, as [`Self::encode_image`].
+    fn encode_tensor(&self, x: &Tensor, tiled: bool) -> Result<Tensor, PipelineError> {
+        let stage = if tiled {
+            "tiled VAE encode"
+        } else {
+            "VAE encode"
+        };
         let vae = &self.model.vae;
-        init_image::to_tensor(picture, &self.model.device)
-            .and_then(|x| match tiled {
-                true => vae.encode_tiled(&x, &TileConfig::default()),
-                false => vae.encode(&x),
-            })
-            .and_then(|t| t.to_dtype(DType::F32))
-            .map_err(compute(stage))
+        match tiled {
+            true => vae.encode_tiled(x, &TileConfig::default()),
+            false => vae.encode(x),
+        }
+        .and_then(|t| t.to_dtype(DType::F32))
+        .map_err(compute(stage))
     }
 
     /// Latents → image (with the VAE, in tiles when `vae_tiled`, or TAESD when
@@ -980,6 +1102,21 @@ struct Pass<'a> {
     start: Option<(Tensor, f64)>,
     /// Replaces the drawn initial noise.
     init_noise: Option<Tensor>,
+    inpaint: Option<Inpaint>,
+}
+
+/// What an inpainting pass reads besides the prompt.
+struct Inpaint {
+    /// [1, 1, h, w]: 1 repaints, 0 keeps.
+    mask: Tensor,
+    /// The starting picture's latents (what is kept, for an ordinary UNet).
+    kept: Tensor,
+    /// An inpainting UNet's extra input: the masked picture's latents.
+    masked: Option<Tensor>,
+}
+
+fn timesteps_len(s: &dyn schedulers::Scheduler) -> usize {
+    s.timesteps().len()
 }
 
 /// Steps done across a request's passes, for [`StepProgress`].

@@ -116,6 +116,9 @@ pub struct InitImageUse {
     pub path: String,
     /// How much of it was repainted (A1111's `Denoising strength`).
     pub strength: f64,
+    /// Inpainting: the mask's path (white = repainted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
 }
 
 /// One LoRA applied to a generation.

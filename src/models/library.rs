@@ -285,16 +285,16 @@ fn folder_architecture(unet: &serde_json::Value) -> (String, bool) {
     if unet["addition_embed_type"].as_str() == Some("text_time") {
         return ("SDXL".into(), false);
     }
-    let inpaint = unet["in_channels"].as_u64().is_some_and(|c| c != 4);
     let family = match unet["cross_attention_dim"].as_u64() {
         Some(768) => "SD 1.x",
         Some(1024) => "SD 2.x",
         _ => "SD-style (custom size)",
     };
-    if inpaint {
-        return (format!("{family} inpainting"), false);
+    match unet["in_channels"].as_u64() {
+        Some(9) => (format!("{family} inpainting"), true),
+        Some(4) | None => (family.into(), true),
+        Some(n) => (format!("{family} ({n}-channel UNet)"), false),
     }
-    (family.into(), true)
 }
 
 /// Weight files in a diffusers folder (its component subfolders, or itself), with sizes.

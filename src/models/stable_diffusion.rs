@@ -295,12 +295,15 @@ impl StableDiffusion {
 
         let vae_cfg_path = dir.join("vae").join("config.json");
         let vae_cfg = VaeConfig::from_file(&vae_cfg_path)?;
-        if vae_cfg.latent_channels != unet.config.in_channels {
+        // The UNet reads the VAE's latents (an inpainting UNet: latents, mask, masked picture).
+        let (c, u) = (vae_cfg.latent_channels, &unet.config);
+        if c != u.out_channels || !(u.in_channels == c || u.in_channels == 2 * c + 1) {
             return Err(ModelError::bad_config(
                 &vae_cfg_path,
                 format!(
-                    "latent_channels {} does not match the UNet's in_channels {}",
-                    vae_cfg.latent_channels, unet.config.in_channels
+                    "latent_channels {c} does not match the UNet's in_channels {} / \
+                     out_channels {}",
+                    u.in_channels, u.out_channels
                 ),
             ));
         }
@@ -429,7 +432,13 @@ impl StableDiffusion {
     }
 
     pub fn latent_channels(&self) -> usize {
-        self.unet.config.in_channels
+        self.unet.config.out_channels
+    }
+
+    /// An inpainting model: its UNet also reads a mask and the masked picture's latents
+    /// (9 input channels for 4 latent ones).
+    pub fn is_inpainting(&self) -> bool {
+        self.unet.config.in_channels == 2 * self.unet.config.out_channels + 1
     }
 
     /// A1111's short hash (AutoV2) of the checkpoint file, or of a folder's UNet weights.

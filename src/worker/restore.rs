@@ -429,7 +429,10 @@ mod tests {
         assert_eq!(h.steps, crate::diffusion::pipeline::MAX_STEPS);
         assert_eq!(h.denoise, 0.7);
         assert!(r.notes.iter().any(|n| n.contains("R-ESRGAN")));
-        assert_eq!(parse("a cat\nSteps: 20").hires, Some(None));
+        assert_eq!(
+            parse("a cat\nSteps: 20, Seed: 5, Size: 8x8").hires,
+            Some(None)
+        );
     }
 
     #[test]

@@ -334,6 +334,7 @@ impl Control {
                         crate::gallery::png_meta::InitImageUse {
                             path: init.source.display().to_string(),
                             strength: init.strength,
+                            mask: None,
                         }
                     }),
                     hires: r.hires,

@@ -12,7 +12,7 @@
 //!   linear projections; OpenCLIP heads = width / 64, exact GELU, the penultimate layer (the
 //!   last is never read).
 //!
-//! Anything else (SDXL, SD3, Flux, inpainting UNets, LoRAs, VAEs, upscalers…) is named, so
+//! Anything else (SD3, Flux, depth or pix2pix UNets, LoRAs, VAEs, upscalers…) is named, so
 //! the user learns what the file is rather than getting a wrong image.
 
 use std::collections::BTreeMap;
@@ -278,16 +278,9 @@ fn pipeline(k: &Keys) -> Result<Result<PipelineLayout, Identified>, String> {
         )));
     }
     let in_channels = k.dim(&u("input_blocks.0.0.weight"), 1)?;
-    let family_guess = match context {
-        _ if sdxl => "SDXL",
-        Some(1024) => "SD 2.x",
-        _ => "SD 1.x",
-    };
     let unusual = match in_channels {
-        4 => None,
-        9 => Some(format!(
-            "an {family_guess} inpainting model (9-channel UNet); inpainting support is coming"
-        )),
+        // 9: an inpainting model (latents, mask, masked picture), run as such.
+        4 | 9 => None,
         8 => Some("an instruct-pix2pix model (8-channel UNet)".to_string()),
         5 => Some("an SD 2.x depth model (5-channel UNet)".to_string()),
         7 => Some("the SD x4 upscaler".to_string()),

@@ -175,7 +175,7 @@ pub fn load(
     let (vae, vae_file) = match (&external, &layout.vae) {
         (Some(v), own) => {
             let fit = VaeFit {
-                latent_channels: unet.config.in_channels,
+                latent_channels: unet.config.out_channels,
                 factor: own.as_ref().map(|o| o.config.downscale_factor()),
                 scaling: layout.family.vae_scaling(),
             };

@@ -1,0 +1,110 @@
+//! Inpainting: repaint only where a mask is white, keep the rest of the starting picture.
+//!
+//! Masks are read as diffusers' inpainting pipeline reads them: grey levels, white (≥ 0.5)
+//! repaints, black keeps; the latent-size mask takes every f-th pixel (`interpolate`'s
+//! nearest). With an ordinary (4-channel) model the kept part is put back at every step,
+//! noised to that step's level, so the new part grows into it. Inpainting models (a 9-channel
+//! UNet: latents, mask and the masked picture's latents) are shown what to keep instead.
+
+use candle_core::{Device, Tensor};
+use image::GrayImage;
+
+/// A mask at the request's size.
+#[derive(Clone)]
+pub struct Mask {
+    /// White = repaint, black = keep; grey levels are binarised at half.
+    pub image: GrayImage,
+}
+
+impl std::fmt::Debug for Mask {
+    /// The size, not the pixels.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mask")
+            .field("size", &self.image.dimensions())
+            .finish()
+    }
+}
+
+impl Mask {
+    /// Whether a pixel repaints (diffusers' binarisation: `v / 255 ≥ 0.5`).
+    fn repaints(v: u8) -> bool {
+        f32::from(v) / 255.0 >= 0.5
+    }
+
+    /// The share of pixels that repaint.
+    pub fn coverage(&self) -> f64 {
+        let n = self.image.as_raw().len().max(1);
+        let white = self
+            .image
+            .as_raw()
+            .iter()
+            .filter(|&&v| Self::repaints(v))
+            .count();
+        white as f64 / n as f64
+    }
+
+    /// The mask at pixel size, binarised: [1, 1, H, W] of 0 and 1.
+    pub fn pixels(&self, device: &Device) -> candle_core::Result<Tensor> {
+        let (w, h) = self.image.dimensions();
+        let data: Vec<f32> = (self.image.as_raw().iter())
+            .map(|&v| if Self::repaints(v) { 1.0 } else { 0.0 })
+            .collect();
+        Tensor::from_vec(data, (1, 1, h as usize, w as usize), device)
+    }
+
+    /// The mask at latent size (every `factor`-th pixel, binarised): [1, 1, H/f, W/f].
+    pub fn latents(&self, factor: usize, device: &Device) -> candle_core::Result<Tensor> {
+        let (w, h) = (self.image.width() as usize, self.image.height() as usize);
+        let (lw, lh) = (w / factor, h / factor);
+        let mut data = Vec::with_capacity(lw * lh);
+        for y in 0..lh {
+            for x in 0..lw {
+                let v = self
+                    .image
+                    .get_pixel((x * factor) as u32, (y * factor) as u32)
+                    .0[0];
+                data.push(if Self::repaints(v) { 1f32 } else { 0.0 });
+            }
+        }
+        Tensor::from_vec(data, (1, 1, lh, lw), device)
+    }
+}
+
+/// `mask` at exactly `width` × `height` (Lanczos when the size differs, as diffusers resizes
+/// masks), as grey levels.
+pub fn fit(mask: &GrayImage, width: u32, height: u32) -> GrayImage {
+    if mask.dimensions() == (width, height) {
+        return mask.clone();
+    }
+    image::imageops::resize(mask, width, height, image::imageops::FilterType::Lanczos3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binarises_at_half_and_samples_every_fth_pixel() {
+        let image = GrayImage::from_fn(4, 2, |x, y| {
+            image::Luma([[0, 127, 128, 255][x as usize] * (1 - y as u8)])
+        });
+        let mask = Mask { image };
+        let px: Vec<f32> = mask
+            .pixels(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(px, [0., 0., 1., 1., 0., 0., 0., 0.]);
+        let lat: Vec<f32> = mask
+            .latents(2, &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(lat, [0., 1.]);
+        assert_eq!(mask.coverage(), 0.25);
+    }
+}
