@@ -1009,7 +1009,11 @@ fn mask_repaints_the_white_part_and_is_recorded() {
         out.clone().into(),
     ]);
     assert_ok(&run, "inpaint");
-    assert!(run.stderr.contains("resized to 32x32"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("resized to the picture's 32x32"),
+        "{}",
+        run.stderr
+    );
     let meta = read_png_metadata(&out).unwrap().easel.unwrap();
     assert_eq!(
         meta.init_image.unwrap().mask,

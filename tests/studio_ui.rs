@@ -295,14 +295,120 @@ fn a_picture_dropped_on_the_canvas_starts_img2img() {
     assert_eq!(h.state().studio.settings.strength, 0.5);
     assert!(h.state().studio.init.is_none());
     assert_eq!(
-        h.state().studio.init_offer.as_deref(),
-        Some(picture.as_path())
+        h.state().studio.init_offer,
+        Some((picture.clone(), None)),
+        "the picture, no mask"
     );
     h.run_steps(2);
     h.get_by_label("Start from it too").click();
     drive(&mut h, "offered picture used", LOAD, |a| {
         a.studio.init.as_ref().is_some_and(|i| i.source == picture)
     });
+}
+
+/// Inpainting in the studio: "Paint a mask" over a dropped 1024² picture, a drag paints it
+/// (frames measured: UI-thread work per frame while painting), undo and invert work, and the
+/// job's PNG records the mask, written beside the image.
+#[test]
+fn a_mask_painted_on_the_canvas_inpaints_and_is_saved_beside_the_image() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    let picture = dir.path().join("big.png");
+    image::RgbImage::from_fn(1024, 1024, |x, y| {
+        image::Rgb([(x / 4) as u8, (y / 4) as u8, 90])
+    })
+    .save(&picture)
+    .expect("save");
+    common::drop_file_at(&mut h, &picture, Some(egui::pos2(640.0, 380.0)));
+    drive(&mut h, "picture read", LOAD, |a| a.studio.init.is_some());
+    h.run_steps(2);
+    h.get_by_label("Paint a mask (inpaint)").click();
+    h.run_steps(2);
+    assert_eq!(h.state().studio.showing, easel::app::Showing::Mask);
+
+    // A drag across the middle of the canvas.
+    let frames_before = h.state().studio.metrics.frame_times.len();
+    let button = |pos, pressed| egui::Event::PointerButton {
+        pos,
+        button: egui::PointerButton::Primary,
+        pressed,
+        modifiers: egui::Modifiers::NONE,
+    };
+    let start = egui::pos2(560.0, 380.0);
+    h.input_mut().events.push(egui::Event::PointerMoved(start));
+    h.step();
+    h.input_mut().events.push(button(start, true));
+    h.step();
+    for i in 1..=30 {
+        let p = start + egui::vec2(i as f32 * 5.0, 0.0);
+        h.input_mut().events.push(egui::Event::PointerMoved(p));
+        h.step();
+    }
+    h.input_mut()
+        .events
+        .push(button(start + egui::vec2(150.0, 0.0), false));
+    h.step();
+    let frames = &h.state().studio.metrics.frame_times[frames_before..];
+    let worst = frames.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "mask painting on a 1024² picture (debug build): {} frames, worst {:?}",
+        frames.len(),
+        worst
+    );
+    let painted = |a: &StudioApp| {
+        let m = a
+            .studio
+            .init
+            .as_ref()
+            .and_then(|i| i.mask.as_ref())
+            .expect("mask");
+        m.mask().as_raw().iter().filter(|&&v| v > 127).count()
+    };
+    let after_stroke = painted(h.state());
+    assert!(after_stroke > 1000, "{after_stroke} pixels painted");
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    assert_eq!(painted(h.state()), 0);
+    h.get_by_label("Invert").click();
+    h.run_steps(2);
+    assert_eq!(painted(h.state()), 1024 * 1024);
+    h.get_by_label("Undo").click();
+    h.run_steps(2);
+    // Paint again and generate.
+    h.input_mut().events.push(egui::Event::PointerMoved(start));
+    h.step();
+    h.input_mut().events.push(button(start, true));
+    h.step();
+    h.input_mut().events.push(button(start, false));
+    h.step();
+    assert!(painted(h.state()) > 0);
+    h.state_mut().studio.settings.steps = 4;
+    h.get_by_label("Generate").click();
+    drive(&mut h, "inpainted image saved", RUN, |a| {
+        let failed = a.studio.notices.iter().find(|(n, _)| n.error);
+        assert!(failed.is_none(), "{failed:?}");
+        a.studio.history.first().is_some_and(|i| i.path.is_some())
+    });
+    let saved = h.state().studio.history[0].path.clone().expect("saved");
+    let init = read_png_metadata(&saved)
+        .expect("png")
+        .easel
+        .expect("easel")
+        .init_image
+        .expect("init");
+    let mask_path = PathBuf::from(init.mask.expect("mask recorded"));
+    assert!(
+        mask_path.starts_with(lib.path()) && mask_path.to_string_lossy().ends_with(".mask.png")
+    );
+    let mask = image::open(&mask_path).expect("mask readable").to_luma8();
+    assert_eq!(
+        mask.dimensions(),
+        (1024, 1024),
+        "in the picture's proportions"
+    );
+    assert!(mask.as_raw().iter().any(|&v| v > 127));
 }
 
 /// Hires fix in the studio: switched on in its section, the saved image is the enlarged size

@@ -40,8 +40,12 @@ pub enum Action {
     PickLibraryFolder,
     /// Read generation settings from a dropped PNG.
     RestoreFromFile(PathBuf),
-    /// img2img: read this picture (off the UI thread) and start Generate from it.
-    UseAsInit(PathBuf),
+    /// img2img: read this picture (and its inpainting mask, if any) off the UI thread and
+    /// start Generate from it.
+    UseAsInit {
+        picture: PathBuf,
+        mask: Option<PathBuf>,
+    },
     /// Back to text to image.
     ClearInit,
     /// The image-search gesture, when the gallery panel cannot search itself (no CLIP model):

@@ -8,6 +8,12 @@ use super::state::{Showing, Studio};
 
 pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
     toolbar(ui, studio);
+    if studio.showing == Showing::Mask {
+        if mask_editor(ui, studio) {
+            return;
+        }
+        studio.showing = Showing::Live;
+    }
     let (texture, size) = match studio.showing {
         Showing::History(i) => match studio.history.get(i) {
             Some(item) => (
@@ -16,7 +22,7 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
             ),
             None => (None, [0, 0]),
         },
-        Showing::Live => (
+        Showing::Live | Showing::Mask => (
             studio.canvas_texture.as_ref().map(|t| t.id()),
             studio.canvas_size,
         ),
@@ -49,6 +55,41 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
     }
 }
 
+/// The starting picture with its mask over it, fitted to the panel; dragging paints. False
+/// when there is no mask to paint.
+fn mask_editor(ui: &mut egui::Ui, studio: &mut Studio) -> bool {
+    let Some(init) = &mut studio.init else {
+        return false;
+    };
+    let Some(mask) = &mut init.mask else {
+        return false;
+    };
+    let size = init.canvas.size_vec2();
+    let avail = ui.available_size();
+    let scale = (avail.x / size.x).min(avail.y / size.y).max(0.01);
+    let (rect, response) = ui.allocate_exact_size(avail, Sense::click_and_drag());
+    let image_rect = Rect::from_center_size(rect.center(), size * scale);
+    egui::Image::new((init.canvas.id(), image_rect.size())).paint_at(ui, image_rect);
+    let changed = mask.handle(&response, image_rect);
+    let overlay = mask.overlay(ui.ctx()).id();
+    egui::Image::new((overlay, image_rect.size())).paint_at(ui, image_rect);
+    if let Some(p) = response.hover_pos() {
+        let radius = mask.brush * image_rect.width().max(image_rect.height()) / 2.0;
+        ui.painter().circle_stroke(
+            p,
+            radius,
+            egui::Stroke::new(1.5, ui.visuals().strong_text_color()),
+        );
+    }
+    if changed {
+        response.ctx.request_repaint();
+    }
+    if response.drag_stopped() && studio.settings.live {
+        studio.push(Action::LiveRequeue);
+    }
+    true
+}
+
 /// Ctrl+scroll zooms around the current scale.
 fn zoom_on_scroll(ui: &egui::Ui, response: &egui::Response, studio: &mut Studio, current: f32) {
     if !response.hovered() {
@@ -75,6 +116,11 @@ fn toolbar(ui: &mut egui::Ui, studio: &mut Studio) {
             // The live canvas shows the newest image once a job has finished.
             Showing::Live if studio.running.is_none() => studio.history.len().checked_sub(1),
             Showing::Live => None,
+            Showing::Mask => {
+                ui.separator();
+                ui.weak("Painting the mask: drag to paint, red is repainted");
+                None
+            }
         };
         if let Some(i) = shown {
             ui.separator();

@@ -64,7 +64,10 @@ pub fn handle(
         studio.push(if is_model {
             Action::OpenModelPath(first)
         } else if on_canvas {
-            Action::UseAsInit(first)
+            Action::UseAsInit {
+                picture: first,
+                mask: None,
+            }
         } else {
             Action::RestoreFromFile(first)
         });

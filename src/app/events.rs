@@ -171,7 +171,7 @@ impl Studio {
                 )),
             },
             Event::InitImageRead { path, result } => match result {
-                Ok(picture) => self.set_init(ctx, path, picture),
+                Ok((picture, mask)) => self.set_init(ctx, path, picture, mask),
                 Err(e) => self.error(format!("No picture to start from: {e}")),
             },
             Event::ModelPathChosen { path, verdict } => match verdict {
@@ -259,10 +259,10 @@ impl Studio {
                 self.init_offer = None;
             }
             // Made from a picture: its strength now, the picture when the user says so.
-            Some(Some((picture, strength))) => {
+            Some(Some((picture, strength, mask))) => {
                 s.strength = *strength;
                 self.init = None;
-                self.init_offer = Some(picture.clone());
+                self.init_offer = Some((picture.clone(), mask.clone()));
             }
             None => {}
         }

@@ -53,7 +53,10 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
                             .on_hover_text("Start the next images from this one (img2img)")
                             .on_disabled_hover_text("Available once the image is saved");
                         if let (true, Some(path)) = (use_it.clicked(), saved) {
-                            actions.push(Action::UseAsInit(path));
+                            actions.push(Action::UseAsInit {
+                                picture: path,
+                                mask: None,
+                            });
                         }
                     });
                 }

@@ -18,6 +18,7 @@ mod folder_list;
 mod gallery_panel;
 mod history;
 mod lora_panel;
+mod mask_editor;
 mod models_panel;
 mod progress;
 mod prompt_panel;

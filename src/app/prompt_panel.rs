@@ -4,7 +4,8 @@
 use egui::{Response, RichText, Slider};
 
 use super::actions::Action;
-use super::state::{ModelState, Studio};
+use super::mask_editor::MaskEditor;
+use super::state::{InitPicture, ModelState, Showing, Studio};
 use super::token_count::Count;
 use crate::diffusion::schedulers::{Sampler, Spacing};
 
@@ -13,20 +14,27 @@ pub const MAX_CFG: f64 = 30.0;
 pub const MAX_SIDE: usize = 2048;
 
 pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
-    egui::ScrollArea::vertical().show(ui, |ui| {
+    // Generate stays in view at the bottom however long the settings above it grow.
+    ui.with_layout(egui::Layout::bottom_up(egui::Align::Min), |ui| {
         ui.add_space(6.0);
-        model_line(ui, studio);
-        ui.separator();
-        prompts(ui, studio);
-        if matches!(&studio.model, ModelState::Ready(info) if info.sdxl) {
-            sdxl_fields(ui, studio);
-        }
-        init_section(ui, studio);
-        hires_section(ui, studio);
-        ui.add_space(4.0);
-        sliders(ui, studio);
-        ui.add_space(8.0);
         generate_button(ui, studio);
+        ui.add_space(4.0);
+        ui.with_layout(egui::Layout::top_down(egui::Align::Min), |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                ui.add_space(6.0);
+                model_line(ui, studio);
+                ui.separator();
+                prompts(ui, studio);
+                if matches!(&studio.model, ModelState::Ready(info) if info.sdxl) {
+                    sdxl_fields(ui, studio);
+                }
+                init_section(ui, studio);
+                hires_section(ui, studio);
+                ui.add_space(4.0);
+                sliders(ui, studio);
+                ui.add_space(8.0);
+            });
+        });
     });
 }
 
@@ -180,25 +188,32 @@ fn init_section(ui: &mut egui::Ui, studio: &mut Studio) {
         init,
         init_offer,
         settings,
+        showing,
         ..
     } = studio;
     egui::CollapsingHeader::new("Image to image")
         .id_salt("img2img")
         .default_open(true)
         .show(ui, |ui| {
-            if let Some(offer) = init_offer.as_ref() {
+            if let Some((offer, mask)) = init_offer.as_ref() {
                 let name = offer.file_name().unwrap_or_default().to_string_lossy();
+                let masked = if mask.is_some() { " with a mask" } else { "" };
                 super::theme::notice_frame(ui, false).show(ui, |ui| {
-                    if offer.is_file() {
-                        ui.label(format!("The restored image started from {name}."));
-                        if ui.button("Start from it too").clicked() {
-                            use_offer = Some(offer.clone());
+                    let missing = std::iter::once(offer).chain(mask).find(|p| !p.is_file());
+                    match missing {
+                        None => {
+                            ui.label(format!("The restored image started from {name}{masked}."));
+                            if ui.button("Start from it too").clicked() {
+                                use_offer = Some((offer.clone(), mask.clone()));
+                            }
                         }
-                    } else {
-                        ui.label(format!(
-                            "The restored image started from {name}, which is no longer at {}.",
-                            offer.display()
-                        ));
+                        Some(gone) => {
+                            ui.label(format!(
+                                "The restored image started from {name}{masked}, but {} is \
+                                 missing.",
+                                gone.display()
+                            ));
+                        }
                     }
                 });
             }
@@ -248,15 +263,78 @@ fn init_section(ui: &mut egui::Ui, studio: &mut Studio) {
                     format!("Too low for {steps} steps: no step would run"),
                 ),
             };
+            mask_controls(ui, init, showing, &mut requeue);
         });
     if clear {
         studio.push(Action::ClearInit);
     }
-    if let Some(path) = use_offer {
-        studio.push(Action::UseAsInit(path));
+    if let Some((picture, mask)) = use_offer {
+        studio.push(Action::UseAsInit { picture, mask });
     }
     if requeue && studio.settings.live {
         studio.push(Action::LiveRequeue);
+    }
+}
+
+/// Inpainting: paint a mask on the canvas over the starting picture (white = repaint).
+fn mask_controls(
+    ui: &mut egui::Ui,
+    init: &mut InitPicture,
+    showing: &mut Showing,
+    requeue: &mut bool,
+) {
+    ui.add_space(4.0);
+    let Some(mask) = &mut init.mask else {
+        if ui
+            .button("Paint a mask (inpaint)")
+            .on_hover_text("Repaint only where you paint, keep the rest")
+            .clicked()
+        {
+            let (w, h) = init.picture.dimensions();
+            init.mask = Some(MaskEditor::new(w, h));
+            *showing = Showing::Mask;
+        }
+        return;
+    };
+    ui.horizontal(|ui| {
+        ui.label(RichText::new("Mask").strong());
+        if *showing != Showing::Mask && ui.button("Show").clicked() {
+            *showing = Showing::Mask;
+        }
+        if mask.is_empty() {
+            ui.weak("paint on the canvas: red repaints");
+        }
+    });
+    ui.add(
+        Slider::new(&mut mask.brush, 0.005..=0.4)
+            .text("Brush")
+            .show_value(false),
+    )
+    .on_hover_text("Brush size, as a share of the picture");
+    ui.horizontal(|ui| {
+        ui.toggle_value(&mut mask.erase, "Eraser");
+        if ui.button("Invert").clicked() {
+            mask.invert();
+            *requeue = true;
+        }
+        if ui
+            .add_enabled(mask.can_undo(), egui::Button::new("Undo"))
+            .clicked()
+        {
+            mask.undo();
+            *requeue = true;
+        }
+        if ui.button("Clear").on_hover_text("Clear the mask").clicked() {
+            mask.clear();
+        }
+    });
+    if ui
+        .small_button("Remove mask")
+        .on_hover_text("Back to plain img2img")
+        .clicked()
+    {
+        init.mask = None;
+        *showing = Showing::Live;
     }
 }
 

@@ -62,6 +62,10 @@ pub struct InitPicture {
     pub picture: std::sync::Arc<image::RgbImage>,
     /// A small copy for the panel.
     pub thumbnail: TextureHandle,
+    /// The picture at up to the mask's editing size, for painting on the canvas.
+    pub canvas: TextureHandle,
+    /// Inpainting: the mask being painted, when there is one.
+    pub mask: Option<super::mask_editor::MaskEditor>,
 }
 
 /// What the canvas shows.
@@ -70,6 +74,8 @@ pub enum Showing {
     /// The live preview / last result, in the one canvas texture.
     Live,
     History(usize),
+    /// The starting picture, to paint its inpainting mask on.
+    Mask,
 }
 
 /// Measurements the bench (and the curious) read: UI frame times, how late previews are shown,
@@ -125,8 +131,8 @@ pub struct Studio {
     pub few_step_offer: Option<(String, crate::diffusion::pipeline::FewStep)>,
     /// img2img: the picture Generate starts from; `None` = text to image.
     pub init: Option<InitPicture>,
-    /// The picture a restored image started from, offered (never opened unasked).
-    pub init_offer: Option<PathBuf>,
+    /// The picture (and mask) a restored image started from, offered (never opened unasked).
+    pub init_offer: Option<(PathBuf, Option<PathBuf>)>,
     /// The prompt panel's token counts, by prompt text (A1111's "75/150").
     pub token_counts: super::token_count::TokenCounts,
 }
@@ -210,6 +216,7 @@ impl Studio {
         ctx: &egui::Context,
         source: PathBuf,
         picture: std::sync::Arc<image::RgbImage>,
+        mask: Option<image::GrayImage>,
     ) {
         let native = match &self.model {
             ModelState::Ready(info) => info.native_size,
@@ -229,6 +236,23 @@ impl Studio {
             small.as_raw(),
         );
         let thumbnail = ctx.load_texture("init picture", rgb, egui::TextureOptions::LINEAR);
+        let side = super::mask_editor::EDIT_SIDE;
+        let large = if picture.width().max(picture.height()) > side {
+            image::imageops::thumbnail(picture.as_ref(), side, side)
+        } else {
+            picture.as_ref().clone()
+        };
+        let large = egui::ColorImage::from_rgb(
+            [large.width() as usize, large.height() as usize],
+            large.as_raw(),
+        );
+        let canvas = ctx.load_texture("init canvas", large, egui::TextureOptions::LINEAR);
+        let mask = mask.map(|m| super::mask_editor::MaskEditor::from_mask(&m));
+        if mask.is_some() {
+            self.showing = Showing::Mask;
+        } else if self.showing == Showing::Mask {
+            self.showing = Showing::Live;
+        }
         let name = source
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -242,6 +266,8 @@ impl Studio {
             source,
             picture,
             thumbnail,
+            canvas,
+            mask,
         });
     }
 
@@ -295,6 +321,9 @@ impl Studio {
                 picture: i.picture.clone(),
                 source: i.source.clone(),
                 strength: s.strength,
+                mask: (i.mask.as_ref())
+                    .filter(|m| !m.is_empty())
+                    .map(|m| m.snapshot()),
             }),
             // A1111 offers hires fix for text to image only.
             hires: (s.hires_on && self.init.is_none()).then_some(s.hires),
@@ -356,11 +385,16 @@ impl Studio {
             Action::LoadModel(dir) => self.load_model(dir),
             Action::OpenModelPath(path) => self.worker.check_model_path(path),
             Action::RestoreFromFile(path) => self.worker.read_settings(path),
-            Action::UseAsInit(path) => {
+            Action::UseAsInit { picture, mask } => {
                 self.init_offer = None;
-                self.worker.read_init_image(path);
+                self.worker.read_init_image(picture, mask);
             }
-            Action::ClearInit => self.init = None,
+            Action::ClearInit => {
+                self.init = None;
+                if self.showing == Showing::Mask {
+                    self.showing = Showing::Live;
+                }
+            }
             // The gallery panel searches itself when it has a CLIP model; this is the
             // fallback when it has none.
             Action::SearchByImage(path) => self.info(format!(

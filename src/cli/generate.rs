@@ -11,9 +11,9 @@ use candle_core::{Device, Tensor};
 use crate::models::device::{DeviceChoice, Precision};
 use clap::Args;
 
+use crate::diffusion::init_image;
 use crate::diffusion::schedulers::PredictionType;
 use crate::diffusion::schedulers::{Sampler, Spacing};
-use crate::diffusion::{init_image, inpaint};
 use crate::diffusion::{
     GenerateRequest, Hires, InitImage, Mask, Outcome, Pipeline, SdxlOptions, SizeConditioning,
     Upscaler, VaeTiling,
@@ -254,22 +254,29 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
     };
     if let Some(path) = &args.mask {
-        if picture.is_none() {
+        let Some(picture) = &picture else {
             bail!("--mask: needs the picture it covers (--init-image)");
-        }
+        };
         let mask = init_image::read(path).map_err(|e| anyhow!("--mask {e}"))?;
-        let mask = image::DynamicImage::ImageRgb8(mask).to_luma8();
-        if mask.dimensions() != (req.width as u32, req.height as u32) {
+        let mut mask = image::DynamicImage::ImageRgb8(mask).to_luma8();
+        // The mask covers the picture: brought to its size first, then fitted with it.
+        if mask.dimensions() != picture.dimensions() {
             eprintln!(
-                "note: --mask is {}x{}, resized to {}x{}",
+                "note: --mask is {}x{}, resized to the picture's {}x{}",
                 mask.width(),
                 mask.height(),
-                req.width,
-                req.height
+                picture.width(),
+                picture.height()
+            );
+            mask = image::imageops::resize(
+                &mask,
+                picture.width(),
+                picture.height(),
+                image::imageops::FilterType::Lanczos3,
             );
         }
         req.mask = Some(Mask {
-            image: inpaint::fit(&mask, req.width as u32, req.height as u32),
+            image: init_image::fit(&mask, req.width as u32, req.height as u32),
         });
     }
     if let Some(picture) = &picture {

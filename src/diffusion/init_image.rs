@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use image::imageops::FilterType;
-use image::RgbImage;
+use image::{ImageBuffer, Pixel, RgbImage};
 
 /// The picture an img2img request starts from.
 #[derive(Clone)]
@@ -116,8 +116,16 @@ pub fn min_strength(steps: usize) -> f64 {
 
 /// `picture` at exactly `width` × `height`: scaled (Lanczos) until it covers the size, then
 /// cropped around its centre, so nothing is stretched (A1111's "Crop and resize"). A picture
-/// already that size is returned as it is.
-pub fn fit(picture: &RgbImage, width: u32, height: u32) -> RgbImage {
+/// already that size is returned as it is. Masks go through the same, so they stay on their
+/// picture.
+pub fn fit<P>(
+    picture: &ImageBuffer<P, Vec<P::Subpixel>>,
+    width: u32,
+    height: u32,
+) -> ImageBuffer<P, Vec<P::Subpixel>>
+where
+    P: Pixel + 'static,
+{
     let (w, h) = picture.dimensions();
     if (w, h) == (width, height) {
         return picture.clone();

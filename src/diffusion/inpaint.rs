@@ -70,15 +70,6 @@ impl Mask {
     }
 }
 
-/// `mask` at exactly `width` × `height` (Lanczos when the size differs, as diffusers resizes
-/// masks), as grey levels.
-pub fn fit(mask: &GrayImage, width: u32, height: u32) -> GrayImage {
-    if mask.dimensions() == (width, height) {
-        return mask.clone();
-    }
-    image::imageops::resize(mask, width, height, image::imageops::FilterType::Lanczos3)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

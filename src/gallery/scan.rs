@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::query::has_image_extension;
+
+/// How Easel names an inpainting mask kept beside its image (`<image stem>.mask.png`).
+pub const MASK_SUFFIX: &str = ".mask.png";
 use super::GalleryError;
 
 /// A file found under a root, with what tells a change.
@@ -77,7 +80,11 @@ pub fn walk(root: &Path) -> Result<Walk, GalleryError> {
                     continue;
                 }
             };
-            if !has_image_extension(&path) {
+            // Inpainting masks Easel keeps beside its images are not pictures to search.
+            let is_mask = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(MASK_SUFFIX));
+            if !has_image_extension(&path) || is_mask {
                 out.other_files.push(path);
                 continue;
             }

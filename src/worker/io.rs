@@ -20,6 +20,9 @@ pub struct SaveJob {
     pub hash_files: Arc<Vec<PathBuf>>,
     /// The external VAE whose hash the metadata needs, if any.
     pub vae_file: Option<PathBuf>,
+    /// An inpainting mask painted in the studio, written beside the image (`….mask.png`) so
+    /// that the image can be restored with it.
+    pub mask: Option<Arc<image::GrayImage>>,
 }
 
 /// Writes the image (temp file + rename, by `write_png`) and reports `Saved` or `SaveFailed`.
@@ -34,7 +37,7 @@ pub async fn save(mut save: SaveJob, sink: EventSink) {
         .unwrap_or_default();
     }
     let job = save.job;
-    let written = tokio::task::spawn_blocking(move || write_to_library(&save)).await;
+    let written = tokio::task::spawn_blocking(move || write_to_library(&mut save)).await;
     let event = match written {
         Ok(Ok(path)) => Event::Saved { job, path },
         Ok(Err(error)) => Event::SaveFailed { job, error },
@@ -46,7 +49,7 @@ pub async fn save(mut save: SaveJob, sink: EventSink) {
     sink.send(event);
 }
 
-fn write_to_library(save: &SaveJob) -> Result<PathBuf, String> {
+fn write_to_library(save: &mut SaveJob) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&save.dir).map_err(|e| {
         format!(
             "cannot create the library folder {}: {e}",
@@ -56,6 +59,13 @@ fn write_to_library(save: &SaveJob) -> Result<PathBuf, String> {
     let path = save
         .dir
         .join(library_file_name(save.job, save.metadata.seed));
+    if let (Some(mask), Some(init)) = (&save.mask, save.metadata.init_image.as_mut()) {
+        // Before the image, so that an image on disk never names a mask that is not.
+        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+        let mask_path = path.with_file_name(format!("{stem}{}", crate::gallery::scan::MASK_SUFFIX));
+        write_mask(mask, &mask_path)?;
+        init.mask = Some(mask_path.display().to_string());
+    }
     png_meta::write_png(
         &path,
         save.image.width,
@@ -65,6 +75,17 @@ fn write_to_library(save: &SaveJob) -> Result<PathBuf, String> {
     )
     .map_err(|e| e.to_string())?;
     Ok(path)
+}
+
+/// A grey PNG, written to a temporary name and renamed: never a partial file under the name.
+fn write_mask(mask: &image::GrayImage, path: &std::path::Path) -> Result<(), String> {
+    let tmp = path.with_extension("png.part");
+    mask.save_with_format(&tmp, image::ImageFormat::Png)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(image::ImageError::IoError))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write the mask {}: {e}", path.display())
+        })
 }
 
 /// `<unix milliseconds>-<job>-<seed>.png`: sorts by time in any file browser, and the job id

@@ -76,6 +76,8 @@ pub struct RecipeInit {
     pub source: PathBuf,
     /// 0 < strength ≤ 1: how much of it is repainted.
     pub strength: f64,
+    /// Inpainting: white = repaint, in the picture's proportions (any size: fitted with it).
+    pub mask: Option<Arc<image::GrayImage>>,
 }
 
 impl std::fmt::Debug for RecipeInit {
@@ -273,10 +275,10 @@ pub enum Event {
         error: String,
     },
     /// Settings read from a dropped PNG (or why none could be).
-    /// A picture to start img2img from, read off the UI thread.
+    /// A picture to start img2img from (and its inpainting mask), read off the UI thread.
     InitImageRead {
         path: PathBuf,
-        result: Result<Arc<image::RgbImage>, String>,
+        result: Result<(Arc<image::RgbImage>, Option<image::GrayImage>), String>,
     },
     Restored {
         path: PathBuf,
@@ -468,13 +470,24 @@ impl Worker {
         });
     }
 
-    /// Reads a picture for img2img on the I/O runtime; answered by [`Event::InitImageRead`].
-    pub fn read_init_image(&self, path: PathBuf) {
+    /// Reads a picture for img2img, and an inpainting mask for it, on the I/O runtime;
+    /// answered by [`Event::InitImageRead`].
+    pub fn read_init_image(&self, path: PathBuf, mask: Option<PathBuf>) {
         let sink = self.sink();
         self.spawn_blocking(move || {
-            let result = crate::diffusion::init_image::read(&path)
-                .map(Arc::new)
-                .map_err(|e| e.to_string());
+            let read = crate::diffusion::init_image::read;
+            let result = read(&path).map_err(|e| e.to_string()).and_then(|picture| {
+                let mask = match &mask {
+                    Some(m) => Some(
+                        image::DynamicImage::ImageRgb8(
+                            read(m).map_err(|e| format!("its mask {e}"))?,
+                        )
+                        .to_luma8(),
+                    ),
+                    None => None,
+                };
+                Ok((Arc::new(picture), mask))
+            });
             sink.send(Event::InitImageRead { path, result });
         });
     }

@@ -50,9 +50,10 @@ pub struct Restored {
     /// SDXL's second prompts and micro-conditioning (Easel's own metadata only).
     pub sdxl: Option<crate::diffusion::SdxlOptions>,
     /// img2img (Easel's own metadata only): `Some(None)` = the image was made from text;
-    /// `Some(Some((picture, strength)))` = from that picture. The picture is only named here:
-    /// nothing a PNG names is opened unless the user chooses it.
-    pub init: Option<Option<(std::path::PathBuf, f64)>>,
+    /// `Some(Some((picture, strength, mask)))` = from that picture (inpainted where the mask
+    /// is white). The files are only named here: nothing a PNG names is opened unless the user
+    /// chooses it.
+    pub init: Option<Option<(std::path::PathBuf, f64, Option<std::path::PathBuf>)>>,
     /// Hires fix: `Some(None)` = the image had none, `Some(Some(_))` = its second pass.
     pub hires: Option<Option<crate::diffusion::Hires>>,
     /// What was found but could not be used, in words.
@@ -113,8 +114,13 @@ impl Restored {
         if let Some(s) = self.spacing {
             found.push(format!("{s} spacing"));
         }
-        if let Some(Some((_, strength))) = &self.init {
-            found.push(format!("img2img strength {strength}"));
+        if let Some(Some((_, strength, mask))) = &self.init {
+            let what = if mask.is_some() {
+                "inpainting"
+            } else {
+                "img2img"
+            };
+            found.push(format!("{what} strength {strength}"));
         }
         if let Some(Some(h)) = &self.hires {
             found.push(format!(
@@ -180,7 +186,8 @@ pub fn from_metadata(meta: &PngMetadata) -> Option<Restored> {
             } else {
                 crate::diffusion::init_image::DEFAULT_STRENGTH
             };
-            (std::path::PathBuf::from(&i.path), strength)
+            let mask = i.mask.as_ref().map(std::path::PathBuf::from);
+            (std::path::PathBuf::from(&i.path), strength, mask)
         }));
         r.hires = Some(e.hires.map(trusted_hires));
         return Some(r);

@@ -263,6 +263,15 @@ impl Control {
         req.clip_skip = r.clip_skip;
         req.sdxl = (*r.sdxl).clone();
         req.hires = r.hires;
+        req.mask = (r.init.as_ref())
+            .and_then(|init| init.mask.as_ref())
+            .map(|mask| crate::diffusion::Mask {
+                image: crate::diffusion::init_image::fit(
+                    mask.as_ref(),
+                    r.width as u32,
+                    r.height as u32,
+                ),
+            });
         req.init_image = r.init.as_ref().map(|init| InitImage {
             image: crate::diffusion::init_image::fit(
                 &init.picture,
@@ -362,6 +371,7 @@ impl Control {
                     hash: loaded.hash.clone(),
                     hash_files: loaded.hash_files.clone(),
                     vae_file: pipeline.model.vae_file.clone(),
+                    mask: r.init.as_ref().and_then(|i| i.mask.clone()),
                 };
                 let sink = self.sink.clone();
                 self.io.spawn(io::save(save, sink));
