@@ -486,6 +486,16 @@ impl GalleryPanel {
                     if ui.button("Restore settings").clicked() {
                         studio.push(Action::RestoreFromFile(PathBuf::from(&path)));
                     }
+                    if ui
+                        .button("Use as init")
+                        .on_hover_text("Start the next images from this one (img2img)")
+                        .clicked()
+                    {
+                        studio.push(Action::UseAsInit {
+                            picture: PathBuf::from(&path),
+                            mask: None,
+                        });
+                    }
                     if ui.button("Find similar").clicked() {
                         command = Some(ServiceCommand::Similar(path.clone()));
                     }
