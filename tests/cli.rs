@@ -1044,6 +1044,69 @@ fn mask_repaints_the_white_part_and_is_recorded() {
     );
 }
 
+/// Textual-inversion embeddings from the command line: called by name, recorded as A1111's
+/// `TI hashes`; one for another model is named in a warning when the prompt calls it.
+#[test]
+fn embeddings_are_called_by_name_and_recorded() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("embeddings");
+    copy_dir(&common::fixtures().join("embeddings"), &dir);
+    // A 48-wide embedding: SD 2.x-like, not for sd-tiny-a's 32-wide text encoder.
+    let t = candle_core::Tensor::ones((2, 48), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("emb_params", t)]),
+        dir.join("widething.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("notes.pt"), b"not a torch file").unwrap();
+    let run_with = |prompt: &str, out: &Path| {
+        generate([
+            OsString::from("--model"),
+            fixture_model("sd-tiny-a").into(),
+            "--prompt".into(),
+            prompt.into(),
+            "--steps".into(),
+            "2".into(),
+            "--seed".into(),
+            "3".into(),
+            "--embeddings".into(),
+            dir.clone().into(),
+            "-o".into(),
+            out.into(),
+        ])
+    };
+    let out = tmp.path().join("emb.png");
+    let run = run_with("a tinyemb red circle, widething", &out);
+    assert_ok(&run, "embeddings");
+    assert!(run.stderr.contains("notes.pt"), "{}", run.stderr);
+    let warning = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    assert!(
+        warning.contains("widething") && warning.contains("48"),
+        "{warning}"
+    );
+    let meta = read_png_metadata(&out).unwrap();
+    let used = meta.easel.unwrap().embeddings;
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0].name, "tinyemb");
+    let ti = meta.a1111.unwrap();
+    assert_eq!(
+        ti.get("TI hashes"),
+        Some(format!("tinyemb: {}", used[0].hash).as_str())
+    );
+    // The embedding changes the picture.
+    let words = tmp.path().join("words.png");
+    assert_ok(
+        &run_with("a tinyemb2x red circle, widething", &words),
+        "words",
+    );
+    assert_ne!(read_rgb(&out).2, read_rgb(&words).2);
+}
+
 #[test]
 fn refuses_unusable_init_images_and_strengths() {
     let a = fixture_model("sd-tiny-a");
@@ -1103,6 +1166,10 @@ fn refuses_unusable_init_images_and_strengths() {
             vec!["--hires-scale", "9 is outside"],
         ),
         (vec!["--mask", &picture], vec!["--mask", "--init-image"]),
+        (
+            vec!["--embeddings", &picture],
+            vec!["--embeddings", "not a folder"],
+        ),
         (
             vec!["--init-image", &picture, "--mask", &picture],
             vec!["mask", "all black", "nothing to repaint"],

@@ -333,6 +333,7 @@ fn meta(model: &str, prompt: &str) -> GenerationMetadata {
         init_noise: None,
         init_image: None,
         hires: None,
+        embeddings: Vec::new(),
         sdxl: None,
         easel_version: "test".into(),
         extra: Default::default(),

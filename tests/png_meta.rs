@@ -44,6 +44,10 @@ fn meta() -> GenerationMetadata {
             mask: Some("pictures/hands.png".to_string()),
         }),
         hires: None,
+        embeddings: vec![easel::gallery::png_meta::EmbeddingUse {
+            name: "easynegative".to_string(),
+            hash: "c74b4e810b03".to_string(),
+        }],
         sdxl: None,
         easel_version: "0.1.0".to_string(),
         extra: serde_json::Map::new(),
@@ -95,7 +99,7 @@ fn writes_a1111_text_exactly() {
         Steps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 1234567890, Size: 8x6, \
         Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.6, \
         Lora hashes: \"detail_tweaker: 7c6bad76eb, inkstyle v2: d1131f7207\", \
-        Version: easel-0.1.0";
+        TI hashes: \"easynegative: c74b4e810b03\", Version: easel-0.1.0";
     assert_eq!(meta().a1111_parameters(), expected);
 }
 
@@ -120,6 +124,7 @@ fn writes_no_negative_line_when_negative_is_empty() {
         init_noise: None,
         init_image: None,
         hires: None,
+        embeddings: Vec::new(),
         sdxl: None,
         easel_version: "0.1.0".to_string(),
         extra: serde_json::Map::new(),
@@ -256,6 +261,10 @@ fn own_output_round_trips_through_parse() {
             (
                 "Lora hashes".to_string(),
                 "detail_tweaker: 7c6bad76eb, inkstyle v2: d1131f7207".to_string()
+            ),
+            (
+                "TI hashes".to_string(),
+                "easynegative: c74b4e810b03".to_string()
             ),
             ("Version".to_string(), "easel-0.1.0".to_string()),
         ]

@@ -159,3 +159,56 @@ fn generations_from_weighted_chunked_prompts_match_diffusers() {
         check_recorded_run(&p, &refs_dir(), &format!("{model}_{case}"), init, 1);
     }
 }
+
+/// Textual inversion against diffusers' `load_textual_inversion` (A1111's `.pt` format): the
+/// name in the prompt takes the embedding's vectors; the safetensors form loads too; an
+/// embedding for another text encoder is never matched (the name stays words).
+#[test]
+fn textual_inversion_matches_diffusers() {
+    let (mut p, _tmp) = pipeline("sd-tiny-a");
+    let (found, skipped) = easel::prompt::embeddings::scan(&[fixtures().join("embeddings")]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let names: Vec<&str> = found.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["tinyemb", "tinyemb2"]);
+    assert!(found.iter().all(|e| e.len() == 3 && e.hash.len() == 12));
+    p.embeddings = found;
+    let refs = load(&refs_dir().join("embedding.safetensors"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(refs_dir().join("embedding.json")).unwrap())
+            .unwrap();
+    let prompt = meta["prompt"].as_str().unwrap();
+    let states = p.encode_prompt(prompt).unwrap();
+    let d = max_abs_diff(&states, &refs["states"]);
+    assert!(d < TOL, "states with the embedding differ by {d}");
+    let used: Vec<&str> = p
+        .embeddings_used(&[prompt])
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(used, ["tinyemb"]);
+    // The safetensors file holds other vectors under its own name.
+    let other = p
+        .encode_prompt(&prompt.replace("tinyemb", "tinyemb2"))
+        .unwrap();
+    assert!(max_abs_diff(&other, &states) > 1e-3);
+
+    // Without embeddings the name is read as words, as diffusers reads it.
+    let embeddings = std::mem::take(&mut p.embeddings);
+    let words = p.encode_prompt(prompt).unwrap();
+    let d = max_abs_diff(&words, &refs["as_words"]);
+    assert!(d < TOL, "as words: {d}");
+
+    // An embedding of another width (another model's) is skipped: words again.
+    let tmp = tempfile::tempdir().unwrap();
+    let wide = tmp.path().join("tinyemb.safetensors");
+    let t = candle_core::Tensor::ones((2, 48), candle_core::DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("emb_params", t)]), &wide)
+        .unwrap();
+    let (wide, _) = easel::prompt::embeddings::scan(&[tmp.path().to_path_buf()]);
+    assert_eq!(wide[0].widths(), "48");
+    p.embeddings = wide;
+    assert!(p.embeddings_used(&[prompt]).is_empty());
+    let d = max_abs_diff(&p.encode_prompt(prompt).unwrap(), &refs["as_words"]);
+    assert!(d < TOL, "another width: {d}");
+    drop(embeddings);
+}

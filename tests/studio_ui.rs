@@ -542,6 +542,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
         init_noise: None,
         init_image: None,
         hires: None,
+        embeddings: Vec::new(),
         sdxl: None,
         easel_version: "0.1.0".into(),
         extra: Default::default(),

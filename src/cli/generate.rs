@@ -18,7 +18,7 @@ use crate::diffusion::{
     GenerateRequest, Hires, InitImage, Mask, Outcome, Pipeline, SdxlOptions, SizeConditioning,
     Upscaler, VaeTiling,
 };
-use crate::gallery::png_meta::{self, GenerationMetadata, InitImageUse, VaeUse};
+use crate::gallery::png_meta::{self, EmbeddingUse, GenerationMetadata, InitImageUse, VaeUse};
 use crate::models::checkpoint::LoadOptions;
 
 #[derive(Args, Debug)]
@@ -155,6 +155,10 @@ pub struct GenerateArgs {
     /// Folders where adapters named without a path are found (then $EASEL_LORA_DIR). Repeatable.
     #[arg(long)]
     pub lora_dir: Vec<PathBuf>,
+    /// Folders of textual-inversion embeddings (A1111's `embeddings/`: .pt, .safetensors),
+    /// called by file name in the prompt (then $EASEL_EMBEDDINGS_DIR). Repeatable.
+    #[arg(long)]
+    pub embeddings: Vec<PathBuf>,
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
 }
@@ -181,6 +185,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(taesd) = load_taesd(&args, &model_dir, sdxl, &device)? {
         pipeline.set_taesd(taesd)?;
     }
+    load_embeddings(&mut pipeline, &args)?;
     let model = &pipeline.model;
     eprintln!(
         "loaded {} ({}) in {:.2}s",
@@ -402,12 +407,54 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 mask: args.mask.as_ref().map(|m| m.display().to_string()),
             }),
         hires: req.hires,
+        embeddings: pipeline
+            .embeddings_used(&[&req.prompt, &req.negative_prompt])
+            .into_iter()
+            .map(|e| EmbeddingUse {
+                name: e.name.clone(),
+                hash: e.hash.clone(),
+            })
+            .collect(),
         sdxl: pipeline.model.is_sdxl().then(|| req.sdxl.clone()),
         easel_version: env!("CARGO_PKG_VERSION").to_string(),
         extra: Default::default(),
     };
     png_meta::write_png(&args.output, image.width, image.height, &image.rgb, &meta)?;
     eprintln!("wrote {}", args.output.display());
+    Ok(())
+}
+
+/// Reads the embeddings of `--embeddings` and $EASEL_EMBEDDINGS_DIR. Files that are not
+/// embeddings, and embeddings for another model that the prompts name, get one line each.
+fn load_embeddings(pipeline: &mut Pipeline, args: &GenerateArgs) -> Result<()> {
+    let mut dirs = args.embeddings.clone();
+    for d in &dirs {
+        if !d.is_dir() {
+            bail!("--embeddings {}: not a folder", d.display());
+        }
+    }
+    dirs.extend(std::env::var_os("EASEL_EMBEDDINGS_DIR").map(PathBuf::from));
+    let (found, skipped) = crate::prompt::embeddings::scan(&dirs);
+    for e in skipped {
+        eprintln!("note: skipped embedding {e}");
+    }
+    let widths: Vec<usize> = std::iter::once(pipeline.model.text_encoder.width())
+        .chain((pipeline.model.text_encoder_2.as_ref()).map(|t| t.encoder.width()))
+        .collect();
+    let prompts = format!("{} {}", args.prompt, args.negative).to_lowercase();
+    for e in &found {
+        let fits = widths.iter().all(|&w| e.for_width(w).is_some());
+        if !fits && prompts.contains(&e.name.to_lowercase()) {
+            eprintln!(
+                "warning: embedding {} ({}) is for another model ({} wide; this one reads {}): its name is read as words",
+                e.name,
+                e.path.display(),
+                e.widths(),
+                widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(" + ")
+            );
+        }
+    }
+    pipeline.embeddings = found;
     Ok(())
 }
 

@@ -20,11 +20,14 @@ use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, taesd_preview, Preview};
 use super::schedulers::{self, Sampler, Spacing};
 use crate::models::checkpoint::LoadOptions;
+use crate::models::clip_text::Placed;
 use crate::models::error::without_backtrace;
 use crate::models::taesd::{Taesd, TaesdOptions};
 use crate::models::unet::Conditioning;
 use crate::models::vae::TileConfig;
 use crate::models::{ModelError, StableDiffusion};
+use crate::prompt::chunks::EmbeddingWord;
+use crate::prompt::embeddings::Embedding;
 use crate::prompt::{self, Chunk, Chunks};
 
 /// Steps above this are refused: no sampler gains anything there, and a typo like 20000 would
@@ -271,6 +274,9 @@ pub struct Pipeline {
     pub model: StableDiffusion,
     /// TAESD and what it is used for; `None`: latent-projection previews and the model's VAE.
     pub taesd: Option<TaesdUse>,
+    /// Textual-inversion embeddings prompts may call by name (those without vectors for this
+    /// model's text encoders are never matched).
+    pub embeddings: Vec<Embedding>,
 }
 
 /// A TAESD the pipeline uses (set it with [`Pipeline::set_taesd`]).
@@ -297,6 +303,7 @@ impl Pipeline {
         let mut pipeline = Self {
             model: StableDiffusion::load_with(path, opts, device, DType::F32)?,
             taesd: None,
+            embeddings: Vec::new(),
         };
         pipeline.configure_taesd(opts.taesd.as_ref())?;
         Ok(pipeline)
@@ -369,14 +376,21 @@ impl Pipeline {
     ) -> Result<TextEncoding, PipelineError> {
         let model = &self.model;
         let device = &model.device;
-        let split = |tokenizer, texts: &[&str]| -> Vec<Chunks> {
+        let words_1 = self.embedding_words(&model.tokenizer, model.text_encoder.width());
+        let split = |tokenizer, words: &[EmbeddingWord], texts: &[&str]| -> Vec<Chunks> {
             texts
                 .iter()
-                .map(|t| prompt::chunks::split(tokenizer, &prompt::lora_tags::strip_tags(t)))
+                .map(|t| {
+                    let text = prompt::lora_tags::strip_tags(t);
+                    prompt::chunks::split_with(tokenizer, &text, words)
+                })
                 .collect()
         };
-        let first = split(&model.tokenizer, texts);
-        let second = (model.text_encoder_2.as_ref()).map(|s| (s, split(&s.tokenizer, texts_2)));
+        let first = split(&model.tokenizer, &words_1, texts);
+        let second = (model.text_encoder_2.as_ref()).map(|s| {
+            let words = self.embedding_words(&s.tokenizer, s.encoder.width());
+            (s, split(&s.tokenizer, &words, texts_2))
+        });
         let n_chunks = first
             .iter()
             .chain(second.iter().flat_map(|(_, c)| c))
@@ -387,8 +401,11 @@ impl Pipeline {
         let Some((second, chunks_2)) = second else {
             let rows = padded_rows(&model.tokenizer, &first, n_chunks);
             let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
+            let placed = self.placed(&rows, model.text_encoder.width());
             let states = (|| {
-                let states = model.text_encoder.encode_batch(&ids, device, clip_skip)?;
+                let states = model
+                    .text_encoder
+                    .encode_batch(&ids, device, clip_skip, &placed)?;
                 join_chunks(&states, &rows, texts.len())
             })()
             .map_err(err)?;
@@ -401,14 +418,18 @@ impl Pipeline {
             let rows = padded_rows(&model.tokenizer, &first, n_chunks);
             let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
             let eos = model.tokenizer.eos_id();
+            let placed = self.placed(&rows, model.text_encoder.width());
             let (states_1, _) = model
                 .text_encoder
-                .encode_hidden(&ids, eos, device, clip_skip)?;
+                .encode_hidden(&ids, eos, device, clip_skip, &placed)?;
             let states_1 = join_chunks(&states_1, &rows, texts.len())?;
             let rows = padded_rows(&second.tokenizer, &chunks_2, n_chunks);
             let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
             let eos = second.tokenizer.eos_id();
-            let (states_2, pooled) = second.encoder.encode_hidden(&ids, eos, device, clip_skip)?;
+            let placed = self.placed(&rows, second.encoder.width());
+            let (states_2, pooled) = second
+                .encoder
+                .encode_hidden(&ids, eos, device, clip_skip, &placed)?;
             let states_2 = join_chunks(&states_2, &rows, texts.len())?;
             // A1111 pools the first chunk.
             let pooled = match pooled {
@@ -425,6 +446,59 @@ impl Pipeline {
             Ok(TextEncoding { states, pooled })
         })()
         .map_err(err)
+    }
+
+    /// The embeddings a text encoder of `width` can use, as the chunker matches them.
+    fn embedding_words(
+        &self,
+        tokenizer: &crate::models::tokenizer::ClipTokenizer,
+        width: usize,
+    ) -> Vec<EmbeddingWord> {
+        (self.embeddings.iter().enumerate())
+            .filter_map(|(index, e)| {
+                let vectors = e.for_width(width)?.dim(0).ok()?;
+                Some(EmbeddingWord {
+                    tokens: tokenizer.tokenize(&e.name),
+                    vectors,
+                    index,
+                })
+            })
+            .collect()
+    }
+
+    /// The embedding vectors the rows' chunks place, for a text encoder of `width`.
+    fn placed(&self, rows: &[Chunk], width: usize) -> Vec<Placed> {
+        (rows.iter().enumerate())
+            .flat_map(|(row, chunk)| {
+                chunk.fixes.iter().filter_map(move |f| {
+                    let vectors = self.embeddings.get(f.embedding)?.for_width(width)?.clone();
+                    Some(Placed {
+                        row,
+                        offset: f.offset,
+                        vectors,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// The embeddings these prompts call, in order of first use (for the PNG's `TI hashes`).
+    pub fn embeddings_used(&self, texts: &[&str]) -> Vec<&Embedding> {
+        let width = self.model.text_encoder.width();
+        let words = self.embedding_words(&self.model.tokenizer, width);
+        let mut used: Vec<usize> = Vec::new();
+        for text in texts {
+            let text = prompt::lora_tags::strip_tags(text);
+            let split = prompt::chunks::split_with(&self.model.tokenizer, &text, &words);
+            for f in split.chunks.iter().flat_map(|c| &c.fixes) {
+                if !used.contains(&f.embedding) {
+                    used.push(f.embedding);
+                }
+            }
+        }
+        used.iter()
+            .filter_map(|&i| self.embeddings.get(i))
+            .collect()
     }
 
     /// What the UNet is conditioned on for `req` (see [`Self::conditioning`]).

@@ -73,6 +73,9 @@ pub struct GenerationMetadata {
     /// Hires fix: the second pass (the image is `width` × `height` enlarged by its scale).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hires: Option<crate::diffusion::Hires>,
+    /// Textual-inversion embeddings the prompts called (A1111's `TI hashes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embeddings: Vec<EmbeddingUse>,
     /// SDXL's second prompts and micro-conditioning; absent for other models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdxl: Option<crate::diffusion::SdxlOptions>,
@@ -119,6 +122,14 @@ pub struct InitImageUse {
     /// Inpainting: the mask's path (white = repainted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<String>,
+}
+
+/// A textual-inversion embedding a prompt called.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingUse {
+    pub name: String,
+    /// A1111's short hash (12 hex digits of the file's SHA-256).
+    pub hash: String,
 }
 
 /// One LoRA applied to a generation.

@@ -170,6 +170,15 @@ impl EncoderLayer {
     }
 }
 
+/// Vectors that take the place of token embeddings: `vectors` [n, width] at `offset..offset+n`
+/// of batch row `row` (a textual-inversion embedding).
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub row: usize,
+    pub offset: usize,
+    pub vectors: Tensor,
+}
+
 /// The text encoder: ids [batch, seq] → last hidden state [batch, seq, hidden] after the final
 /// layer norm, which is what the SD UNet cross-attends to.
 pub struct ClipTextModel {
@@ -268,7 +277,13 @@ impl ClipTextModel {
     /// A1111's "Clip skip" (1 = the last layer; 2 = the one before, which many SD 1.x
     /// fine-tunes were trained on), the same as diffusers' `clip_skip = clip_skip - 1`.
     pub fn forward_skipping(&self, ids: &Tensor, clip_skip: usize) -> Result<Tensor> {
-        let mut xs = self.embed(ids)?;
+        self.forward_placed(ids, clip_skip, &[])
+    }
+
+    /// [`Self::forward_skipping`] with textual-inversion vectors in place of some positions'
+    /// token embeddings.
+    fn forward_placed(&self, ids: &Tensor, clip_skip: usize, placed: &[Placed]) -> Result<Tensor> {
+        let mut xs = self.embed(ids, placed)?;
         let used = self.layers.len() + 1 - clip_skip.clamp(1, self.layers.len());
         for layer in &self.layers[..used] {
             xs = layer.forward(&xs)?;
@@ -276,22 +291,37 @@ impl ClipTextModel {
         self.final_layer_norm.forward(&xs)
     }
 
-    /// Token plus position embeddings: [batch, seq, hidden].
-    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+    /// Token plus position embeddings: [batch, seq, hidden]; `placed` vectors replace token
+    /// embeddings (A1111 replaces them before the positions are added, as here).
+    fn embed(&self, ids: &Tensor, placed: &[Placed]) -> Result<Tensor> {
         let (_, seq) = ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
         // Embedding tables may be kept in half precision (`--dtype`); the looked-up rows are
         // widened to the dtype the model computes in, its norms'.
         let dtype = self.final_layer_norm.weight().dtype();
-        self.token_embedding
-            .forward(ids)?
-            .to_dtype(dtype)?
-            .broadcast_add(
-                &self
-                    .position_embedding
-                    .forward(&positions)?
-                    .to_dtype(dtype)?,
-            )
+        let mut tokens = self.token_embedding.forward(ids)?.to_dtype(dtype)?;
+        for p in placed {
+            let (n, width) = p.vectors.dims2()?;
+            let v = p
+                .vectors
+                .to_dtype(dtype)?
+                .to_device(ids.device())?
+                .unsqueeze(0)?;
+            if p.offset + n > seq {
+                candle_core::bail!(
+                    "an embedding's {n} vectors do not fit at position {}",
+                    p.offset
+                );
+            }
+            tokens =
+                tokens.slice_assign(&[p.row..p.row + 1, p.offset..p.offset + n, 0..width], &v)?;
+        }
+        tokens.broadcast_add(
+            &self
+                .position_embedding
+                .forward(&positions)?
+                .to_dtype(dtype)?,
+        )
     }
 
     /// SDXL's use of a text encoder: the hidden states after all but `clip_skip` layers, with
@@ -305,10 +335,11 @@ impl ClipTextModel {
         eos: u32,
         device: &Device,
         clip_skip: usize,
+        placed: &[Placed],
     ) -> Result<(Tensor, Option<Tensor>)> {
         let n = self.layers.len();
         let keep = n - clip_skip.clamp(1, n);
-        let mut xs = self.embed(&Self::batch(ids, device)?)?;
+        let mut xs = self.embed(&Self::batch(ids, device)?, placed)?;
         let mut hidden = (keep == 0).then(|| xs.clone());
         let run = if self.text_projection.is_some() {
             n
@@ -356,8 +387,14 @@ impl ClipTextModel {
         ids: &[Vec<u32>],
         device: &Device,
         clip_skip: usize,
+        placed: &[Placed],
     ) -> Result<Tensor> {
-        self.forward_skipping(&Self::batch(ids, device)?, clip_skip)
+        self.forward_placed(&Self::batch(ids, device)?, clip_skip, placed)
+    }
+
+    /// The width of its token embeddings (which textual-inversion vectors must have).
+    pub fn width(&self) -> usize {
+        self.config.hidden_size
     }
 
     /// The number of transformer layers (the largest useful clip skip).

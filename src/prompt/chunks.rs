@@ -20,6 +20,8 @@ pub struct Chunk {
     pub ids: Vec<u32>,
     /// Each position's weight (1 for the start, end and padding).
     pub weights: Vec<f32>,
+    /// Positions that take a textual-inversion embedding's vectors.
+    pub fixes: Vec<Fix>,
 }
 
 impl Chunk {
@@ -51,7 +53,7 @@ pub fn chunk_len(tokenizer: &ClipTokenizer) -> usize {
 
 /// Splits a prompt written in A1111's emphasis syntax (its `<lora:…>` tags already removed).
 pub fn split(tokenizer: &ClipTokenizer, prompt: &str) -> Chunks {
-    split_runs(tokenizer, &emphasis::parse(prompt))
+    split_runs_with(tokenizer, &emphasis::parse(prompt), &[])
 }
 
 /// The chunk an empty prompt gives; what pads a shorter prompt to a longer one's chunk count
@@ -60,18 +62,51 @@ pub fn empty(tokenizer: &ClipTokenizer) -> Chunk {
     finish(tokenizer, Vec::new(), Vec::new())
 }
 
-fn split_runs(tokenizer: &ClipTokenizer, runs: &[Weighted]) -> Chunks {
+/// A textual-inversion embedding as the chunker finds it: its name's tokens, and how many
+/// positions its vectors take.
+#[derive(Debug, Clone)]
+pub struct EmbeddingWord {
+    pub tokens: Vec<u32>,
+    pub vectors: usize,
+    /// Its index in the caller's list.
+    pub index: usize,
+}
+
+/// Where a chunk's positions take an embedding's vectors instead of token embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fix {
+    /// The first position, in [`Chunk::ids`] (after the start token).
+    pub offset: usize,
+    /// The embedding's index in the caller's list.
+    pub embedding: usize,
+}
+
+/// [`split`] with textual-inversion embeddings: where the prompt's tokens spell an embedding's
+/// name (the longest match first, as A1111), its vectors take as many positions, never split
+/// across chunks.
+pub fn split_with(tokenizer: &ClipTokenizer, prompt: &str, words: &[EmbeddingWord]) -> Chunks {
+    split_runs_with(tokenizer, &emphasis::parse(prompt), words)
+}
+
+fn split_runs_with(
+    tokenizer: &ClipTokenizer,
+    runs: &[Weighted],
+    words: &[EmbeddingWord],
+) -> Chunks {
     let len = chunk_len(tokenizer);
     let comma = match tokenizer.tokenize(",").as_slice() {
         [id] => Some(*id),
         _ => None,
     };
+    let mut words: Vec<&EmbeddingWord> = words.iter().filter(|w| !w.tokens.is_empty()).collect();
+    words.sort_by_key(|w| std::cmp::Reverse(w.tokens.len()));
     let mut splitter = Splitter {
         tokenizer,
         len,
         done: Vec::new(),
         tokens: Vec::new(),
         weights: Vec::new(),
+        fixes: Vec::new(),
         last_comma: None,
         token_count: 0,
     };
@@ -81,25 +116,56 @@ fn split_runs(tokenizer: &ClipTokenizer, runs: &[Weighted]) -> Chunks {
             continue;
         }
         let weight = run.weight as f32;
-        for token in tokenizer.tokenize(&run.text) {
+        let tokens = tokenizer.tokenize(&run.text);
+        let mut at = 0;
+        while let Some(&token) = tokens.get(at) {
             if Some(token) == comma {
                 splitter.last_comma = Some(splitter.tokens.len());
-            } else if let Some(at) = splitter
+            } else if let Some(cut) = splitter
                 .last_comma
-                .filter(|&at| splitter.tokens.len() == len && len - at <= COMMA_BACKTRACK)
+                .filter(|&c| splitter.tokens.len() == len && len - c <= COMMA_BACKTRACK)
             {
-                // Move the words after the comma into the next chunk.
-                let moved_tokens = splitter.tokens.split_off(at + 1);
-                let moved_weights = splitter.weights.split_off(at + 1);
+                // Move the words after the comma (and any embedding among them) into the
+                // next chunk.
+                let moved_tokens = splitter.tokens.split_off(cut + 1);
+                let moved_weights = splitter.weights.split_off(cut + 1);
+                let (moved_fixes, kept): (Vec<Fix>, Vec<Fix>) = std::mem::take(&mut splitter.fixes)
+                    .into_iter()
+                    .partition(|f| f.offset > cut);
+                splitter.fixes = kept;
                 splitter.next_chunk(false);
                 splitter.tokens = moved_tokens;
                 splitter.weights = moved_weights;
+                splitter.fixes = moved_fixes
+                    .into_iter()
+                    .map(|f| Fix {
+                        offset: f.offset - (cut + 1),
+                        ..f
+                    })
+                    .collect();
             }
             if splitter.tokens.len() == len {
                 splitter.next_chunk(false);
             }
-            splitter.tokens.push(token);
-            splitter.weights.push(weight);
+            let found = words.iter().find(|w| tokens[at..].starts_with(&w.tokens));
+            let Some(word) = found else {
+                splitter.tokens.push(token);
+                splitter.weights.push(weight);
+                at += 1;
+                continue;
+            };
+            if splitter.tokens.len() + word.vectors > len {
+                splitter.next_chunk(false);
+            }
+            splitter.fixes.push(Fix {
+                offset: splitter.tokens.len(),
+                embedding: word.index,
+            });
+            // A1111's placeholder id; the vectors replace its embedding.
+            let n = word.vectors.min(len);
+            splitter.tokens.extend(std::iter::repeat_n(0, n));
+            splitter.weights.extend(std::iter::repeat_n(weight, n));
+            at += word.tokens.len();
         }
     }
     if !splitter.tokens.is_empty() || splitter.done.is_empty() {
@@ -117,6 +183,8 @@ struct Splitter<'a> {
     done: Vec<Chunk>,
     tokens: Vec<u32>,
     weights: Vec<f32>,
+    /// Offsets into `tokens`.
+    fixes: Vec<Fix>,
     last_comma: Option<usize>,
     token_count: usize,
 }
@@ -127,7 +195,16 @@ impl Splitter<'_> {
         self.token_count += if last { self.tokens.len() } else { self.len };
         let tokens = std::mem::take(&mut self.tokens);
         let weights = std::mem::take(&mut self.weights);
-        self.done.push(finish(self.tokenizer, tokens, weights));
+        let mut chunk = finish(self.tokenizer, tokens, weights);
+        // Offsets in the chunk's ids count the start token.
+        chunk.fixes = std::mem::take(&mut self.fixes)
+            .into_iter()
+            .map(|f| Fix {
+                offset: f.offset + 1,
+                ..f
+            })
+            .collect();
+        self.done.push(chunk);
         self.last_comma = None;
     }
 }
@@ -150,7 +227,11 @@ fn finish(tokenizer: &ClipTokenizer, tokens: Vec<u32>, weights: Vec<f32>) -> Chu
     w.push(1.0);
     w.extend_from_slice(&weights);
     w.resize(total, 1.0);
-    Chunk { ids, weights: w }
+    Chunk {
+        ids,
+        weights: w,
+        fixes: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +292,45 @@ mod tests {
         assert_eq!(
             &out.chunks[1].ids[1..11],
             &tok.tokenize(&"dog ".repeat(10))[..]
+        );
+    }
+
+    #[test]
+    fn embeddings_take_their_vectors_positions_and_never_split() {
+        let tok = tokenizer();
+        let word = EmbeddingWord {
+            tokens: tok.tokenize("easynegative"),
+            vectors: 5,
+            index: 7,
+        };
+        assert!(word.tokens.len() > 1);
+        let out = split_with(
+            &tok,
+            "a (easynegative:1.5) cat",
+            std::slice::from_ref(&word),
+        );
+        let c = &out.chunks[0];
+        assert_eq!(
+            c.fixes,
+            [Fix {
+                offset: 2,
+                embedding: 7
+            }]
+        );
+        assert_eq!(&c.ids[2..7], &[0; 5]);
+        assert_eq!(c.ids[7], tok.tokenize("cat")[0]);
+        assert_eq!(&c.weights[1..8], &[1.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0]);
+        assert_eq!(out.token_count, 7);
+        // 72 words fill the chunk too far for 5 vectors: they start the next one whole.
+        let out = split_with(&tok, &format!("{}easynegative", "cat ".repeat(72)), &[word]);
+        assert_eq!(out.chunks.len(), 2);
+        assert!(out.chunks[0].fixes.is_empty());
+        assert_eq!(
+            out.chunks[1].fixes,
+            [Fix {
+                offset: 1,
+                embedding: 7
+            }]
         );
     }
 

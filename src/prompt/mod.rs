@@ -3,11 +3,13 @@
 //! - [`emphasis`]: `(word)`, `[word]`, `(word:1.3)`, escapes and `BREAK` → runs of weighted text.
 //! - [`chunks`]: weighted text → 75-token chunks of (token, weight), as A1111 splits long prompts.
 //! - [`lora_tags`]: `<lora:name:weight>` tags, which choose adapters and are not text.
+//! - [`embeddings`]: textual-inversion embeddings, called by name.
 //!
 //! [`weigh`] is A1111's emphasis math on a chunk's encoded states; the pipeline encodes the
 //! chunks and joins them (`crate::diffusion::pipeline`).
 
 pub mod chunks;
+pub mod embeddings;
 pub mod emphasis;
 pub mod lora_tags;
 

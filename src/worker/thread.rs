@@ -347,6 +347,7 @@ impl Control {
                         }
                     }),
                     hires: r.hires,
+                    embeddings: Vec::new(),
                     sdxl: pipeline.model.is_sdxl().then(|| (*r.sdxl).clone()),
                     easel_version: env!("CARGO_PKG_VERSION").to_string(),
                     extra: Default::default(),

@@ -110,6 +110,15 @@ impl GenerationMetadata {
                 .collect();
             pairs.push(("Lora hashes", hashes.join(", ")));
         }
+        if !self.embeddings.is_empty() {
+            // A1111 strips `:` and `,` from names, as for LoRAs.
+            let hashes: Vec<String> = self
+                .embeddings
+                .iter()
+                .map(|e| format!("{}: {}", e.name.replace([':', ','], ""), e.hash))
+                .collect();
+            pairs.push(("TI hashes", hashes.join(", ")));
+        }
         pairs.push(("Version", format!("easel-{}", self.easel_version)));
 
         let settings: Vec<String> = pairs

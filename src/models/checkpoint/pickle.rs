@@ -143,9 +143,17 @@ fn state_dict_tensors(root: Value) -> Result<Vec<(String, Rebuilt)>, PickleError
     }
     Ok(entries
         .into_iter()
-        .filter_map(|(k, v)| match (k, v) {
-            (Value::Str(k), Value::Tensor(t)) => Some((k, t)),
-            _ => None,
+        .flat_map(|(k, v)| match (k, v) {
+            (Value::Str(k), Value::Tensor(t)) => vec![(k, t)],
+            // A1111's textual-inversion files: {"string_to_param": {"*": tensor}, …}.
+            (Value::Str(k), Value::Dict(inner)) if k == "string_to_param" => inner
+                .into_iter()
+                .filter_map(|(name, v)| match (name, v) {
+                    (Value::Str(name), Value::Tensor(t)) => Some((format!("{k}.{name}"), t)),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
         })
         .collect())
 }
