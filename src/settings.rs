@@ -101,6 +101,9 @@ pub struct Settings {
     pub tool_tab: String,
     /// Folders the LoRA panel lists, and where `<lora:name:w>` prompt tags are looked up.
     pub lora_dirs: Vec<PathBuf>,
+    /// Folders of textual-inversion embeddings; empty = `$EASEL_EMBEDDINGS_DIR` and those found
+    /// beside the model folders.
+    pub embedding_dirs: Vec<PathBuf>,
     /// The LoRA panel's adapters: toggles and weights.
     pub loras: Vec<crate::lora::LoraChoice>,
     /// Folders the model library lists (A1111's models/Stable-diffusion and models/VAE,
@@ -178,6 +181,7 @@ impl Default for Settings {
             library_dir: None,
             tool_tab: String::new(),
             lora_dirs: Vec::new(),
+            embedding_dirs: Vec::new(),
             loras: Vec::new(),
             model_dirs: Vec::new(),
             model_choices: BTreeMap::new(),

@@ -411,6 +411,39 @@ fn a_mask_painted_on_the_canvas_inpaints_and_is_saved_beside_the_image() {
     assert!(mask.as_raw().iter().any(|&v| v > 127));
 }
 
+/// Textual-inversion embeddings in the studio: the Embeddings tab lists a folder's, with their
+/// vector counts, and a job calling one by name records it (A1111's `TI hashes`).
+#[test]
+fn the_embeddings_tab_lists_them_and_a_job_uses_them() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    h.state_mut().studio.settings.embedding_dirs = vec![common::fixtures().join("embeddings")];
+    h.get_by_label("Embeddings").click();
+    let start = Instant::now();
+    while h.query_by_label("tinyemb2").is_none() {
+        assert!(start.elapsed() < LOAD, "embeddings not listed");
+        h.step();
+    }
+    assert!(h.query_by_label("tinyemb").is_some());
+    assert!(h.query_all_by_label("3 vectors · 32").count() == 2);
+    {
+        let s = &mut h.state_mut().studio.settings;
+        s.prompt = "a tinyemb red circle".into();
+        s.steps = 2;
+    }
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    drive(&mut h, "saved", RUN, |a| {
+        a.studio.history.first().is_some_and(|i| i.path.is_some())
+    });
+    let saved = h.state().studio.history[0].path.clone().expect("saved");
+    let meta = read_png_metadata(&saved).expect("png");
+    let used = meta.easel.expect("easel").embeddings;
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0].name, "tinyemb");
+    assert!(meta.a1111.expect("a1111").get("TI hashes").is_some());
+}
+
 /// Hires fix in the studio: switched on in its section, the saved image is the enlarged size
 /// and records the second pass; an A1111 PNG with hires fields switches it back on.
 #[test]

@@ -301,7 +301,7 @@ fn store(choices: &mut Vec<LoraChoice>, choice: LoraChoice) {
 }
 
 /// Appends `words` to the prompt as a comma-separated phrase.
-fn insert_words(prompt: &mut String, words: &str) {
+pub fn insert_words(prompt: &mut String, words: &str) {
     let trimmed = prompt.trim_end();
     if trimmed.is_empty() {
         *prompt = words.to_string();

@@ -12,6 +12,7 @@ mod actions;
 mod bench;
 mod canvas;
 mod drop;
+mod embeddings_panel;
 mod empty_state;
 mod events;
 mod folder_list;
@@ -60,6 +61,7 @@ fn tool_panels() -> Vec<Box<dyn Panel>> {
         Box::new(queue::QueuePanel),
         Box::new(models_panel::ModelsPanel::default()),
         Box::new(lora_panel::LoraPanel::default()),
+        Box::new(embeddings_panel::EmbeddingsPanel::default()),
         Box::new(gallery_panel::GalleryPanel::new()),
         Box::new(settings_panel::SettingsPanel),
     ]

@@ -327,6 +327,7 @@ impl Studio {
             }),
             // A1111 offers hires fix for text to image only.
             hires: (s.hires_on && self.init.is_none()).then_some(s.hires),
+            embedding_dirs: super::embeddings_panel::embedding_dirs(s),
         }
     }
 

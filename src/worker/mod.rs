@@ -65,6 +65,8 @@ pub struct Recipe {
     pub init: Option<RecipeInit>,
     /// Hires fix: a second pass at a larger size.
     pub hires: Option<crate::diffusion::Hires>,
+    /// Folders of textual-inversion embeddings the prompts may call (read when the job runs).
+    pub embedding_dirs: Vec<PathBuf>,
 }
 
 /// The picture an img2img recipe starts from. Any size: the worker fits it to the recipe's
@@ -110,6 +112,7 @@ impl Default for Recipe {
             loras: Default::default(),
             init: None,
             hires: None,
+            embedding_dirs: Vec::new(),
         }
     }
 }
@@ -131,7 +134,8 @@ pub enum Command {
     /// `Failed`.
     Enqueue {
         job: JobId,
-        recipe: Recipe,
+        /// Boxed: a recipe is several times the size of the other commands.
+        recipe: Box<Recipe>,
         front: bool,
         /// Finished images are written here at once (created if missing).
         save_dir: PathBuf,
@@ -389,7 +393,7 @@ impl Worker {
         self.flags.insert(job, cancel.clone());
         self.send(Command::Enqueue {
             job,
-            recipe,
+            recipe: Box::new(recipe),
             front,
             save_dir,
             cancel,

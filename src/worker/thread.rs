@@ -95,7 +95,7 @@ pub fn run(commands: Receiver<Command>, sink: EventSink, io: Handle) {
             model = control.load(path, options);
             continue;
         }
-        if let Some(loaded) = &model {
+        if let Some(loaded) = &mut model {
             let (next, cancelled) = control.queue.pop_runnable();
             let changed = next.is_some() || !cancelled.is_empty();
             for p in cancelled {
@@ -129,7 +129,7 @@ impl Control {
             } => {
                 let pending = Pending {
                     job,
-                    recipe,
+                    recipe: *recipe,
                     save_dir,
                     cancel,
                 };
@@ -245,12 +245,15 @@ impl Control {
         }
     }
 
-    fn run_job(&mut self, loaded: &Loaded, p: Pending, commands: &Receiver<Command>) {
+    fn run_job(&mut self, loaded: &mut Loaded, p: Pending, commands: &Receiver<Command>) {
         let r = &p.recipe;
         self.sink.send(Event::Started {
             job: p.job,
             recipe: r.clone(),
         });
+        // Small files, read per job so a job uses the folders it was queued with.
+        loaded.pipeline.embeddings = crate::prompt::embeddings::scan(&r.embedding_dirs).0;
+        let loaded = &*loaded;
         let pipeline = &loaded.pipeline;
         let mut req = GenerateRequest::new(&pipeline.model, &r.prompt, r.seed);
         req.negative_prompt = r.negative_prompt.clone();
@@ -347,7 +350,14 @@ impl Control {
                         }
                     }),
                     hires: r.hires,
-                    embeddings: Vec::new(),
+                    embeddings: pipeline
+                        .embeddings_used(&[&r.prompt, &r.negative_prompt])
+                        .into_iter()
+                        .map(|e| crate::gallery::png_meta::EmbeddingUse {
+                            name: e.name.clone(),
+                            hash: e.hash.clone(),
+                        })
+                        .collect(),
                     sdxl: pipeline.model.is_sdxl().then(|| (*r.sdxl).clone()),
                     easel_version: env!("CARGO_PKG_VERSION").to_string(),
                     extra: Default::default(),
