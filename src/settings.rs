@@ -128,6 +128,8 @@ pub struct Settings {
     pub taesd_decode: bool,
     /// img2img: how much of the starting picture is repainted (0 < strength ≤ 1).
     pub strength: f64,
+    /// Inpainting: A1111's "Mask blur" in pixels.
+    pub mask_blur: u32,
     /// Hires fix on, and its second pass.
     pub hires_on: bool,
     pub hires: crate::diffusion::Hires,
@@ -194,6 +196,7 @@ impl Default for Settings {
             taesd_preview: false,
             taesd_decode: false,
             strength: crate::diffusion::init_image::DEFAULT_STRENGTH,
+            mask_blur: crate::diffusion::inpaint::DEFAULT_BLUR,
             hires_on: false,
             hires: Default::default(),
         }

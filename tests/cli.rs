@@ -1042,6 +1042,15 @@ fn mask_repaints_the_white_part_and_is_recorded() {
         diff(true),
         diff(false)
     );
+    // Mask blur 4 (A1111's default): far from the edge the kept part is the picture itself.
+    for y in 0..32 {
+        for x in 0..4 {
+            let i = (y * 32 + x) * 3;
+            assert_eq!(&rgb[i..i + 3], &original[i..i + 3], "pixel {x},{y}");
+        }
+    }
+    let meta = read_png_metadata(&out).unwrap().a1111.unwrap();
+    assert_eq!(meta.get("Mask blur"), Some("4"));
 }
 
 /// Textual-inversion embeddings from the command line: called by name, recorded as A1111's
@@ -1166,6 +1175,10 @@ fn refuses_unusable_init_images_and_strengths() {
             vec!["--hires-scale", "9 is outside"],
         ),
         (vec!["--mask", &picture], vec!["--mask", "--init-image"]),
+        (
+            vec!["--mask-blur", "4"],
+            vec!["--mask-blur", "only with --mask"],
+        ),
         (
             vec!["--embeddings", &picture],
             vec!["--embeddings", "not a folder"],

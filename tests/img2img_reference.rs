@@ -274,7 +274,11 @@ fn inpainting_matches_diffusers_for_4_and_9_channel_unets() {
             image: picture,
             strength: meta["strength"].as_f64().unwrap(),
         });
-        req.mask = Some(easel::diffusion::Mask { image: mask });
+        // No blur: the image as decoded, as diffusers returns it.
+        req.mask = Some(easel::diffusion::Mask {
+            image: mask,
+            blur: 0,
+        });
         check_request(&p, &dir, &case, &req);
     }
 }

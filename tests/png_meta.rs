@@ -42,6 +42,7 @@ fn meta() -> GenerationMetadata {
             path: "pictures/start.png".to_string(),
             strength: 0.6,
             mask: Some("pictures/hands.png".to_string()),
+            mask_blur: Some(4),
         }),
         hires: None,
         embeddings: vec![easel::gallery::png_meta::EmbeddingUse {
@@ -97,7 +98,7 @@ fn writes_a1111_text_exactly() {
         soft light, (detailed:1.2)\n\
         Negative prompt: blurry, lowres\n\
         Steps: 30, Sampler: Euler a, CFG scale: 7.5, Seed: 1234567890, Size: 8x6, \
-        Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.6, \
+        Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.6, Mask blur: 4, \
         Lora hashes: \"detail_tweaker: 7c6bad76eb, inkstyle v2: d1131f7207\", \
         TI hashes: \"easynegative: c74b4e810b03\", Version: easel-0.1.0";
     assert_eq!(meta().a1111_parameters(), expected);
@@ -258,6 +259,7 @@ fn own_output_round_trips_through_parse() {
         p.other,
         vec![
             ("Denoising strength".to_string(), "0.6".to_string()),
+            ("Mask blur".to_string(), "4".to_string()),
             (
                 "Lora hashes".to_string(),
                 "detail_tweaker: 7c6bad76eb, inkstyle v2: d1131f7207".to_string()

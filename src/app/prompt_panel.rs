@@ -263,7 +263,7 @@ fn init_section(ui: &mut egui::Ui, studio: &mut Studio) {
                     format!("Too low for {steps} steps: no step would run"),
                 ),
             };
-            mask_controls(ui, init, showing, &mut requeue);
+            mask_controls(ui, init, &mut settings.mask_blur, showing, &mut requeue);
         });
     if clear {
         studio.push(Action::ClearInit);
@@ -280,6 +280,7 @@ fn init_section(ui: &mut egui::Ui, studio: &mut Studio) {
 fn mask_controls(
     ui: &mut egui::Ui,
     init: &mut InitPicture,
+    mask_blur: &mut u32,
     showing: &mut Showing,
     requeue: &mut bool,
 ) {
@@ -311,6 +312,13 @@ fn mask_controls(
             .show_value(false),
     )
     .on_hover_text("Brush size, as a share of the picture");
+    *requeue |= released(
+        &ui.add(Slider::new(mask_blur, 0..=64).text("Mask blur"))
+            .on_hover_text(
+                "Keep the picture's own pixels outside the mask, blended over this many pixels \
+                 (0: the image as generated)",
+            ),
+    );
     ui.horizontal(|ui| {
         ui.toggle_value(&mut mask.erase, "Eraser");
         if ui.button("Invert").clicked() {

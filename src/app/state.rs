@@ -324,6 +324,7 @@ impl Studio {
                 mask: (i.mask.as_ref())
                     .filter(|m| !m.is_empty())
                     .map(|m| m.snapshot()),
+                mask_blur: s.mask_blur,
             }),
             // A1111 offers hires fix for text to image only.
             hires: (s.hires_on && self.init.is_none()).then_some(s.hires),

@@ -112,6 +112,11 @@ pub struct GenerateArgs {
     /// model; inpainting models (9-channel UNet) are shown the mask and the kept picture.
     #[arg(long)]
     pub mask: Option<PathBuf>,
+    /// Inpainting: A1111's "Mask blur" in pixels (default 4). Above 0 the image keeps the
+    /// picture's own pixels outside the mask, blended across the blurred edge; 0 leaves the
+    /// image as decoded (diffusers' pipeline).
+    #[arg(long, allow_negative_numbers = true)]
+    pub mask_blur: Option<u32>,
     /// Hires fix: generate at --width × --height, enlarge by F (1 < F ≤ 4), and repaint at
     /// the larger size (A1111's "Upscale by").
     #[arg(long, allow_negative_numbers = true)]
@@ -258,6 +263,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             None
         }
     };
+    if args.mask_blur.is_some() && args.mask.is_none() {
+        bail!("--mask-blur: only with --mask");
+    }
     if let Some(path) = &args.mask {
         let Some(picture) = &picture else {
             bail!("--mask: needs the picture it covers (--init-image)");
@@ -282,6 +290,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         req.mask = Some(Mask {
             image: init_image::fit(&mask, req.width as u32, req.height as u32),
+            blur: args
+                .mask_blur
+                .unwrap_or(crate::diffusion::inpaint::DEFAULT_BLUR),
         });
     }
     if let Some(picture) = &picture {
@@ -405,6 +416,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 path: path.display().to_string(),
                 strength: init.strength,
                 mask: args.mask.as_ref().map(|m| m.display().to_string()),
+                mask_blur: req.mask.as_ref().map(|m| m.blur),
             }),
         hires: req.hires,
         embeddings: pipeline

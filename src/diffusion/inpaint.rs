@@ -14,6 +14,10 @@ use image::GrayImage;
 pub struct Mask {
     /// White = repaint, black = keep; grey levels are binarised at half.
     pub image: GrayImage,
+    /// A1111's "Mask blur", in pixels: above 0, the finished image keeps the starting picture's
+    /// own pixels where the mask is black, blended into the new ones across a blurred edge
+    /// (A1111's overlay). 0: the image as decoded (diffusers' inpainting pipeline).
+    pub blur: u32,
 }
 
 impl std::fmt::Debug for Mask {
@@ -21,6 +25,7 @@ impl std::fmt::Debug for Mask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mask")
             .field("size", &self.image.dimensions())
+            .field("blur", &self.blur)
             .finish()
     }
 }
@@ -70,6 +75,29 @@ impl Mask {
     }
 }
 
+/// A1111's default mask blur, in pixels.
+pub const DEFAULT_BLUR: u32 = 4;
+
+/// The finished image with the starting picture's pixels put back where `mask` keeps them,
+/// through its edge blurred by `mask.blur` pixels (A1111's overlay). `rgb` is `picture`'s size.
+pub fn overlay(rgb: &mut [u8], picture: &image::RgbImage, mask: &Mask) {
+    if mask.blur == 0 {
+        return;
+    }
+    let alpha = image::imageops::blur(&mask.image, mask.blur as f32);
+    for ((out, &orig), &a) in rgb
+        .chunks_exact_mut(3)
+        .zip(picture.pixels())
+        .zip(alpha.as_raw())
+    {
+        let a = f32::from(a) / 255.0;
+        for (o, &p) in out.iter_mut().zip(&orig.0) {
+            let v = f32::from(p) * (1.0 - a) + f32::from(*o) * a;
+            *o = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,7 +107,7 @@ mod tests {
         let image = GrayImage::from_fn(4, 2, |x, y| {
             image::Luma([[0, 127, 128, 255][x as usize] * (1 - y as u8)])
         });
-        let mask = Mask { image };
+        let mask = Mask { image, blur: 0 };
         let px: Vec<f32> = mask
             .pixels(&Device::Cpu)
             .unwrap()
@@ -97,5 +125,26 @@ mod tests {
             .unwrap();
         assert_eq!(lat, [0., 1.]);
         assert_eq!(mask.coverage(), 0.25);
+    }
+
+    #[test]
+    fn overlay_keeps_the_picture_outside_the_mask_and_blends_its_edge() {
+        let picture = image::RgbImage::from_pixel(40, 8, image::Rgb([10, 20, 30]));
+        let image = GrayImage::from_fn(40, 8, |x, _| image::Luma([if x >= 20 { 255 } else { 0 }]));
+        let mut rgb = vec![200u8; 40 * 8 * 3];
+        overlay(
+            &mut rgb,
+            &picture,
+            &Mask {
+                image: image.clone(),
+                blur: 0,
+            },
+        );
+        assert!(rgb.iter().all(|&v| v == 200), "blur 0 leaves the image");
+        overlay(&mut rgb, &picture, &Mask { image, blur: 2 });
+        let px = |x: usize| &rgb[(4 * 40 + x) * 3..(4 * 40 + x) * 3 + 3];
+        assert_eq!(px(0), [10, 20, 30]);
+        assert_eq!(px(39), [200, 200, 200]);
+        assert!(px(19)[0] > 10 && px(19)[0] < 200, "{:?}", px(19));
     }
 }

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use super::guidance;
 use super::hires::{self, Hires};
 use super::init_image::{self, InitImage};
-use super::inpaint::Mask;
+use super::inpaint::{self, Mask};
 use super::memory::{self, VaeTiling};
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, taesd_preview, Preview};
@@ -917,7 +917,17 @@ impl Pipeline {
                     .to_string(),
             );
         }
-        let image = self.decode(&latents, final_tiled)?;
+        let mut image = self.decode(&latents, final_tiled)?;
+        if let (Some(mask), Some(init), None) = (&req.mask, &req.init_image, &req.hires) {
+            if mask.blur > 0 {
+                inpaint::overlay(&mut image.rgb, &init.image, mask);
+                let (w, h) = (image.width, image.height);
+                let data: Vec<f32> = image.rgb.iter().map(|&v| f32::from(v) / 255.0).collect();
+                image.pixels = Tensor::from_vec(data, (1, h, w, 3), device)
+                    .and_then(|t| t.permute((0, 3, 1, 2)))
+                    .map_err(compute("inpainting overlay"))?;
+            }
+        }
         Ok(Outcome::Finished(GeneratedImage { warnings, ..image }))
     }
 

@@ -122,6 +122,9 @@ pub struct InitImageUse {
     /// Inpainting: the mask's path (white = repainted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<String>,
+    /// Inpainting: A1111's "Mask blur" in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_blur: Option<u32>,
 }
 
 /// A textual-inversion embedding a prompt called.

@@ -80,6 +80,8 @@ pub struct RecipeInit {
     pub strength: f64,
     /// Inpainting: white = repaint, in the picture's proportions (any size: fitted with it).
     pub mask: Option<Arc<image::GrayImage>>,
+    /// Inpainting: A1111's "Mask blur" in pixels (0: the image as decoded).
+    pub mask_blur: u32,
 }
 
 impl std::fmt::Debug for RecipeInit {

@@ -274,6 +274,7 @@ impl Control {
                     r.width as u32,
                     r.height as u32,
                 ),
+                blur: r.init.as_ref().map_or(0, |i| i.mask_blur),
             });
         req.init_image = r.init.as_ref().map(|init| InitImage {
             image: crate::diffusion::init_image::fit(
@@ -347,6 +348,7 @@ impl Control {
                             path: init.source.display().to_string(),
                             strength: init.strength,
                             mask: None,
+                            mask_blur: init.mask.as_ref().map(|_| init.mask_blur),
                         }
                     }),
                     hires: r.hires,

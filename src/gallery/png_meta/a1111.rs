@@ -88,6 +88,9 @@ impl GenerationMetadata {
         }
         if let Some(init) = &self.init_image {
             pairs.push(("Denoising strength", format!("{}", init.strength)));
+            if let Some(blur) = init.mask_blur {
+                pairs.push(("Mask blur", blur.to_string()));
+            }
         }
         if let Some(h) = &self.hires {
             // A1111's order and rules: the strength, then the scale, steps only when set.
