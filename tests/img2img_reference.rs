@@ -6,7 +6,6 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use easel::diffusion::schedulers::Sampler;
 use easel::diffusion::{GenerateRequest, InitImage, Pipeline};
 
 fn refs_dir() -> std::path::PathBuf {
@@ -25,10 +24,7 @@ fn img2img_matches_diffusers_at_two_strengths_and_samplers() {
     cases.sort();
     assert_eq!(cases.len(), 4, "{cases:?}");
     for case in cases {
-        let meta: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(refs_dir().join(format!("{case}.json"))).unwrap(),
-        )
-        .unwrap();
+        let meta = read_case(&refs_dir(), &case);
         let model = case.split('_').next().unwrap();
         let p = Pipeline::load(&fixtures().join(model), &Device::Cpu).unwrap();
         let refs = load(&refs_dir().join(format!("{case}.safetensors")));
@@ -41,17 +37,7 @@ fn img2img_matches_diffusers_at_two_strengths_and_samplers() {
         let d = max_abs_diff(&x0, &refs["init_latents"]);
         assert!(d < TOL, "{case}: init latents differ by {d}");
 
-        let mut req = GenerateRequest::new(&p.model, meta["prompt"].as_str().unwrap(), 0);
-        req.negative_prompt = meta["negative_prompt"].as_str().unwrap().to_string();
-        req.steps = meta["steps"].as_u64().unwrap() as usize;
-        req.cfg_scale = meta["guidance_scale"].as_f64().unwrap();
-        req.width = meta["width"].as_u64().unwrap() as usize;
-        req.height = meta["height"].as_u64().unwrap() as usize;
-        req.sampler = meta["sampler"]
-            .as_str()
-            .unwrap()
-            .parse::<Sampler>()
-            .unwrap();
+        let mut req = recorded_request(&p, &meta);
         req.init_noise = Some(refs["noise"].clone());
         req.init_image = Some(InitImage {
             image: picture,
@@ -236,10 +222,7 @@ fn inpainting_matches_diffusers_for_4_and_9_channel_unets() {
     cases.sort();
     assert_eq!(cases.len(), 4, "{cases:?}");
     for case in cases {
-        let meta: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap(),
-        )
-        .unwrap();
+        let meta = read_case(&dir, &case);
         let model = case.split('_').next().unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let folder = tmp.path().join(model);
@@ -258,17 +241,7 @@ fn inpainting_matches_diffusers_for_4_and_9_channel_unets() {
             .unwrap()
             .to_luma8();
 
-        let mut req = GenerateRequest::new(&p.model, meta["prompt"].as_str().unwrap(), 0);
-        req.negative_prompt = meta["negative_prompt"].as_str().unwrap().to_string();
-        req.steps = meta["steps"].as_u64().unwrap() as usize;
-        req.cfg_scale = meta["guidance_scale"].as_f64().unwrap();
-        req.width = meta["width"].as_u64().unwrap() as usize;
-        req.height = meta["height"].as_u64().unwrap() as usize;
-        req.sampler = meta["sampler"]
-            .as_str()
-            .unwrap()
-            .parse::<Sampler>()
-            .unwrap();
+        let mut req = recorded_request(&p, &meta);
         req.init_noise = Some(refs["noise"].clone());
         req.init_image = Some(InitImage {
             image: picture,

@@ -141,21 +141,32 @@ impl NoiseSource for Replay {
 /// Runs one case recorded by the fixture scripts (`<dir>/<case>.json` + `.safetensors` +
 /// `.png`) from `init` noise and checks every step's latents and the final image against it.
 pub fn check_recorded_run(p: &Pipeline, dir: &Path, case: &str, init: Tensor, clip_skip: usize) {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap())
-            .unwrap();
-    let sampler: Sampler = meta["sampler"].as_str().unwrap().parse().unwrap();
+    let mut req = recorded_request(p, &read_case(dir, case));
+    req.clip_skip = clip_skip;
+    req.init_noise = Some(init);
+    check_request(p, dir, case, &req);
+}
 
+/// A case's `<dir>/<case>.json`, as the fixture scripts wrote it.
+pub fn read_case(dir: &Path, case: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{case}.json"))).unwrap())
+        .unwrap()
+}
+
+/// The request a recorded case describes: prompts, steps, guidance, size and sampler.
+pub fn recorded_request(p: &Pipeline, meta: &serde_json::Value) -> GenerateRequest {
     let mut req = GenerateRequest::new(&p.model, meta["prompt"].as_str().unwrap(), 0);
     req.negative_prompt = meta["negative_prompt"].as_str().unwrap().to_string();
     req.steps = meta["steps"].as_u64().unwrap() as usize;
     req.cfg_scale = meta["guidance_scale"].as_f64().unwrap();
     req.width = meta["width"].as_u64().unwrap() as usize;
     req.height = meta["height"].as_u64().unwrap() as usize;
-    req.sampler = sampler;
-    req.clip_skip = clip_skip;
-    req.init_noise = Some(init);
-    check_request(p, dir, case, &req);
+    req.sampler = meta["sampler"]
+        .as_str()
+        .unwrap()
+        .parse::<Sampler>()
+        .unwrap();
+    req
 }
 
 /// Runs `req` (with `init_noise` set) and checks every step's latents and the final image
