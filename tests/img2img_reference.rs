@@ -12,9 +12,9 @@ fn refs_dir() -> std::path::PathBuf {
     fixtures().join("refs/img2img")
 }
 
-#[test]
-fn img2img_matches_diffusers_at_two_strengths_and_samplers() {
-    let mut cases: Vec<String> = std::fs::read_dir(refs_dir())
+/// The recorded cases in `dir` (one `.json` each), sorted.
+fn cases_in(dir: &std::path::Path) -> Vec<String> {
+    let mut cases: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
@@ -22,6 +22,12 @@ fn img2img_matches_diffusers_at_two_strengths_and_samplers() {
         })
         .collect();
     cases.sort();
+    cases
+}
+
+#[test]
+fn img2img_matches_diffusers_at_two_strengths_and_samplers() {
+    let cases = cases_in(&refs_dir());
     assert_eq!(cases.len(), 4, "{cases:?}");
     for case in cases {
         let meta = read_case(&refs_dir(), &case);
@@ -212,14 +218,7 @@ fn hires_fix_is_a_first_pass_enlarged_and_repainted() {
 #[test]
 fn inpainting_matches_diffusers_for_4_and_9_channel_unets() {
     let dir = fixtures().join("refs/inpaint");
-    let mut cases: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".json").map(str::to_string)
-        })
-        .collect();
-    cases.sort();
+    let cases = cases_in(&dir);
     assert_eq!(cases.len(), 4, "{cases:?}");
     for case in cases {
         let meta = read_case(&dir, &case);

@@ -12,7 +12,7 @@ use super::config::{PredictionType, SchedulerConfig};
 use super::error::SchedulerError;
 use super::schedule::{alphas_cumprod, spaced_timesteps};
 use super::{
-    alpha_roots, check_step, lincomb, noised_at_alpha, to_f32, x0_from_alpha, NoiseSource,
+    alpha_roots, check_step, lincomb, noised_at_step, to_f32, x0_from_alpha, NoiseSource,
     Scheduler, Spacing, StepOutput,
 };
 
@@ -80,9 +80,13 @@ impl Scheduler for Ddim {
         noise: &Tensor,
         step_index: usize,
     ) -> candle_core::Result<Tensor> {
-        check_step(step_index, self.timesteps.len())?;
-        let t = self.timestep_indices[step_index];
-        noised_at_alpha(self.alphas_cumprod[t], original, noise)
+        noised_at_step(
+            &self.alphas_cumprod,
+            &self.timestep_indices,
+            original,
+            noise,
+            step_index,
+        )
     }
 
     fn step(

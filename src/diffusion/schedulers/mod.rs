@@ -275,9 +275,17 @@ fn check_step(step_index: usize, steps: usize) -> candle_core::Result<()> {
     Ok(())
 }
 
-/// `√ᾱ·x + √(1 − ᾱ)·ε`: the forward process at ᾱ (DDPM's `add_noise`, which DDIM and LCM use).
-fn noised_at_alpha(alpha_prod_t: f32, x: &Tensor, noise: &Tensor) -> candle_core::Result<Tensor> {
-    let (sqrt_a, sqrt_b) = alpha_roots(alpha_prod_t);
+/// `√ᾱ·x + √(1 − ᾱ)·ε` at the ᾱ of the `step_index`-th timestep: the forward process
+/// (DDPM's `add_noise`, which DDIM and LCM use).
+fn noised_at_step(
+    alphas_cumprod: &[f32],
+    timestep_indices: &[usize],
+    x: &Tensor,
+    noise: &Tensor,
+    step_index: usize,
+) -> candle_core::Result<Tensor> {
+    check_step(step_index, timestep_indices.len())?;
+    let (sqrt_a, sqrt_b) = alpha_roots(alphas_cumprod[timestep_indices[step_index]]);
     lincomb(sqrt_a, &to_f32(x)?, sqrt_b, &to_f32(noise)?)
 }
 
