@@ -130,6 +130,9 @@ pub struct Settings {
     pub strength: f64,
     /// Inpainting: A1111's "Mask blur" in pixels.
     pub mask_blur: u32,
+    /// Inpainting: generate only the box around the mask (A1111's "Only masked"), padded.
+    pub only_masked: bool,
+    pub masked_padding: u32,
     /// Hires fix on, and its second pass.
     pub hires_on: bool,
     pub hires: crate::diffusion::Hires,
@@ -197,6 +200,8 @@ impl Default for Settings {
             taesd_decode: false,
             strength: crate::diffusion::init_image::DEFAULT_STRENGTH,
             mask_blur: crate::diffusion::inpaint::DEFAULT_BLUR,
+            only_masked: false,
+            masked_padding: crate::diffusion::inpaint::DEFAULT_PADDING,
             hires_on: false,
             hires: Default::default(),
         }

@@ -1053,6 +1053,70 @@ fn mask_repaints_the_white_part_and_is_recorded() {
     assert_eq!(meta.get("Mask blur"), Some("4"));
 }
 
+/// A1111's "Only masked": the box around a small mask is generated at the model's size and put
+/// back; the picture keeps its own size, and outside the mask (no blur) every pixel is its own.
+#[test]
+fn only_masked_inpaints_a_box_and_keeps_the_picture_size() {
+    let tmp = TempDir::new().unwrap();
+    let picture = tmp.path().join("big.png");
+    let original = image::RgbImage::from_fn(96, 64, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 77])
+    });
+    original.save(&picture).unwrap();
+    let mask = tmp.path().join("mask.png");
+    image::GrayImage::from_fn(96, 64, |x, y| {
+        image::Luma([if (60..70).contains(&x) && (20..28).contains(&y) {
+            255
+        } else {
+            0
+        }])
+    })
+    .save(&mask)
+    .unwrap();
+    let out = tmp.path().join("out.png");
+    let run = generate([
+        OsString::from("--model"),
+        fixture_model("sd-tiny-a").into(),
+        "--prompt".into(),
+        "a red circle".into(),
+        "--steps".into(),
+        "4".into(),
+        "--seed".into(),
+        "3".into(),
+        "--init-image".into(),
+        picture.clone().into(),
+        "--mask".into(),
+        mask.into(),
+        "--mask-blur".into(),
+        "0".into(),
+        "--strength".into(),
+        "1".into(),
+        "--inpaint-area".into(),
+        "masked".into(),
+        "--masked-padding".into(),
+        "4".into(),
+        "-o".into(),
+        out.clone().into(),
+    ]);
+    assert_ok(&run, "only masked");
+    let (w, h, rgb) = read_rgb(&out);
+    assert_eq!((w, h), (96, 64), "the picture's size");
+    let mut changed = 0;
+    for y in 0..64u32 {
+        for x in 0..96u32 {
+            let i = ((y * 96 + x) * 3) as usize;
+            let inside = (60..70).contains(&x) && (20..28).contains(&y);
+            let same = rgb[i..i + 3] == original.get_pixel(x, y).0;
+            assert!(inside || same, "pixel {x},{y} outside the mask changed");
+            changed += usize::from(inside && !same);
+        }
+    }
+    assert!(changed > 40, "{changed} of 80 masked pixels changed");
+    let meta = read_png_metadata(&out).unwrap().a1111.unwrap();
+    assert_eq!(meta.get("Inpaint area"), Some("Only masked"));
+    assert_eq!(meta.get("Masked area padding"), Some("4"));
+}
+
 /// Textual-inversion embeddings from the command line: called by name, recorded as A1111's
 /// `TI hashes`; one for another model is named in a warning when the prompt calls it.
 #[test]
@@ -1178,6 +1242,14 @@ fn refuses_unusable_init_images_and_strengths() {
         (
             vec!["--mask-blur", "4"],
             vec!["--mask-blur", "only with --mask"],
+        ),
+        (
+            vec!["--inpaint-area", "masked"],
+            vec!["--inpaint-area", "only with --mask"],
+        ),
+        (
+            vec!["--masked-padding", "8"],
+            vec!["--masked-padding", "--inpaint-area masked"],
         ),
         (
             vec!["--embeddings", &picture],

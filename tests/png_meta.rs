@@ -43,6 +43,7 @@ fn meta() -> GenerationMetadata {
             strength: 0.6,
             mask: Some("pictures/hands.png".to_string()),
             mask_blur: Some(4),
+            only_masked_padding: None,
         }),
         hires: None,
         embeddings: vec![easel::gallery::png_meta::EmbeddingUse {

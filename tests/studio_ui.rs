@@ -385,6 +385,8 @@ fn a_mask_painted_on_the_canvas_inpaints_and_is_saved_beside_the_image() {
     h.step();
     assert!(painted(h.state()) > 0);
     h.state_mut().studio.settings.steps = 4;
+    // Only masked: the box around the stroke is generated, the picture keeps its 1024².
+    h.state_mut().studio.settings.only_masked = true;
     h.get_by_label("Generate").click();
     drive(&mut h, "inpainted image saved", RUN, |a| {
         let failed = a.studio.notices.iter().find(|(n, _)| n.error);
@@ -402,6 +404,12 @@ fn a_mask_painted_on_the_canvas_inpaints_and_is_saved_beside_the_image() {
     assert!(
         mask_path.starts_with(lib.path()) && mask_path.to_string_lossy().ends_with(".mask.png")
     );
+    assert_eq!(
+        common::read_rgb(&saved).0,
+        1024,
+        "only masked keeps the picture's size"
+    );
+    assert_eq!(init.only_masked_padding, Some(32));
     let mask = image::open(&mask_path).expect("mask readable").to_luma8();
     assert_eq!(
         mask.dimensions(),

@@ -263,7 +263,7 @@ fn init_section(ui: &mut egui::Ui, studio: &mut Studio) {
                     format!("Too low for {steps} steps: no step would run"),
                 ),
             };
-            mask_controls(ui, init, &mut settings.mask_blur, showing, &mut requeue);
+            mask_controls(ui, init, settings, showing, &mut requeue);
         });
     if clear {
         studio.push(Action::ClearInit);
@@ -280,10 +280,11 @@ fn init_section(ui: &mut egui::Ui, studio: &mut Studio) {
 fn mask_controls(
     ui: &mut egui::Ui,
     init: &mut InitPicture,
-    mask_blur: &mut u32,
+    settings: &mut crate::settings::Settings,
     showing: &mut Showing,
     requeue: &mut bool,
 ) {
+    let mask_blur = &mut settings.mask_blur;
     ui.add_space(4.0);
     let Some(mask) = &mut init.mask else {
         if ui
@@ -319,6 +320,25 @@ fn mask_controls(
                  (0: the image as generated)",
             ),
     );
+    ui.horizontal(|ui| {
+        *requeue |= ui
+            .checkbox(&mut settings.only_masked, "Only masked")
+            .on_hover_text(
+                "Generate the box around the mask at the size above and put it back: small \
+                 areas get the model's full resolution; the picture keeps its size",
+            )
+            .changed();
+        if settings.only_masked {
+            *requeue |= released(
+                &ui.add(
+                    egui::DragValue::new(&mut settings.masked_padding)
+                        .range(0..=256)
+                        .suffix(" px"),
+                )
+                .on_hover_text("Padding around the mask's box"),
+            );
+        }
+    });
     ui.horizontal(|ui| {
         ui.toggle_value(&mut mask.erase, "Eraser");
         if ui.button("Invert").clicked() {

@@ -325,6 +325,7 @@ impl Studio {
                     .filter(|m| !m.is_empty())
                     .map(|m| m.snapshot()),
                 mask_blur: s.mask_blur,
+                only_masked: s.only_masked.then_some(s.masked_padding),
             }),
             // A1111 offers hires fix for text to image only.
             hires: (s.hires_on && self.init.is_none()).then_some(s.hires),

@@ -117,6 +117,15 @@ pub struct GenerateArgs {
     /// image as decoded (diffusers' pipeline).
     #[arg(long, allow_negative_numbers = true)]
     pub mask_blur: Option<u32>,
+    /// Inpainting: whole (the picture at --width × --height) | masked (A1111's "Only masked":
+    /// the box around the mask is generated at --width × --height, default the model's size,
+    /// and put back into the picture, which keeps its own size).
+    #[arg(long, value_parser = ["whole", "masked"], default_value = "whole")]
+    pub inpaint_area: String,
+    /// Inpainting, --inpaint-area masked: pixels around the mask's box (A1111's "Only masked
+    /// padding", default 32).
+    #[arg(long, allow_negative_numbers = true)]
+    pub masked_padding: Option<u32>,
     /// Hires fix: generate at --width × --height, enlarge by F (1 < F ≤ 4), and repaint at
     /// the larger size (A1111's "Upscale by").
     #[arg(long, allow_negative_numbers = true)]
@@ -233,7 +242,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None if args.strength.is_some() => bail!("--strength: only with --init-image"),
         None => None,
     };
+    let only_masked = args.inpaint_area == "masked";
+    if only_masked && args.mask.is_none() {
+        bail!("--inpaint-area masked: only with --mask");
+    }
+    if args.masked_padding.is_some() && !only_masked {
+        bail!("--masked-padding: only with --inpaint-area masked");
+    }
     let (width, height) = match &picture {
+        // Only masked: the box is generated at the model's own size.
+        Some(_) if only_masked => (req.width, req.height),
         Some(p) => init_image::natural_size(
             p,
             pipeline.model.native_size(),
@@ -289,15 +307,29 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             );
         }
         req.mask = Some(Mask {
-            image: init_image::fit(&mask, req.width as u32, req.height as u32),
+            image: if only_masked {
+                mask
+            } else {
+                init_image::fit(&mask, req.width as u32, req.height as u32)
+            },
             blur: args
                 .mask_blur
                 .unwrap_or(crate::diffusion::inpaint::DEFAULT_BLUR),
         });
     }
+    if only_masked {
+        req.only_masked = Some(
+            args.masked_padding
+                .unwrap_or(crate::diffusion::inpaint::DEFAULT_PADDING),
+        );
+    }
     if let Some(picture) = &picture {
         req.init_image = Some(InitImage {
-            image: init_image::fit(picture, req.width as u32, req.height as u32),
+            image: if only_masked {
+                picture.clone()
+            } else {
+                init_image::fit(picture, req.width as u32, req.height as u32)
+            },
             strength: args.strength.unwrap_or(init_image::DEFAULT_STRENGTH),
         });
     }
@@ -417,6 +449,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 strength: init.strength,
                 mask: args.mask.as_ref().map(|m| m.display().to_string()),
                 mask_blur: req.mask.as_ref().map(|m| m.blur),
+                only_masked_padding: req.only_masked,
             }),
         hires: req.hires,
         embeddings: pipeline

@@ -75,6 +75,69 @@ impl Mask {
     }
 }
 
+/// A rectangle of a picture, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A1111's "Only masked" area (diffusers' `padding_mask_crop`): the box around every non-black
+/// mask pixel, grown by `pad` on each side, then widened or heightened (staying inside the
+/// picture where it can) to the proportions of the `width` × `height` it is generated at.
+/// `None` for a black mask.
+pub fn crop_region(mask: &GrayImage, width: usize, height: usize, pad: u32) -> Option<Region> {
+    let (w, h) = mask.dimensions();
+    let (mut x1, mut y1, mut x2, mut y2) = (w, h, 0u32, 0u32);
+    for (x, y, p) in mask.enumerate_pixels() {
+        if p.0[0] != 0 {
+            (x1, y1) = (x1.min(x), y1.min(y));
+            (x2, y2) = (x2.max(x + 1), y2.max(y + 1));
+        }
+    }
+    if x2 == 0 {
+        return None;
+    }
+    let (mut x1, mut y1) = (
+        i64::from(x1.saturating_sub(pad)),
+        i64::from(y1.saturating_sub(pad)),
+    );
+    let (mut x2, mut y2) = (i64::from((x2 + pad).min(w)), i64::from((y2 + pad).min(h)));
+    let ratio = width as f64 / height.max(1) as f64;
+    // Grow the short side around its centre; shift back inside the picture; clamp.
+    let grow = |a1: &mut i64, a2: &mut i64, want: f64, limit: i64| {
+        let diff = (want - (*a2 - *a1) as f64) as i64;
+        *a1 -= diff / 2;
+        *a2 += diff - diff / 2;
+        if *a2 >= limit {
+            let over = *a2 - limit;
+            *a2 -= over;
+            *a1 -= over;
+        }
+        if *a1 < 0 {
+            *a2 -= *a1;
+            *a1 = 0;
+        }
+        *a2 = (*a2).min(limit);
+    };
+    if (x2 - x1) as f64 / (y2 - y1) as f64 > ratio {
+        grow(&mut y1, &mut y2, (x2 - x1) as f64 / ratio, i64::from(h));
+    } else {
+        grow(&mut x1, &mut x2, (y2 - y1) as f64 * ratio, i64::from(w));
+    }
+    Some(Region {
+        x: x1 as u32,
+        y: y1 as u32,
+        width: (x2 - x1).max(1) as u32,
+        height: (y2 - y1).max(1) as u32,
+    })
+}
+
+/// A1111's default "Only masked padding", in pixels.
+pub const DEFAULT_PADDING: u32 = 32;
+
 /// A1111's default mask blur, in pixels.
 pub const DEFAULT_BLUR: u32 = 4;
 
@@ -125,6 +188,26 @@ mod tests {
             .unwrap();
         assert_eq!(lat, [0., 1.]);
         assert_eq!(mask.coverage(), 0.25);
+    }
+
+    #[test]
+    fn the_only_masked_region_pads_and_takes_the_generation_proportions() {
+        let mut mask = GrayImage::new(200, 100);
+        for y in 40..50 {
+            for x in 100..120 {
+                mask.put_pixel(x, y, image::Luma([255]));
+            }
+        }
+        // Box 100..120 × 40..50, padded by 4: 96..124 × 36..54 (28 × 18); square target:
+        // widened to 28 × 28 around its centre.
+        let r = crop_region(&mask, 512, 512, 4).unwrap();
+        assert_eq!((r.x, r.y, r.width, r.height), (96, 31, 28, 28));
+        // Near an edge the box shifts back inside the picture.
+        let mut edge = GrayImage::new(100, 100);
+        edge.put_pixel(99, 0, image::Luma([255]));
+        let r = crop_region(&edge, 64, 64, 0).unwrap();
+        assert!(r.x + r.width <= 100 && r.y + r.height <= 100, "{r:?}");
+        assert!(crop_region(&GrayImage::new(8, 8), 64, 64, 4).is_none());
     }
 
     #[test]

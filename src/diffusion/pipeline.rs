@@ -69,6 +69,11 @@ pub struct GenerateRequest {
     pub hires: Option<Hires>,
     /// Inpainting: where the starting picture is repainted (white), at width × height.
     pub mask: Option<Mask>,
+    /// A1111's "Inpaint area: Only masked", with this padding in pixels: the picture and mask
+    /// keep their own size; the box around the mask (grown to width × height's proportions)
+    /// is generated at width × height and put back, so small areas get the model's full
+    /// resolution. The result has the picture's size.
+    pub only_masked: Option<u32>,
 }
 
 impl GenerateRequest {
@@ -92,6 +97,7 @@ impl GenerateRequest {
             init_image: None,
             hires: None,
             mask: None,
+            only_masked: None,
         }
     }
 }
@@ -674,7 +680,7 @@ impl Pipeline {
                 );
             }
             let (w, h) = init.image.dimensions();
-            if (w as usize, h as usize) != (req.width, req.height) {
+            if req.only_masked.is_none() && (w as usize, h as usize) != (req.width, req.height) {
                 return invalid(
                     "init-image",
                     format!(
@@ -692,13 +698,15 @@ impl Pipeline {
                 );
             }
             let (w, h) = mask.image.dimensions();
-            if (w as usize, h as usize) != (req.width, req.height) {
+            // Only masked: the mask lies on the picture, at its size.
+            let want = match (&req.init_image, req.only_masked) {
+                (Some(init), Some(_)) => init.image.dimensions(),
+                _ => (req.width as u32, req.height as u32),
+            };
+            if (w, h) != want {
                 return invalid(
                     "mask",
-                    format!(
-                        "the mask is {w}×{h}, the request {}×{}",
-                        req.width, req.height
-                    ),
+                    format!("the mask is {w}×{h}, it must be {}×{}", want.0, want.1),
                 );
             }
             if mask.coverage() == 0.0 {
@@ -708,6 +716,12 @@ impl Pipeline {
                         .to_string(),
                 );
             }
+        }
+        if req.only_masked.is_some() && (req.mask.is_none() || req.hires.is_some()) {
+            return invalid(
+                "inpaint-area",
+                "\"only masked\" needs a mask, and no hires fix".to_string(),
+            );
         }
         if let Some(h) = &req.hires {
             if !(h.scale.is_finite() && h.scale > 1.0 && h.scale <= hires::MAX_SCALE) {
@@ -830,6 +844,9 @@ impl Pipeline {
         cancel: &AtomicBool,
         on_step: &mut dyn FnMut(&StepProgress),
     ) -> Result<Outcome, PipelineError> {
+        if let Some(pad) = req.only_masked {
+            return self.generate_only_masked(req, pad, noise, cancel, on_step);
+        }
         let vae_tiled = self.plan(req)?;
         let device = &self.model.device;
         let mut warnings = Vec::new();
@@ -975,6 +992,94 @@ impl Pipeline {
             mask: latent_mask,
             kept,
             masked,
+        }))
+    }
+
+    /// A1111's "only masked" inpainting: the box around the mask, cut from the picture and the
+    /// mask, is generated at the request's size, scaled back (Lanczos) and put into the picture
+    /// where the mask (blurred by its blur) says.
+    fn generate_only_masked(
+        &self,
+        req: &GenerateRequest,
+        pad: u32,
+        noise: &mut dyn NoiseSource,
+        cancel: &AtomicBool,
+        on_step: &mut dyn FnMut(&StepProgress),
+    ) -> Result<Outcome, PipelineError> {
+        self.plan(req)?;
+        let (Some(init), Some(mask)) = (&req.init_image, &req.mask) else {
+            return Err(PipelineError::InvalidRequest {
+                arg: "inpaint-area",
+                msg: "\"only masked\" needs a picture and a mask".to_string(),
+            });
+        };
+        let region =
+            inpaint::crop_region(&mask.image, req.width, req.height, pad).ok_or_else(|| {
+                PipelineError::InvalidRequest {
+                    arg: "mask",
+                    msg: "the mask is all black: nothing to repaint".to_string(),
+                }
+            })?;
+        let (w, h) = (req.width as u32, req.height as u32);
+        let (x, y, rw, rh) = (region.x, region.y, region.width, region.height);
+        let picture = image::imageops::crop_imm(&init.image, x, y, rw, rh).to_image();
+        let part_mask = image::imageops::crop_imm(&mask.image, x, y, rw, rh).to_image();
+        let lanczos = image::imageops::FilterType::Lanczos3;
+        let inner = GenerateRequest {
+            init_image: Some(InitImage {
+                image: image::imageops::resize(&picture, w, h, lanczos),
+                strength: init.strength,
+            }),
+            mask: Some(Mask {
+                image: image::imageops::resize(&part_mask, w, h, lanczos),
+                // The blend happens once, into the whole picture, below.
+                blur: 0,
+            }),
+            only_masked: None,
+            ..req.clone()
+        };
+        let done = match self.generate_with_noise(&inner, noise, cancel, on_step)? {
+            Outcome::Finished(image) => image,
+            cancelled => return Ok(cancelled),
+        };
+        let warnings = done.warnings;
+        let generated = image::RgbImage::from_raw(w, h, done.rgb).ok_or_else(|| {
+            compute("inpainting paste")(candle_core::Error::Msg("wrong image size".into()))
+        })?;
+        let mut pasted = init.image.clone();
+        image::imageops::replace(
+            &mut pasted,
+            &image::imageops::resize(&generated, rw, rh, lanczos),
+            i64::from(x),
+            i64::from(y),
+        );
+        // Keep the picture outside the mask: its blur, or at least its hard edge.
+        let mut rgb = pasted.into_raw();
+        let keep = Mask {
+            image: mask.image.clone(),
+            blur: mask.blur,
+        };
+        if keep.blur == 0 {
+            let px = init.image.as_raw();
+            for (i, m) in mask.image.as_raw().iter().enumerate() {
+                if *m < 128 {
+                    rgb[i * 3..i * 3 + 3].copy_from_slice(&px[i * 3..i * 3 + 3]);
+                }
+            }
+        } else {
+            inpaint::overlay(&mut rgb, &init.image, &keep);
+        }
+        let (pw, ph) = init.image.dimensions();
+        let data: Vec<f32> = rgb.iter().map(|&v| f32::from(v) / 255.0).collect();
+        let pixels = Tensor::from_vec(data, (1, ph as usize, pw as usize, 3), &self.model.device)
+            .and_then(|t| t.permute((0, 3, 1, 2)))
+            .map_err(compute("inpainting paste"))?;
+        Ok(Outcome::Finished(GeneratedImage {
+            width: pw as usize,
+            height: ph as usize,
+            rgb,
+            pixels,
+            warnings,
         }))
     }
 

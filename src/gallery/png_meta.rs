@@ -125,6 +125,9 @@ pub struct InitImageUse {
     /// Inpainting: A1111's "Mask blur" in pixels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_blur: Option<u32>,
+    /// Inpainting, A1111's "Only masked" area: its padding in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_masked_padding: Option<u32>,
 }
 
 /// A textual-inversion embedding a prompt called.

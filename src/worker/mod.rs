@@ -82,6 +82,9 @@ pub struct RecipeInit {
     pub mask: Option<Arc<image::GrayImage>>,
     /// Inpainting: A1111's "Mask blur" in pixels (0: the image as decoded).
     pub mask_blur: u32,
+    /// Inpainting: A1111's "Only masked" area, with this padding; the image keeps the
+    /// picture's size.
+    pub only_masked: Option<u32>,
 }
 
 impl std::fmt::Debug for RecipeInit {

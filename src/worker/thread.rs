@@ -266,22 +266,36 @@ impl Control {
         req.clip_skip = r.clip_skip;
         req.sdxl = (*r.sdxl).clone();
         req.hires = r.hires;
+        // Only masked: picture and mask keep the picture's size (the mask, painted at most
+        // 1024 a side, is brought to it); otherwise both are fitted to the recipe's size.
+        let only_masked = (r.init.as_ref())
+            .filter(|i| i.mask.is_some())
+            .and_then(|i| i.only_masked);
+        let fit = |p: &image::GrayImage| match (only_masked, r.init.as_ref()) {
+            (Some(_), Some(init)) => image::imageops::resize(
+                p,
+                init.picture.width(),
+                init.picture.height(),
+                image::imageops::FilterType::Triangle,
+            ),
+            _ => crate::diffusion::init_image::fit(p, r.width as u32, r.height as u32),
+        };
         req.mask = (r.init.as_ref())
             .and_then(|init| init.mask.as_ref())
             .map(|mask| crate::diffusion::Mask {
-                image: crate::diffusion::init_image::fit(
-                    mask.as_ref(),
+                image: fit(mask),
+                blur: r.init.as_ref().map_or(0, |i| i.mask_blur),
+            });
+        req.only_masked = only_masked;
+        req.init_image = r.init.as_ref().map(|init| InitImage {
+            image: match only_masked {
+                Some(_) => init.picture.as_ref().clone(),
+                None => crate::diffusion::init_image::fit(
+                    &init.picture,
                     r.width as u32,
                     r.height as u32,
                 ),
-                blur: r.init.as_ref().map_or(0, |i| i.mask_blur),
-            });
-        req.init_image = r.init.as_ref().map(|init| InitImage {
-            image: crate::diffusion::init_image::fit(
-                &init.picture,
-                r.width as u32,
-                r.height as u32,
-            ),
+            },
             strength: init.strength,
         });
 
@@ -349,6 +363,7 @@ impl Control {
                             strength: init.strength,
                             mask: None,
                             mask_blur: init.mask.as_ref().map(|_| init.mask_blur),
+                            only_masked_padding: only_masked,
                         }
                     }),
                     hires: r.hires,

@@ -91,6 +91,10 @@ impl GenerationMetadata {
             if let Some(blur) = init.mask_blur {
                 pairs.push(("Mask blur", blur.to_string()));
             }
+            if let Some(pad) = init.only_masked_padding {
+                pairs.push(("Inpaint area", "Only masked".to_string()));
+                pairs.push(("Masked area padding", pad.to_string()));
+            }
         }
         if let Some(h) = &self.hires {
             // A1111's order and rules: the strength, then the scale, steps only when set.
