@@ -5,9 +5,20 @@
 //! nearest). With an ordinary (4-channel) model the kept part is put back at every step,
 //! noised to that step's level, so the new part grows into it. Inpainting models (a 9-channel
 //! UNet: latents, mask and the masked picture's latents) are shown what to keep instead.
+//!
+//! Here too: the pipeline's inpainting inputs, A1111's mask-blur overlay, and its "Only masked"
+//! area (the box around the mask generated at full size and put back).
 
-use candle_core::{Device, Tensor};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device, Tensor};
 use image::GrayImage;
+
+use super::init_image::{self, InitImage};
+use super::noise::NoiseSource;
+use super::pipeline::{
+    compute, GenerateRequest, GeneratedImage, Outcome, Pipeline, PipelineError, StepProgress,
+};
 
 /// A mask at the request's size.
 #[derive(Clone)]
@@ -158,6 +169,152 @@ pub fn overlay(rgb: &mut [u8], picture: &image::RgbImage, mask: &Mask) {
             let v = f32::from(p) * (1.0 - a) + f32::from(*o) * a;
             *o = v.round().clamp(0.0, 255.0) as u8;
         }
+    }
+}
+
+/// What an inpainting pass reads besides the prompt.
+pub(super) struct Inpaint {
+    /// [1, 1, h, w]: 1 repaints, 0 keeps.
+    pub mask: Tensor,
+    /// The starting picture's latents (what is kept, for an ordinary UNet).
+    pub kept: Tensor,
+    /// An inpainting UNet's extra input: the masked picture's latents.
+    pub masked: Option<Tensor>,
+}
+
+impl Pipeline {
+    /// An inpainting request's mask and latents; for an inpainting UNet without a mask,
+    /// A1111's text-to-image conditioning (everything repaints, the "picture" is mid-grey).
+    pub(super) fn inpaint_inputs(
+        &self,
+        req: &GenerateRequest,
+        tiled: bool,
+    ) -> Result<Option<Inpaint>, PipelineError> {
+        let device = &self.model.device;
+        let f = self.model.vae_scale();
+        let inpainting_unet = self.model.is_inpainting();
+        let err = compute("inpainting mask");
+        let (Some(mask), Some(init)) = (&req.mask, &req.init_image) else {
+            if !inpainting_unet {
+                return Ok(None);
+            }
+            let zeros = Tensor::zeros((1, 3, req.height, req.width), DType::F32, device)
+                .map_err(compute("inpainting mask"))?;
+            let masked = self.encode_tensor(&zeros, tiled)?;
+            let ones = Tensor::ones((1, 1, req.height / f, req.width / f), DType::F32, device)
+                .map_err(err)?;
+            return Ok(Some(Inpaint {
+                mask: ones,
+                kept: masked.clone(),
+                masked: Some(masked),
+            }));
+        };
+        let kept = self.encode_image(&init.image, tiled)?;
+        let latent_mask = mask
+            .latents(f, device)
+            .map_err(compute("inpainting mask"))?;
+        let masked = if inpainting_unet {
+            let keep = (1.0 - mask.pixels(device).map_err(compute("inpainting mask"))?)
+                .map_err(compute("inpainting mask"))?;
+            let picture = init_image::to_tensor(&init.image, device)
+                .and_then(|x| x.broadcast_mul(&keep))
+                .map_err(compute("inpainting mask"))?;
+            Some(self.encode_tensor(&picture, tiled)?)
+        } else {
+            None
+        };
+        Ok(Some(Inpaint {
+            mask: latent_mask,
+            kept,
+            masked,
+        }))
+    }
+
+    /// A1111's "only masked" inpainting: the box around the mask, cut from the picture and the
+    /// mask, is generated at the request's size, scaled back (Lanczos) and put into the picture
+    /// where the mask (blurred by its blur) says.
+    pub(super) fn generate_only_masked(
+        &self,
+        req: &GenerateRequest,
+        pad: u32,
+        noise: &mut dyn NoiseSource,
+        cancel: &AtomicBool,
+        on_step: &mut dyn FnMut(&StepProgress),
+    ) -> Result<Outcome, PipelineError> {
+        self.plan(req)?;
+        let (Some(init), Some(mask)) = (&req.init_image, &req.mask) else {
+            return Err(PipelineError::InvalidRequest {
+                arg: "inpaint-area",
+                msg: "\"only masked\" needs a picture and a mask".to_string(),
+            });
+        };
+        let region = crop_region(&mask.image, req.width, req.height, pad).ok_or_else(|| {
+            PipelineError::InvalidRequest {
+                arg: "mask",
+                msg: "the mask is all black: nothing to repaint".to_string(),
+            }
+        })?;
+        let (w, h) = (req.width as u32, req.height as u32);
+        let (x, y, rw, rh) = (region.x, region.y, region.width, region.height);
+        let picture = image::imageops::crop_imm(&init.image, x, y, rw, rh).to_image();
+        let part_mask = image::imageops::crop_imm(&mask.image, x, y, rw, rh).to_image();
+        let lanczos = image::imageops::FilterType::Lanczos3;
+        let inner = GenerateRequest {
+            init_image: Some(InitImage {
+                image: image::imageops::resize(&picture, w, h, lanczos),
+                strength: init.strength,
+            }),
+            mask: Some(Mask {
+                image: image::imageops::resize(&part_mask, w, h, lanczos),
+                // The blend happens once, into the whole picture, below.
+                blur: 0,
+            }),
+            only_masked: None,
+            ..req.clone()
+        };
+        let done = match self.generate_with_noise(&inner, noise, cancel, on_step)? {
+            Outcome::Finished(image) => image,
+            cancelled => return Ok(cancelled),
+        };
+        let warnings = done.warnings;
+        let generated = image::RgbImage::from_raw(w, h, done.rgb).ok_or_else(|| {
+            compute("inpainting paste")(candle_core::Error::Msg("wrong image size".into()))
+        })?;
+        let mut pasted = init.image.clone();
+        image::imageops::replace(
+            &mut pasted,
+            &image::imageops::resize(&generated, rw, rh, lanczos),
+            i64::from(x),
+            i64::from(y),
+        );
+        // Keep the picture outside the mask: its blur, or at least its hard edge.
+        let mut rgb = pasted.into_raw();
+        let keep = Mask {
+            image: mask.image.clone(),
+            blur: mask.blur,
+        };
+        if keep.blur == 0 {
+            let px = init.image.as_raw();
+            for (i, m) in mask.image.as_raw().iter().enumerate() {
+                if *m < 128 {
+                    rgb[i * 3..i * 3 + 3].copy_from_slice(&px[i * 3..i * 3 + 3]);
+                }
+            }
+        } else {
+            overlay(&mut rgb, &init.image, &keep);
+        }
+        let (pw, ph) = init.image.dimensions();
+        let data: Vec<f32> = rgb.iter().map(|&v| f32::from(v) / 255.0).collect();
+        let pixels = Tensor::from_vec(data, (1, ph as usize, pw as usize, 3), &self.model.device)
+            .and_then(|t| t.permute((0, 3, 1, 2)))
+            .map_err(compute("inpainting paste"))?;
+        Ok(Outcome::Finished(GeneratedImage {
+            width: pw as usize,
+            height: ph as usize,
+            rgb,
+            pixels,
+            warnings,
+        }))
     }
 }
 

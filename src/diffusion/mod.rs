@@ -10,6 +10,8 @@ pub mod noise;
 pub mod pipeline;
 pub mod preview;
 pub mod schedulers;
+pub mod text;
+mod validate;
 
 pub use hires::{Hires, Upscaler};
 pub use init_image::InitImage;

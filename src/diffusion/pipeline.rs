@@ -1,7 +1,10 @@
-//! The text-to-image pipeline: prompt → text states → denoising loop → VAE decode.
+//! The pipeline: prompt → text states → denoising loop → VAE decode, and its modes.
 //!
 //! One call, [`Pipeline::generate`], serves the CLI, the studio's worker thread, the tests and
-//! the benchmarks. It reports every step through a callback (step, elapsed time, the latents and
+//! the benchmarks. A generation is one or two denoising passes (`denoise`): from noise, or from
+//! a picture's latents at a strength (img2img, hires fix's second pass), with an inpainting
+//! input when there is a mask. Prompts are encoded in [`super::text`], requests checked in
+//! `validate`, inpainting's inputs and "only masked" live in [`super::inpaint`]. It reports every step through a callback (step, elapsed time, the latents and
 //! a cheap RGB preview of the predicted clean image) and checks a cancel flag between steps, so a
 //! cancelled job ends within one step with [`Outcome::Cancelled`], not an error.
 
@@ -14,21 +17,19 @@ use candle_core::{DType, Device, Tensor};
 use super::guidance;
 use super::hires::{self, Hires};
 use super::init_image::{self, InitImage};
-use super::inpaint::{self, Mask};
-use super::memory::{self, VaeTiling};
+use super::inpaint::{self, Inpaint, Mask};
+use super::memory::VaeTiling;
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, taesd_preview, Preview};
 use super::schedulers::{self, Sampler, Spacing};
+use super::text::TextEncoding;
 use crate::models::checkpoint::LoadOptions;
-use crate::models::clip_text::Placed;
 use crate::models::error::without_backtrace;
 use crate::models::taesd::{Taesd, TaesdOptions};
 use crate::models::unet::Conditioning;
 use crate::models::vae::TileConfig;
 use crate::models::{ModelError, StableDiffusion};
-use crate::prompt::chunks::EmbeddingWord;
 use crate::prompt::embeddings::Embedding;
-use crate::prompt::{self, Chunk, Chunks};
 
 /// Steps above this are refused: no sampler gains anything there, and a typo like 20000 would
 /// otherwise tie up the machine for hours.
@@ -157,15 +158,6 @@ impl SizeConditioning {
     }
 }
 
-/// Prompts encoded for the UNet.
-pub struct TextEncoding {
-    /// The text states: [prompts, 77 × chunks, width] (SDXL: both encoders' side by side).
-    pub states: Tensor,
-    /// SDXL: the second encoder's pooled projection (of each prompt's first chunk),
-    /// [prompts, pooled].
-    pub pooled: Option<Tensor>,
-}
-
 /// What a few-step model is made to run with, when the files say it is one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FewStep {
@@ -268,7 +260,7 @@ pub enum PipelineError {
     },
 }
 
-fn compute(stage: &'static str) -> impl FnOnce(candle_core::Error) -> PipelineError {
+pub(super) fn compute(stage: &'static str) -> impl FnOnce(candle_core::Error) -> PipelineError {
     move |source| PipelineError::Compute {
         stage,
         source: without_backtrace(source),
@@ -355,158 +347,6 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Encodes one prompt: [1, 77 × chunks, hidden].
-    pub fn encode_prompt(&self, text: &str) -> Result<Tensor, PipelineError> {
-        self.encode_prompt_skipping(text, 1)
-    }
-
-    /// [`Self::encode_prompt`] with A1111's clip skip.
-    pub fn encode_prompt_skipping(
-        &self,
-        text: &str,
-        clip_skip: usize,
-    ) -> Result<Tensor, PipelineError> {
-        Ok(self.encode_texts(&[text], &[text], clip_skip)?.states)
-    }
-
-    /// Encodes prompts as one batch. `texts_2` go to SDXL's second encoder (ignored by other
-    /// models), whose states are joined to the first's along the width. Prompts are read in
-    /// A1111's language (see [`crate::prompt`]): each is split into 75-token chunks, weighted,
-    /// and every prompt is padded with empty chunks to the longest one's count, so the states
-    /// are [prompts, 77 × chunks, width].
-    pub fn encode_texts(
-        &self,
-        texts: &[&str],
-        texts_2: &[&str],
-        clip_skip: usize,
-    ) -> Result<TextEncoding, PipelineError> {
-        let model = &self.model;
-        let device = &model.device;
-        let words_1 = self.embedding_words(&model.tokenizer, model.text_encoder.width());
-        let split = |tokenizer, words: &[EmbeddingWord], texts: &[&str]| -> Vec<Chunks> {
-            texts
-                .iter()
-                .map(|t| {
-                    let text = prompt::lora_tags::strip_tags(t);
-                    prompt::chunks::split_with(tokenizer, &text, words)
-                })
-                .collect()
-        };
-        let first = split(&model.tokenizer, &words_1, texts);
-        let second = (model.text_encoder_2.as_ref()).map(|s| {
-            let words = self.embedding_words(&s.tokenizer, s.encoder.width());
-            (s, split(&s.tokenizer, &words, texts_2))
-        });
-        let n_chunks = first
-            .iter()
-            .chain(second.iter().flat_map(|(_, c)| c))
-            .map(|c| c.chunks.len())
-            .max()
-            .unwrap_or(1);
-        let err = compute("text encoding");
-        let Some((second, chunks_2)) = second else {
-            let rows = padded_rows(&model.tokenizer, &first, n_chunks);
-            let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
-            let placed = self.placed(&rows, model.text_encoder.width());
-            let states = (|| {
-                let states = model
-                    .text_encoder
-                    .encode_batch(&ids, device, clip_skip, &placed)?;
-                join_chunks(&states, &rows, texts.len())
-            })()
-            .map_err(err)?;
-            return Ok(TextEncoding {
-                states,
-                pooled: None,
-            });
-        };
-        (|| {
-            let rows = padded_rows(&model.tokenizer, &first, n_chunks);
-            let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
-            let eos = model.tokenizer.eos_id();
-            let placed = self.placed(&rows, model.text_encoder.width());
-            let (states_1, _) = model
-                .text_encoder
-                .encode_hidden(&ids, eos, device, clip_skip, &placed)?;
-            let states_1 = join_chunks(&states_1, &rows, texts.len())?;
-            let rows = padded_rows(&second.tokenizer, &chunks_2, n_chunks);
-            let ids: Vec<Vec<u32>> = rows.iter().map(|c| c.ids.clone()).collect();
-            let eos = second.tokenizer.eos_id();
-            let placed = self.placed(&rows, second.encoder.width());
-            let (states_2, pooled) = second
-                .encoder
-                .encode_hidden(&ids, eos, device, clip_skip, &placed)?;
-            let states_2 = join_chunks(&states_2, &rows, texts.len())?;
-            // A1111 pools the first chunk.
-            let pooled = match pooled {
-                Some(p) => {
-                    let firsts: Vec<u32> = (0..texts.len() as u32)
-                        .map(|i| i * n_chunks as u32)
-                        .collect();
-                    let at = Tensor::new(firsts.as_slice(), device)?;
-                    Some(p.index_select(&at, 0)?)
-                }
-                None => None,
-            };
-            let states = Tensor::cat(&[&states_1, &states_2], 2)?;
-            Ok(TextEncoding { states, pooled })
-        })()
-        .map_err(err)
-    }
-
-    /// The embeddings a text encoder of `width` can use, as the chunker matches them.
-    fn embedding_words(
-        &self,
-        tokenizer: &crate::models::tokenizer::ClipTokenizer,
-        width: usize,
-    ) -> Vec<EmbeddingWord> {
-        (self.embeddings.iter().enumerate())
-            .filter_map(|(index, e)| {
-                let vectors = e.for_width(width)?.dim(0).ok()?;
-                Some(EmbeddingWord {
-                    tokens: tokenizer.tokenize(&e.name),
-                    vectors,
-                    index,
-                })
-            })
-            .collect()
-    }
-
-    /// The embedding vectors the rows' chunks place, for a text encoder of `width`.
-    fn placed(&self, rows: &[Chunk], width: usize) -> Vec<Placed> {
-        (rows.iter().enumerate())
-            .flat_map(|(row, chunk)| {
-                chunk.fixes.iter().filter_map(move |f| {
-                    let vectors = self.embeddings.get(f.embedding)?.for_width(width)?.clone();
-                    Some(Placed {
-                        row,
-                        offset: f.offset,
-                        vectors,
-                    })
-                })
-            })
-            .collect()
-    }
-
-    /// The embeddings these prompts call, in order of first use (for the PNG's `TI hashes`).
-    pub fn embeddings_used(&self, texts: &[&str]) -> Vec<&Embedding> {
-        let width = self.model.text_encoder.width();
-        let words = self.embedding_words(&self.model.tokenizer, width);
-        let mut used: Vec<usize> = Vec::new();
-        for text in texts {
-            let text = prompt::lora_tags::strip_tags(text);
-            let split = prompt::chunks::split_with(&self.model.tokenizer, &text, &words);
-            for f in split.chunks.iter().flat_map(|c| &c.fixes) {
-                if !used.contains(&f.embedding) {
-                    used.push(f.embedding);
-                }
-            }
-        }
-        used.iter()
-            .filter_map(|&i| self.embeddings.get(i))
-            .collect()
-    }
-
     /// What the UNet is conditioned on for `req` (see [`Self::conditioning`]).
     pub fn conditioning_for(&self, req: &GenerateRequest) -> Result<Conditioning, PipelineError> {
         self.conditioning(req, self.guided_by_cfg(req))
@@ -575,7 +415,7 @@ impl Pipeline {
 
     /// Whether the request runs classifier-free guidance (an unconditional pass beside the
     /// prompt's): scales above 1, except on LCM-distilled UNets, which embed the scale instead.
-    fn guided_by_cfg(&self, req: &GenerateRequest) -> bool {
+    pub(super) fn guided_by_cfg(&self, req: &GenerateRequest) -> bool {
         guidance::uses_uncond(req.cfg_scale) && self.model.unet.config.time_cond_proj_dim.is_none()
     }
 
@@ -594,7 +434,7 @@ impl Pipeline {
     }
 
     /// The request's sampler over its steps; errors name the setting at fault.
-    fn scheduler(
+    pub(super) fn scheduler(
         &self,
         req: &GenerateRequest,
     ) -> Result<Box<dyn schedulers::Scheduler>, PipelineError> {
@@ -610,211 +450,7 @@ impl Pipeline {
         })
     }
 
-    /// Checks a request against the model before any work starts.
-    pub fn validate(&self, req: &GenerateRequest) -> Result<(), PipelineError> {
-        self.plan(req).map(|_| ())
-    }
-
-    /// [`Self::validate`], returning whether the VAE is to decode in tiles.
-    fn plan(&self, req: &GenerateRequest) -> Result<bool, PipelineError> {
-        let invalid = |arg, msg: String| Err(PipelineError::InvalidRequest { arg, msg });
-        if req.steps == 0 || req.steps > MAX_STEPS.min(self.model.scheduler.num_train_timesteps) {
-            return invalid(
-                "steps",
-                format!(
-                    "{} is outside 1..={}",
-                    req.steps,
-                    MAX_STEPS.min(self.model.scheduler.num_train_timesteps)
-                ),
-            );
-        }
-        self.scheduler(req)?;
-        let layers = self.model.text_encoder.num_layers();
-        if req.clip_skip == 0 || req.clip_skip > layers {
-            return invalid(
-                "clip-skip",
-                format!(
-                    "{} is outside 1..={layers} (this text encoder's layers)",
-                    req.clip_skip
-                ),
-            );
-        }
-        if !req.cfg_scale.is_finite() {
-            return invalid(
-                "cfg",
-                format!("{} is not a finite number (use 0..=100)", req.cfg_scale),
-            );
-        }
-        if req.cfg_scale < 0.0 || req.cfg_scale > 100.0 {
-            return invalid("cfg", format!("{} is outside 0..=100", req.cfg_scale));
-        }
-        let multiple = self.model.size_multiple();
-        for (arg, v) in [("width", req.width), ("height", req.height)] {
-            if v == 0 || v > MAX_SIDE {
-                return invalid(arg, format!("{v} is outside 1..={MAX_SIDE}"));
-            }
-            if v % multiple != 0 {
-                return invalid(
-                    arg,
-                    format!(
-                        "{v} is not a multiple of {multiple}, which this model needs (try {})",
-                        round_to(v, multiple)
-                    ),
-                );
-            }
-        }
-        let vae_tiled = self.check_memory(req)?;
-        if let Some(init) = &req.init_image {
-            let s = init.strength;
-            if !(s.is_finite() && s > 0.0 && s <= 1.0) {
-                return invalid("strength", format!("{s} is outside 0 < strength ≤ 1"));
-            }
-            if init_image::first_step(req.steps, s).is_none() {
-                return invalid(
-                    "strength",
-                    format!(
-                        "{s} of {} steps runs no step (raise it to at least {:.3}, or the steps)",
-                        req.steps,
-                        init_image::min_strength(req.steps)
-                    ),
-                );
-            }
-            let (w, h) = init.image.dimensions();
-            if req.only_masked.is_none() && (w as usize, h as usize) != (req.width, req.height) {
-                return invalid(
-                    "init-image",
-                    format!(
-                        "the picture is {w}×{h}, the request {}×{}",
-                        req.width, req.height
-                    ),
-                );
-            }
-        }
-        if let Some(mask) = &req.mask {
-            if req.init_image.is_none() {
-                return invalid(
-                    "mask",
-                    "a mask needs the picture it covers (--init-image)".to_string(),
-                );
-            }
-            let (w, h) = mask.image.dimensions();
-            // Only masked: the mask lies on the picture, at its size.
-            let want = match (&req.init_image, req.only_masked) {
-                (Some(init), Some(_)) => init.image.dimensions(),
-                _ => (req.width as u32, req.height as u32),
-            };
-            if (w, h) != want {
-                return invalid(
-                    "mask",
-                    format!("the mask is {w}×{h}, it must be {}×{}", want.0, want.1),
-                );
-            }
-            if mask.coverage() == 0.0 {
-                return invalid(
-                    "mask",
-                    "the mask is all black: nothing to repaint (white marks what changes)"
-                        .to_string(),
-                );
-            }
-        }
-        if req.only_masked.is_some() && (req.mask.is_none() || req.hires.is_some()) {
-            return invalid(
-                "inpaint-area",
-                "\"only masked\" needs a mask, and no hires fix".to_string(),
-            );
-        }
-        if let Some(h) = &req.hires {
-            if !(h.scale.is_finite() && h.scale > 1.0 && h.scale <= hires::MAX_SCALE) {
-                return invalid(
-                    "hires-scale",
-                    format!("{} is outside 1 < scale ≤ {}", h.scale, hires::MAX_SCALE),
-                );
-            }
-            let d = h.denoise;
-            if !(d.is_finite() && d > 0.0 && d <= 1.0) {
-                return invalid("hires-denoise", format!("{d} is outside 0 < strength ≤ 1"));
-            }
-            let big = self.hires_request(req, h);
-            if init_image::first_step(big.steps, d).is_none() {
-                return invalid(
-                    "hires-denoise",
-                    format!(
-                        "{d} of {} steps runs no step (raise it to at least {:.3}, or the steps)",
-                        big.steps,
-                        init_image::min_strength(big.steps)
-                    ),
-                );
-            }
-            // The second pass's size, steps and memory, named as the hires setting's.
-            self.plan(&big).map_err(|e| match e {
-                PipelineError::InvalidRequest { arg, msg } => PipelineError::InvalidRequest {
-                    arg: if arg == "steps" {
-                        "hires-steps"
-                    } else {
-                        "hires-scale"
-                    },
-                    msg: format!(
-                        "the second pass at {}×{}, {} steps: {arg}: {msg}",
-                        big.width, big.height, big.steps
-                    ),
-                },
-                other => other,
-            })?;
-        }
-        if let Some(noise) = &req.init_noise {
-            let want = self.latent_shape(req);
-            if noise.dims() != want {
-                return invalid(
-                    "init-noise",
-                    format!(
-                        "tensor has shape {:?}, this model and size need {:?}",
-                        noise.dims(),
-                        want
-                    ),
-                );
-            }
-        }
-        Ok(vae_tiled)
-    }
-
-    /// Refuses a size whose working memory (beyond the loaded weights) the machine does not
-    /// have free now, naming a size that fits; see [`memory`]. Returns whether the VAE is to
-    /// decode in tiles: as asked, or with auto when only the tiled decode fits. CPU only: GPU
-    /// memory is not what `MemAvailable` measures (auto then does not tile).
-    fn check_memory(&self, req: &GenerateRequest) -> Result<bool, PipelineError> {
-        let Some(available) = memory::available_bytes().filter(|_| self.model.device.is_cpu())
-        else {
-            return Ok(req.vae_tiling == VaeTiling::On);
-        };
-        let vae_channels = &self.model.vae.config.block_out_channels;
-        let shape = memory::Shape {
-            vae_scale: self.model.vae_scale(),
-            unet_channels: self
-                .model
-                .unet
-                .config
-                .block_out_channels
-                .first()
-                .copied()
-                .unwrap_or(320),
-            vae_channels: vae_channels.first().copied().unwrap_or(128),
-            vae_latent_channels: vae_channels.last().copied().unwrap_or(512),
-        };
-        let batch = if self.guided_by_cfg(req) { 2 } else { 1 };
-        let multiple = self.model.size_multiple();
-        memory::plan(
-            shape,
-            req.width,
-            req.height,
-            batch,
-            multiple,
-            available,
-            req.vae_tiling,
-        )
-        .map_err(|msg| PipelineError::InvalidRequest { arg: "width", msg })
-    }
-
-    fn latent_shape(&self, req: &GenerateRequest) -> [usize; 4] {
+    pub(super) fn latent_shape(&self, req: &GenerateRequest) -> [usize; 4] {
         let f = self.model.vae_scale();
         [
             1,
@@ -948,144 +584,9 @@ impl Pipeline {
         Ok(Outcome::Finished(GeneratedImage { warnings, ..image }))
     }
 
-    /// An inpainting request's mask and latents; for an inpainting UNet without a mask,
-    /// A1111's text-to-image conditioning (everything repaints, the "picture" is mid-grey).
-    fn inpaint_inputs(
-        &self,
-        req: &GenerateRequest,
-        tiled: bool,
-    ) -> Result<Option<Inpaint>, PipelineError> {
-        let device = &self.model.device;
-        let f = self.model.vae_scale();
-        let inpainting_unet = self.model.is_inpainting();
-        let err = compute("inpainting mask");
-        let (Some(mask), Some(init)) = (&req.mask, &req.init_image) else {
-            if !inpainting_unet {
-                return Ok(None);
-            }
-            let zeros = Tensor::zeros((1, 3, req.height, req.width), DType::F32, device)
-                .map_err(compute("inpainting mask"))?;
-            let masked = self.encode_tensor(&zeros, tiled)?;
-            let ones = Tensor::ones((1, 1, req.height / f, req.width / f), DType::F32, device)
-                .map_err(err)?;
-            return Ok(Some(Inpaint {
-                mask: ones,
-                kept: masked.clone(),
-                masked: Some(masked),
-            }));
-        };
-        let kept = self.encode_image(&init.image, tiled)?;
-        let latent_mask = mask
-            .latents(f, device)
-            .map_err(compute("inpainting mask"))?;
-        let masked = if inpainting_unet {
-            let keep = (1.0 - mask.pixels(device).map_err(compute("inpainting mask"))?)
-                .map_err(compute("inpainting mask"))?;
-            let picture = init_image::to_tensor(&init.image, device)
-                .and_then(|x| x.broadcast_mul(&keep))
-                .map_err(compute("inpainting mask"))?;
-            Some(self.encode_tensor(&picture, tiled)?)
-        } else {
-            None
-        };
-        Ok(Some(Inpaint {
-            mask: latent_mask,
-            kept,
-            masked,
-        }))
-    }
-
-    /// A1111's "only masked" inpainting: the box around the mask, cut from the picture and the
-    /// mask, is generated at the request's size, scaled back (Lanczos) and put into the picture
-    /// where the mask (blurred by its blur) says.
-    fn generate_only_masked(
-        &self,
-        req: &GenerateRequest,
-        pad: u32,
-        noise: &mut dyn NoiseSource,
-        cancel: &AtomicBool,
-        on_step: &mut dyn FnMut(&StepProgress),
-    ) -> Result<Outcome, PipelineError> {
-        self.plan(req)?;
-        let (Some(init), Some(mask)) = (&req.init_image, &req.mask) else {
-            return Err(PipelineError::InvalidRequest {
-                arg: "inpaint-area",
-                msg: "\"only masked\" needs a picture and a mask".to_string(),
-            });
-        };
-        let region =
-            inpaint::crop_region(&mask.image, req.width, req.height, pad).ok_or_else(|| {
-                PipelineError::InvalidRequest {
-                    arg: "mask",
-                    msg: "the mask is all black: nothing to repaint".to_string(),
-                }
-            })?;
-        let (w, h) = (req.width as u32, req.height as u32);
-        let (x, y, rw, rh) = (region.x, region.y, region.width, region.height);
-        let picture = image::imageops::crop_imm(&init.image, x, y, rw, rh).to_image();
-        let part_mask = image::imageops::crop_imm(&mask.image, x, y, rw, rh).to_image();
-        let lanczos = image::imageops::FilterType::Lanczos3;
-        let inner = GenerateRequest {
-            init_image: Some(InitImage {
-                image: image::imageops::resize(&picture, w, h, lanczos),
-                strength: init.strength,
-            }),
-            mask: Some(Mask {
-                image: image::imageops::resize(&part_mask, w, h, lanczos),
-                // The blend happens once, into the whole picture, below.
-                blur: 0,
-            }),
-            only_masked: None,
-            ..req.clone()
-        };
-        let done = match self.generate_with_noise(&inner, noise, cancel, on_step)? {
-            Outcome::Finished(image) => image,
-            cancelled => return Ok(cancelled),
-        };
-        let warnings = done.warnings;
-        let generated = image::RgbImage::from_raw(w, h, done.rgb).ok_or_else(|| {
-            compute("inpainting paste")(candle_core::Error::Msg("wrong image size".into()))
-        })?;
-        let mut pasted = init.image.clone();
-        image::imageops::replace(
-            &mut pasted,
-            &image::imageops::resize(&generated, rw, rh, lanczos),
-            i64::from(x),
-            i64::from(y),
-        );
-        // Keep the picture outside the mask: its blur, or at least its hard edge.
-        let mut rgb = pasted.into_raw();
-        let keep = Mask {
-            image: mask.image.clone(),
-            blur: mask.blur,
-        };
-        if keep.blur == 0 {
-            let px = init.image.as_raw();
-            for (i, m) in mask.image.as_raw().iter().enumerate() {
-                if *m < 128 {
-                    rgb[i * 3..i * 3 + 3].copy_from_slice(&px[i * 3..i * 3 + 3]);
-                }
-            }
-        } else {
-            inpaint::overlay(&mut rgb, &init.image, &keep);
-        }
-        let (pw, ph) = init.image.dimensions();
-        let data: Vec<f32> = rgb.iter().map(|&v| f32::from(v) / 255.0).collect();
-        let pixels = Tensor::from_vec(data, (1, ph as usize, pw as usize, 3), &self.model.device)
-            .and_then(|t| t.permute((0, 3, 1, 2)))
-            .map_err(compute("inpainting paste"))?;
-        Ok(Outcome::Finished(GeneratedImage {
-            width: pw as usize,
-            height: ph as usize,
-            rgb,
-            pixels,
-            warnings,
-        }))
-    }
-
     /// The second pass of a hires request: its size, steps and strength; no picture or noise
     /// of the first pass's.
-    fn hires_request(&self, req: &GenerateRequest, h: &hires::Hires) -> GenerateRequest {
+    pub(super) fn hires_request(&self, req: &GenerateRequest, h: &hires::Hires) -> GenerateRequest {
         let (width, height) = h.size(req.width, req.height, self.model.size_multiple());
         GenerateRequest {
             width,
@@ -1222,7 +723,7 @@ impl Pipeline {
     }
 
     /// Pixels [1, 3, H, W] in [-1, 1] → clean latents, as [`Self::encode_image`].
-    fn encode_tensor(&self, x: &Tensor, tiled: bool) -> Result<Tensor, PipelineError> {
+    pub(super) fn encode_tensor(&self, x: &Tensor, tiled: bool) -> Result<Tensor, PipelineError> {
         let stage = if tiled {
             "tiled VAE encode"
         } else {
@@ -1294,16 +795,6 @@ struct Pass<'a> {
     inpaint: Option<Inpaint>,
 }
 
-/// What an inpainting pass reads besides the prompt.
-struct Inpaint {
-    /// [1, 1, h, w]: 1 repaints, 0 keeps.
-    mask: Tensor,
-    /// The starting picture's latents (what is kept, for an ordinary UNet).
-    kept: Tensor,
-    /// An inpainting UNet's extra input: the masked picture's latents.
-    masked: Option<Tensor>,
-}
-
 fn timesteps_len(s: &dyn schedulers::Scheduler) -> usize {
     s.timesteps().len()
 }
@@ -1321,48 +812,4 @@ fn runs(steps: usize, strength: Option<f64>) -> usize {
         Some(s) => steps - init_image::first_step(steps, s).unwrap_or(0),
         None => steps,
     }
-}
-
-/// Every prompt's chunks, each prompt padded with empty chunks to `n_chunks`: the rows of one
-/// text-encoder batch, prompt by prompt.
-fn padded_rows(
-    tokenizer: &crate::models::tokenizer::ClipTokenizer,
-    prompts: &[Chunks],
-    n_chunks: usize,
-) -> Vec<Chunk> {
-    let empty = prompt::chunks::empty(tokenizer);
-    prompts
-        .iter()
-        .flat_map(|p| {
-            let pad = n_chunks - p.chunks.len();
-            p.chunks
-                .iter()
-                .cloned()
-                .chain(std::iter::repeat_n(empty.clone(), pad))
-        })
-        .collect()
-}
-
-/// Encoded rows [prompts × chunks, 77, width] → each chunk weighted (A1111's emphasis), then
-/// each prompt's chunks side by side: [prompts, 77 × chunks, width].
-fn join_chunks(states: &Tensor, rows: &[Chunk], prompts: usize) -> candle_core::Result<Tensor> {
-    let n_chunks = rows.len() / prompts.max(1);
-    if n_chunks == 1 && rows.iter().all(|r| !r.is_weighted()) {
-        return Ok(states.clone());
-    }
-    let mut out = Vec::with_capacity(prompts);
-    for p in 0..prompts {
-        let chunks = (0..n_chunks)
-            .map(|c| {
-                let row = p * n_chunks + c;
-                prompt::weigh(&states.narrow(0, row, 1)?, &rows[row])
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        out.push(Tensor::cat(&chunks, 1)?);
-    }
-    Tensor::cat(&out, 0)
-}
-
-fn round_to(v: usize, multiple: usize) -> usize {
-    (((v + multiple / 2) / multiple) * multiple).max(multiple)
 }
