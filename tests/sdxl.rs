@@ -503,3 +503,29 @@ fn force_zeros_off_encodes_the_empty_negative() {
         assert!(d < TOL, "{}: {key} differs by {d}", path.display());
     }
 }
+
+/// An SDXL textual-inversion file (`clip_l` + `clip_g`): each text encoder takes its own
+/// vectors, as diffusers' `load_textual_inversion` called once per encoder
+/// (tests/fixtures/make_prompts.py); the pooled projection follows.
+#[test]
+fn sdxl_embeddings_give_each_encoder_its_vectors() {
+    let mut p = pipeline();
+    let (found, skipped) = easel::prompt::embeddings::scan(&[fixtures().join("embeddings")]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let xl = found.iter().find(|e| e.name == "tinyxl").expect("tinyxl");
+    assert_eq!((xl.len(), xl.vectors.len()), (2, 2));
+    p.embeddings = found;
+    let refs = load(&fixtures().join("refs/prompts/embedding_sdxl.safetensors"));
+    let prompt = "a tinyxl red circle, highly detailed";
+    let enc = p.encode_texts(&[prompt], &[prompt], 1).unwrap();
+    let d = max_abs_diff(&enc.states, &refs["states"]);
+    assert!(d < TOL, "states differ by {d}");
+    let d = max_abs_diff(enc.pooled.as_ref().unwrap(), &refs["pooled"]);
+    assert!(d < TOL, "pooled differs by {d}");
+    let used: Vec<&str> = p
+        .embeddings_used(&[prompt])
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(used, ["tinyxl"]);
+}
