@@ -66,8 +66,9 @@ impl Panel for EmbeddingsPanel {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, studio: &mut Studio) {
-        self.poll(ui.ctx(), studio);
+        // Once a frame: the default folders are found by looking on disk.
         let dirs = embedding_dirs(&studio.settings);
+        self.poll(ui.ctx(), studio, &dirs);
         let removable = !studio.settings.embedding_dirs.is_empty();
         match folder_list(
             ui,
@@ -129,7 +130,7 @@ impl Panel for EmbeddingsPanel {
 }
 
 impl EmbeddingsPanel {
-    fn poll(&mut self, ctx: &egui::Context, studio: &mut Studio) {
+    fn poll(&mut self, ctx: &egui::Context, studio: &mut Studio, dirs: &[PathBuf]) {
         if let Some(slot) = &self.pending_scan {
             match slot.lock().ok().and_then(|mut s| s.take()) {
                 Some((rows, unreadable)) => {
@@ -140,11 +141,10 @@ impl EmbeddingsPanel {
                 None => ctx.request_repaint_after(Duration::from_millis(50)),
             }
         }
-        let dirs = embedding_dirs(&studio.settings);
-        if self.scanned_dirs.as_ref() != Some(&dirs) && self.pending_scan.is_none() {
+        if self.scanned_dirs.as_deref() != Some(dirs) && self.pending_scan.is_none() {
             let slot: ScanSlot = Arc::new(Mutex::new(None));
             let out = slot.clone();
-            let task_dirs = dirs.clone();
+            let task_dirs = dirs.to_vec();
             studio.worker.spawn_blocking(move || {
                 let (found, skipped) = scan(&task_dirs);
                 let rows = found.iter().map(row).collect();
@@ -153,7 +153,7 @@ impl EmbeddingsPanel {
                     *s = Some((rows, skipped));
                 }
             });
-            self.scanned_dirs = Some(dirs);
+            self.scanned_dirs = Some(dirs.to_vec());
             self.pending_scan = Some(slot);
             ctx.request_repaint_after(Duration::from_millis(50));
         }

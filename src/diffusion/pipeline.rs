@@ -631,9 +631,21 @@ impl Pipeline {
             _ => &init * scheduler.init_noise_sigma(),
         }
         .map_err(compute("initial noise"))?;
-        let steps = timesteps_len(scheduler.as_ref());
-
         let timesteps = scheduler.timesteps().to_vec();
+        let steps = timesteps.len();
+        // An inpainting UNet also reads the mask and the masked picture: the same every step.
+        let extra = match &pass.inpaint {
+            Some(Inpaint {
+                masked: Some(masked),
+                mask,
+                ..
+            }) => Some(
+                Tensor::cat(&[mask, masked], 1)
+                    .and_then(|t| t.repeat((if cfg { 2 } else { 1 }, 1, 1, 1)))
+                    .map_err(compute("inpainting mask"))?,
+            ),
+            _ => None,
+        };
         for (i, &t) in timesteps.iter().enumerate().skip(first) {
             if cancel.load(Ordering::Relaxed) {
                 return Ok(None);
@@ -645,18 +657,9 @@ impl Pipeline {
                     latents.clone()
                 };
                 let input = scheduler.scale_model_input(&input, i)?;
-                // An inpainting UNet also reads the mask and the masked picture.
-                let input = match &pass.inpaint {
-                    Some(Inpaint {
-                        masked: Some(masked),
-                        mask,
-                        ..
-                    }) => {
-                        let n = input.dim(0)?;
-                        let extra = Tensor::cat(&[mask, masked], 1)?.repeat((n, 1, 1, 1))?;
-                        Tensor::cat(&[&input, &extra.to_dtype(input.dtype())?], 1)?
-                    }
-                    _ => input,
+                let input = match &extra {
+                    Some(extra) => Tensor::cat(&[&input, &extra.to_dtype(input.dtype())?], 1)?,
+                    None => input,
                 };
                 let pred = self.model.unet.forward_with(&input, t, &cond)?;
                 let pred = if cfg {
@@ -793,10 +796,6 @@ struct Pass<'a> {
     /// Replaces the drawn initial noise.
     init_noise: Option<Tensor>,
     inpaint: Option<Inpaint>,
-}
-
-fn timesteps_len(s: &dyn schedulers::Scheduler) -> usize {
-    s.timesteps().len()
 }
 
 /// Steps done across a request's passes, for [`StepProgress`].
