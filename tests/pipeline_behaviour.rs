@@ -153,3 +153,60 @@ fn vae_tiling_on_decodes_in_tiles() {
     eprintln!("tiled vs untiled: mean {mean:.2}/255, max {max}/255");
     assert!(mean <= 2.0 && max <= 8, "mean {mean}, max {max}");
 }
+
+/// A Live re-render repeats the last job's text encode and VAE encode: the pipeline keeps
+/// both (the very same tensors come back), and computes afresh as soon as anything they
+/// depend on changes — here a text-encoder adapter's weight, clip skip, and the picture.
+#[test]
+fn repeated_encodings_are_kept_until_what_they_depend_on_changes() {
+    use easel::lora::{AdapterSettings, LoraStack};
+    let p = tiny();
+    let texts = ["blurry", "a red circle"];
+    let encode = |clip_skip| p.encode_texts(&texts, &texts, clip_skip).unwrap().states;
+    let plain = encode(1);
+    assert_eq!(
+        encode(1).id(),
+        plain.id(),
+        "the same prompts are encoded again"
+    );
+
+    let mut stack = LoraStack::new();
+    let settings = |te_weight| AdapterSettings {
+        enabled: true,
+        weight: 1.0,
+        te_weight: Some(te_weight),
+    };
+    let style = fixtures().join("loras/tiny-style.safetensors");
+    let i = stack.add(&p.model, &style, settings(1.0)).unwrap();
+    stack.apply(&p.model).unwrap();
+    let adapted = encode(1);
+    assert!(
+        common::max_abs_diff(&adapted, &plain) > 1e-4,
+        "the adapter is ignored"
+    );
+    stack.set(i, settings(0.5));
+    stack.apply(&p.model).unwrap();
+    let half = encode(1);
+    assert!(
+        common::max_abs_diff(&half, &adapted) > 1e-5,
+        "the new weight is ignored"
+    );
+    stack.set(i, settings(0.0));
+    stack.apply(&p.model).unwrap();
+    assert_eq!(common::max_abs_diff(&encode(1), &plain), 0.0);
+    assert!(
+        common::max_abs_diff(&encode(2), &plain) > 1e-4,
+        "clip skip is ignored"
+    );
+
+    let picture =
+        |v: u8| image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([v, x as u8 * 8, y as u8 * 8]));
+    let a = p.encode_image(&picture(10), false).unwrap();
+    let b = p.encode_image(&picture(200), false).unwrap();
+    assert!(common::max_abs_diff(&a, &b) > 1e-3);
+    // Both stay kept (an inpainting job encodes two pictures).
+    assert_eq!(p.encode_image(&picture(10), false).unwrap().id(), a.id());
+    assert_eq!(p.encode_image(&picture(200), false).unwrap().id(), b.id());
+    let tiled = p.encode_image(&picture(10), true).unwrap();
+    assert_ne!(tiled.id(), a.id(), "tiling is part of the key");
+}

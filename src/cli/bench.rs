@@ -81,6 +81,13 @@ pub struct BenchArgs {
     /// feed-forward projection, against the no-adapter baseline in the same run.
     #[arg(long)]
     pub lora_rank: Option<usize>,
+    /// Measure img2img instead: at each of these strengths, a txt2img of --steps steps, then
+    /// img2img of the picture it made, against F × the txt2img time + one VAE encode.
+    #[arg(long, value_delimiter = ',', value_name = "F,…")]
+    pub img2img: Vec<f64>,
+    /// Steps of the --img2img runs.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -148,6 +155,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let reps = args.reps.max(1);
     if let Some(rank) = args.lora_rank {
         return super::bench_lora::run(&args, &dir, rank);
+    }
+    if !args.img2img.is_empty() {
+        return super::bench_img2img::run(&args, &dir, &device);
     }
     let want = |s: Stage| args.stages.contains(&Stage::All) || args.stages.contains(&s);
     if !(want(Stage::Text) || want(Stage::Unet)) {

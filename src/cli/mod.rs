@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_gallery;
+mod bench_img2img;
 mod bench_load;
 mod bench_lora;
 mod bench_model;

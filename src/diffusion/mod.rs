@@ -5,6 +5,7 @@ pub mod guidance;
 pub mod hires;
 pub mod init_image;
 pub mod inpaint;
+mod memo;
 pub mod memory;
 pub mod noise;
 pub mod pipeline;

@@ -18,6 +18,7 @@ use super::guidance;
 use super::hires::{self, Hires};
 use super::init_image::{self, InitImage};
 use super::inpaint::{self, Inpaint, Mask};
+use super::memo::{Memo, PictureKey};
 use super::memory::VaeTiling;
 use super::noise::{NoiseSource, SeededNoise};
 use super::preview::{latent_preview, taesd_preview, Preview};
@@ -275,6 +276,8 @@ pub struct Pipeline {
     /// Textual-inversion embeddings prompts may call by name (those without vectors for this
     /// model's text encoders are never matched).
     pub embeddings: Vec<Embedding>,
+    /// The last text and picture encodings, for the next job that repeats them.
+    pub(super) memo: Memo,
 }
 
 /// A TAESD the pipeline uses (set it with [`Pipeline::set_taesd`]).
@@ -302,6 +305,7 @@ impl Pipeline {
             model: StableDiffusion::load_with(path, opts, device, DType::F32)?,
             taesd: None,
             embeddings: Vec::new(),
+            memo: Memo::default(),
         };
         pipeline.configure_taesd(opts.taesd.as_ref())?;
         Ok(pipeline)
@@ -710,19 +714,30 @@ impl Pipeline {
     }
 
     /// img2img's picture → clean latents (the VAE's mean, times its scaling), in tiles when
-    /// the decode is (the encoder needs about as much memory).
+    /// the decode is (the encoder needs about as much memory). The last pictures' latents are
+    /// kept (see [`super::memo`]).
     pub fn encode_image(
         &self,
         picture: &image::RgbImage,
         tiled: bool,
     ) -> Result<Tensor, PipelineError> {
+        let key = PictureKey {
+            picture: picture.clone(),
+            tiled,
+            vae: self.model.options.vae.clone(),
+        };
+        if let Some(kept) = self.memo.picture(&key) {
+            return Ok(kept);
+        }
         let stage = if tiled {
             "tiled VAE encode"
         } else {
             "VAE encode"
         };
         let x = init_image::to_tensor(picture, &self.model.device).map_err(compute(stage))?;
-        self.encode_tensor(&x, tiled)
+        let latents = self.encode_tensor(&x, tiled)?;
+        self.memo.keep_picture(key, &latents);
+        Ok(latents)
     }
 
     /// Pixels [1, 3, H, W] in [-1, 1] → clean latents, as [`Self::encode_image`].

@@ -3,13 +3,16 @@
 
 use candle_core::Tensor;
 
+use super::memo::TextKey;
 use super::pipeline::{compute, Pipeline, PipelineError};
+use crate::lora::adapter::ModelSlots;
 use crate::models::clip_text::Placed;
 use crate::prompt::chunks::EmbeddingWord;
 use crate::prompt::embeddings::Embedding;
 use crate::prompt::{self, Chunk, Chunks};
 
 /// Prompts encoded for the UNet.
+#[derive(Clone)]
 pub struct TextEncoding {
     /// The text states: [prompts, 77 × chunks, width] (SDXL: both encoders' side by side).
     pub states: Tensor,
@@ -38,7 +41,36 @@ impl Pipeline {
     /// A1111's language (see [`crate::prompt`]): each is split into 75-token chunks, weighted,
     /// and every prompt is padded with empty chunks to the longest one's count, so the states
     /// are [prompts, 77 × chunks, width].
+    ///
+    /// The last call's result is kept (see [`super::memo`]): the same prompts again cost
+    /// nothing.
     pub fn encode_texts(
+        &self,
+        texts: &[&str],
+        texts_2: &[&str],
+        clip_skip: usize,
+    ) -> Result<TextEncoding, PipelineError> {
+        let slots = ModelSlots::of(&self.model);
+        let key = TextKey {
+            texts: texts.iter().map(|t| t.to_string()).collect(),
+            texts_2: texts_2.iter().map(|t| t.to_string()).collect(),
+            clip_skip,
+            embeddings: (self.embeddings.iter())
+                .map(|e| (e.name.clone(), e.hash.clone()))
+                .collect(),
+            adapters: (slots.text.iter().chain(&slots.text_2))
+                .flat_map(|s| s.fingerprint())
+                .collect(),
+        };
+        if let Some(kept) = self.memo.text(&key) {
+            return Ok(kept);
+        }
+        let encoding = self.encode_texts_afresh(texts, texts_2, clip_skip)?;
+        self.memo.keep_text(key, &encoding);
+        Ok(encoding)
+    }
+
+    fn encode_texts_afresh(
         &self,
         texts: &[&str],
         texts_2: &[&str],

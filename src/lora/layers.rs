@@ -236,6 +236,17 @@ impl LoraSlot {
         guard.is_empty()
     }
 
+    /// What the layer adds now, for telling whether it computes what it did before: each
+    /// active term's down factor (the same tensor for as long as its adapter stays read) and
+    /// scale, in order.
+    pub fn fingerprint(&self) -> Vec<(candle_core::TensorId, u64)> {
+        let guard = self.terms.read().unwrap_or_else(|e| e.into_inner());
+        guard
+            .iter()
+            .map(|t| (t.factors().0.id(), t.scale().to_bits()))
+            .collect()
+    }
+
     /// The active terms' scales, in order.
     pub fn scales(&self) -> Vec<f64> {
         let guard = self.terms.read().unwrap_or_else(|e| e.into_inner());
