@@ -180,6 +180,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut req = GenerateRequest::new(&pipeline.model, prompt, 0);
     (req.width, req.height, req.cfg_scale) = (args.size, args.size, args.cfg);
     let text_ms = median(reps + 1, || {
+        pipeline.forget_kept();
         pipeline.conditioning_for(&req)?;
         Ok(())
     })?;
@@ -205,6 +206,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             (
                 "text encode",
                 profile_step(|| {
+                    pipeline.forget_kept();
                     pipeline.conditioning_for(&req)?;
                     Ok(())
                 })?,

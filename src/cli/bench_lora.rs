@@ -82,6 +82,7 @@ pub fn run(args: &BenchArgs, dir: &Path, rank: usize) -> Result<()> {
 
     let prompt = "a photograph of an astronaut riding a horse on the moon, highly detailed";
     let encode = || -> Result<Tensor> {
+        pipeline.forget_kept();
         let cond = pipeline.encode_prompt(prompt)?;
         let uncond = pipeline.encode_prompt("")?;
         Ok(Tensor::cat(&[&uncond, &cond], 0)?)

@@ -54,6 +54,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Memo {
+    pub fn clear(&self) {
+        *lock(&self.text) = None;
+        lock(&self.pictures).clear();
+    }
+
     pub fn text(&self, key: &TextKey) -> Option<TextEncoding> {
         lock(&self.text)
             .as_ref()

@@ -351,6 +351,11 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Drops the kept encodings (see [`super::memo`]), so that benchmarks time the work.
+    pub fn forget_kept(&self) {
+        self.memo.clear();
+    }
+
     /// What the UNet is conditioned on for `req` (see [`Self::conditioning`]).
     pub fn conditioning_for(&self, req: &GenerateRequest) -> Result<Conditioning, PipelineError> {
         self.conditioning(req, self.guided_by_cfg(req))
