@@ -146,6 +146,107 @@ impl Restored {
     }
 }
 
+/// The longest prompt a file may restore, in characters. Real prompts are at most a few
+/// thousand; a text field holding megabytes would stall every frame of the studio.
+pub const MAX_PROMPT_CHARS: usize = 20_000;
+/// The longest model name kept (it is only ever compared with library names).
+const MAX_NAME_CHARS: usize = 256;
+
+/// `text` without control characters (line breaks and tabs stay) and cut to `max` characters;
+/// says what was done in `notes`, naming the field.
+fn clean_text(text: &mut String, max: usize, field: &str, notes: &mut Vec<String>) {
+    let kept = |c: &char| !c.is_control() || *c == '\n' || *c == '\t';
+    if !text.chars().all(|c| kept(&c)) {
+        text.retain(|c| kept(&c));
+        notes.push(format!("control characters removed from the {field}"));
+    }
+    let chars = text.chars().count();
+    if chars > max {
+        *text = text.chars().take(max).collect();
+        notes.push(format!(
+            "the {field} was {chars} characters long; its first {max} kept"
+        ));
+    }
+}
+
+/// `v` within `lo..=hi`; a note names the field when it was not.
+fn clamp_noted<T: PartialOrd + Copy + std::fmt::Display>(
+    v: T,
+    lo: T,
+    hi: T,
+    field: &str,
+    notes: &mut Vec<String>,
+) -> T {
+    let c = if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    };
+    if c != v {
+        notes.push(format!("{field} {v} is outside {lo}..={hi}: {c} instead"));
+    }
+    c
+}
+
+impl Restored {
+    /// What a file claims, made safe to put in the studio's fields: numbers within the ranges
+    /// a generation accepts, texts without control characters and of a sane length. A file
+    /// may say anything; each change is noted for the user.
+    fn within_limits(mut self) -> Self {
+        use crate::diffusion::pipeline::{MAX_SIDE, MAX_STEPS};
+        let notes = &mut self.notes;
+        self.steps = self
+            .steps
+            .map(|v| clamp_noted(v, 1, MAX_STEPS, "steps", notes));
+        self.cfg_scale = match self.cfg_scale {
+            Some(v) if !v.is_finite() => {
+                notes.push(format!("CFG scale {v} is not a number; not restored"));
+                None
+            }
+            v => v.map(|v| clamp_noted(v, 0.0, 100.0, "CFG scale", notes)),
+        };
+        self.width = self
+            .width
+            .map(|v| clamp_noted(v, 8, MAX_SIDE, "width", notes));
+        self.height = self
+            .height
+            .map(|v| clamp_noted(v, 8, MAX_SIDE, "height", notes));
+        self.clip_skip = self
+            .clip_skip
+            .map(|v| clamp_noted(v, 1, 12, "clip skip", notes));
+        for (text, field) in [
+            (self.prompt.as_mut(), "prompt"),
+            (self.negative_prompt.as_mut(), "negative prompt"),
+        ] {
+            if let Some(t) = text {
+                clean_text(t, MAX_PROMPT_CHARS, field, notes);
+            }
+        }
+        if let Some(x) = self.sdxl.as_mut() {
+            for (text, field) in [
+                (x.prompt_2.as_mut(), "second prompt"),
+                (x.negative_prompt_2.as_mut(), "second negative prompt"),
+            ] {
+                if let Some(t) = text {
+                    clean_text(t, MAX_PROMPT_CHARS, field, notes);
+                }
+            }
+            x.size = x.size.clamped();
+        }
+        for (text, field) in [
+            (self.model_name.as_mut(), "model name"),
+            (self.model_hash.as_mut(), "model hash"),
+        ] {
+            if let Some(t) = text {
+                clean_text(t, MAX_NAME_CHARS, field, notes);
+            }
+        }
+        self
+    }
+}
+
 /// Reads the settings stored in a PNG. The error is a sentence for the user.
 pub fn read_settings(path: &Path) -> Result<Restored, String> {
     let meta = read_png_metadata(path).map_err(|e| e.to_string())?;
@@ -157,8 +258,13 @@ pub fn read_settings(path: &Path) -> Result<Restored, String> {
     })
 }
 
-/// The settings in already-read metadata, in order of preference.
+/// The settings in already-read metadata, in order of preference, within Easel's limits
+/// (see [`Restored::within_limits`]).
 pub fn from_metadata(meta: &PngMetadata) -> Option<Restored> {
+    found_in(meta).map(Restored::within_limits)
+}
+
+fn found_in(meta: &PngMetadata) -> Option<Restored> {
     if let Some(e) = &meta.easel {
         let mut r = Restored::empty(Source::Easel);
         r.prompt = Some(e.prompt.clone());
@@ -440,6 +546,54 @@ mod tests {
             parse("a cat\nSteps: 20, Seed: 5, Size: 8x8").hires,
             Some(None)
         );
+    }
+
+    #[test]
+    fn absurd_values_in_a_file_are_clamped_or_dropped_with_a_note() {
+        let long = "x".repeat(MAX_PROMPT_CHARS + 10);
+        let text = format!(
+            "a \u{1b}[31mred\u{7} cat\n{long}\nNegative prompt: ok\n\
+             Steps: 1000000000, CFG scale: 1e300, Seed: 5, Size: 1000000x3, \
+             Clip skip: 99, Model: ../../x\u{0}"
+        );
+        let meta = PngMetadata {
+            a1111: crate::gallery::png_meta::parse_a1111_parameters(&text).ok(),
+            ..Default::default()
+        };
+        let r = from_metadata(&meta).expect("settings");
+        assert_eq!(r.steps, Some(crate::diffusion::pipeline::MAX_STEPS));
+        assert_eq!(r.cfg_scale, Some(100.0));
+        assert_eq!(
+            (r.width, r.height),
+            (Some(crate::diffusion::pipeline::MAX_SIDE), Some(8))
+        );
+        assert_eq!(r.clip_skip, Some(12));
+        let prompt = r.prompt.as_deref().expect("prompt");
+        assert_eq!(prompt.chars().count(), MAX_PROMPT_CHARS);
+        assert!(prompt.starts_with("a [31mred cat\n"), "{prompt:.20}");
+        assert_eq!(r.model_name.as_deref(), Some("../../x"));
+        for field in [
+            "steps",
+            "CFG scale",
+            "width",
+            "height",
+            "clip skip",
+            "prompt was",
+        ] {
+            assert!(
+                r.notes.iter().any(|n| n.contains(field)),
+                "{field}: {:?}",
+                r.notes
+            );
+        }
+        let nan = PngMetadata {
+            a1111: crate::gallery::png_meta::parse_a1111_parameters(
+                "a\nSteps: 20, CFG scale: NaN, Seed: 1",
+            )
+            .ok(),
+            ..Default::default()
+        };
+        assert_eq!(from_metadata(&nan).expect("settings").cfg_scale, None);
     }
 
     #[test]
