@@ -25,6 +25,8 @@ pub enum Action {
     Restore(usize),
     /// Copy a history image somewhere else, through the native save dialog.
     SaveAs(usize),
+    /// Write a history image whose save failed to the library folder again.
+    RetrySave(usize),
     /// Open the native folder dialog to choose a diffusers model folder.
     PickModelFolder,
     /// Open the native file dialog to choose a checkpoint file.

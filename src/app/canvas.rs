@@ -133,6 +133,7 @@ fn toolbar(ui: &mut egui::Ui, studio: &mut Studio) {
                 item.metadata.height
             ));
             let path = item.path.clone();
+            let unsaved = item.unsaved.as_ref().map(|u| u.error.clone());
             if ui
                 .button("Restore settings")
                 .on_hover_text("Put this image's prompt, seed and sliders back")
@@ -141,14 +142,29 @@ fn toolbar(ui: &mut egui::Ui, studio: &mut Studio) {
                 studio.push(Action::Restore(i));
             }
             let r = ui
-                .add_enabled(path.is_some(), egui::Button::new("Save as…"))
+                .add_enabled(
+                    path.is_some() || unsaved.is_some(),
+                    egui::Button::new("Save as…"),
+                )
                 .on_disabled_hover_text("Writing it to the library…");
-            let r = match &path {
-                Some(p) => r.on_hover_text(format!("Already in the library: {}", p.display())),
-                None => r,
+            let r = match (&path, &unsaved) {
+                (Some(p), _) => r.on_hover_text(format!("Already in the library: {}", p.display())),
+                (None, Some(_)) => r.on_hover_text("Not in the library: written from memory"),
+                (None, None) => r,
             };
             if r.clicked() {
                 studio.push(Action::SaveAs(i));
+            }
+            if let Some(error) = unsaved {
+                if ui
+                    .button("Retry save")
+                    .on_hover_text("Write it to the library folder again")
+                    .clicked()
+                {
+                    studio.push(Action::RetrySave(i));
+                }
+                ui.colored_label(ui.visuals().warn_fg_color, "Not saved")
+                    .on_hover_text(error);
             }
         }
     });

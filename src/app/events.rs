@@ -1,11 +1,13 @@
 //! Draining the worker's events into UI state (once per frame, never blocking), and the
 //! native dialogs, which run on the I/O runtime so the window stays live while they are open.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use egui::{ColorImage, TextureOptions};
 
 use super::state::{HistoryItem, ModelState, RunningJob, Showing, Studio};
+use crate::gallery::png_meta::GenerationMetadata;
 use crate::worker::{Event, Restored};
 
 /// Previews are 1/8 of the image size: linear filtering keeps the upscaled preview smooth.
@@ -136,16 +138,30 @@ impl Studio {
                     texture,
                     metadata: *metadata,
                     path: None,
+                    unsaved: None,
                     elapsed,
                 });
             }
             Event::Saved { job, path } => {
                 if let Some(item) = self.history.iter_mut().find(|h| h.job == job) {
                     item.path = Some(path);
+                    item.unsaved = None;
                 }
             }
-            Event::SaveFailed { error, .. } => {
-                self.error(format!("The image was not saved: {error}"))
+            Event::SaveFailed {
+                job,
+                error,
+                image,
+                metadata,
+            } => {
+                self.error(format!(
+                    "The image was not saved: {error}. It is kept in the history: \
+                     \u{201c}Retry save\u{201d} or \u{201c}Save as…\u{201d} writes it."
+                ));
+                if let Some(item) = self.history.iter_mut().find(|h| h.job == job) {
+                    item.metadata = *metadata;
+                    item.unsaved = Some(super::state::Unsaved { error, image });
+                }
             }
             Event::Cancelled { job, .. } => {
                 if let Some(r) = self.running.take_if(|r| r.job == job) {
@@ -294,19 +310,34 @@ pub fn snap(v: usize, m: usize) -> usize {
     (((v + m / 2) / m) * m).max(m)
 }
 
-/// "Save as…": the native dialog, then a copy of the library file, both off the UI thread.
+/// Where "Save as…" takes an image from.
+enum SaveFrom {
+    Library(PathBuf),
+    Memory(crate::worker::FinishedImage, Box<GenerationMetadata>),
+}
+
+/// "Save as…": the native dialog, then a copy of the library file (or the PNG written from
+/// memory when the library has none), both off the UI thread.
 pub fn save_as(studio: &mut Studio, i: usize) {
     let Some(item) = studio.history.get(i) else {
         return;
     };
-    let Some(source) = item.path.clone() else {
-        studio.info("Still writing this image to the library; try again in a moment.");
-        return;
+    // From the library file, or (when the library could not take it) from memory.
+    let from = match (&item.path, &item.unsaved) {
+        (Some(path), _) => SaveFrom::Library(path.clone()),
+        (None, Some(u)) => SaveFrom::Memory(u.image.clone(), Box::new(item.metadata.clone())),
+        (None, None) => {
+            studio.info("Still writing this image to the library; try again in a moment.");
+            return;
+        }
     };
-    let name = source
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "easel.png".into());
+    let name = match &from {
+        SaveFrom::Library(source) => source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "easel.png".into()),
+        SaveFrom::Memory(_, m) => format!("easel-{}.png", m.seed),
+    };
     let sink = studio.worker.sink();
     studio.worker.spawn_io(async move {
         let Some(dest) = rfd::AsyncFileDialog::new()
@@ -319,8 +350,21 @@ pub fn save_as(studio: &mut Studio, i: usize) {
             return;
         };
         let dest = dest.path().to_path_buf();
-        let notice = match tokio::fs::copy(&source, &dest).await {
-            Ok(_) => crate::worker::Notice {
+        let written = match from {
+            SaveFrom::Library(source) => (tokio::fs::copy(&source, &dest).await)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            SaveFrom::Memory(image, metadata) => {
+                let to = dest.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::worker::write_unsaved(&to, &image, &metadata)
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            }
+        };
+        let notice = match written {
+            Ok(()) => crate::worker::Notice {
                 error: false,
                 text: format!("Saved {}", dest.display()),
             },

@@ -53,7 +53,16 @@ pub struct HistoryItem {
     pub metadata: GenerationMetadata,
     /// `None` until the worker reports it written to the library.
     pub path: Option<PathBuf>,
+    /// Set when writing it to the library failed: the image is kept here (and only here)
+    /// until a retry or "Save as…" writes it.
+    pub unsaved: Option<Unsaved>,
     pub elapsed: Duration,
+}
+
+/// An image the library failed to take, with why.
+pub struct Unsaved {
+    pub error: String,
+    pub image: crate::worker::FinishedImage,
 }
 
 /// img2img's starting picture, as the prompt panel shows it.
@@ -379,6 +388,15 @@ impl Studio {
             }
             Action::Restore(i) => self.restore_history(i),
             Action::SaveAs(i) => super::events::save_as(self, i),
+            Action::RetrySave(i) => {
+                if let Some(item) = self.history.get(i) {
+                    if let Some(u) = &item.unsaved {
+                        let dir = self.settings.library_dir();
+                        let (image, metadata) = (u.image.clone(), item.metadata.clone());
+                        self.worker.retry_save(item.job, dir, image, metadata);
+                    }
+                }
+            }
             Action::PickModelFolder => super::events::pick_folder(self, Folder::Model),
             Action::PickLibraryFolder => super::events::pick_folder(self, Folder::ImageLibrary),
             Action::PickModelLibraryFolder => {

@@ -37,16 +37,60 @@ pub async fn save(mut save: SaveJob, sink: EventSink) {
         .unwrap_or_default();
     }
     let job = save.job;
-    let written = tokio::task::spawn_blocking(move || write_to_library(&mut save)).await;
+    let (image, metadata) = (save.image.clone(), save.metadata.clone());
+    let written = tokio::task::spawn_blocking(move || {
+        let result = write_to_library(&mut save);
+        (result, save.metadata)
+    })
+    .await;
     let event = match written {
-        Ok(Ok(path)) => Event::Saved { job, path },
-        Ok(Err(error)) => Event::SaveFailed { job, error },
+        Ok((Ok(path), _)) => Event::Saved { job, path },
+        Ok((Err(error), metadata)) => Event::SaveFailed {
+            job,
+            error,
+            image,
+            metadata: Box::new(metadata),
+        },
         Err(e) => Event::SaveFailed {
             job,
             error: format!("the save task stopped: {e}"),
+            image,
+            metadata: Box::new(metadata),
         },
     };
     sink.send(event);
+}
+
+/// A finished image whose save failed (a read-only folder, a full disk), to be written to
+/// `dir` again: the metadata as the failed attempt completed it, hashes included.
+pub fn retry(
+    job: JobId,
+    dir: PathBuf,
+    image: FinishedImage,
+    metadata: GenerationMetadata,
+) -> SaveJob {
+    let hash = OnceCell::new_with(Some(metadata.model_hash.clone()));
+    SaveJob {
+        job,
+        dir,
+        image,
+        metadata,
+        hash: Arc::new(hash),
+        hash_files: Arc::new(Vec::new()),
+        vae_file: None,
+        mask: None,
+    }
+}
+
+/// "Save as…" for an image the library does not hold: the PNG, metadata included, written
+/// from memory to `path` (temp file + rename, by `write_png`).
+pub fn write_unsaved(
+    path: &std::path::Path,
+    image: &FinishedImage,
+    metadata: &GenerationMetadata,
+) -> Result<(), String> {
+    png_meta::write_png(path, image.width, image.height, &image.rgb, metadata)
+        .map_err(|e| e.to_string())
 }
 
 fn write_to_library(save: &mut SaveJob) -> Result<PathBuf, String> {

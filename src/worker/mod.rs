@@ -13,6 +13,7 @@
 //! ids let the UI ignore events from a job it has already given up on.
 
 mod io;
+pub use io::write_unsaved;
 mod lora;
 mod queue;
 pub mod restore;
@@ -268,9 +269,13 @@ pub enum Event {
         job: JobId,
         path: PathBuf,
     },
+    /// The image is not on disk; it comes back (with its metadata as far as the save
+    /// completed it) so the studio keeps it and can write it again or elsewhere.
     SaveFailed {
         job: JobId,
         error: String,
+        image: FinishedImage,
+        metadata: Box<GenerationMetadata>,
     },
     /// Stopped by its cancel flag (or removed before it started: `completed_steps` 0).
     Cancelled {
@@ -447,6 +452,18 @@ impl Worker {
     /// Where I/O results go: I/O tasks started by the UI (dialogs) report through this.
     pub fn sink(&self) -> EventSink {
         self.sink.clone()
+    }
+
+    /// Writes an image whose save failed to `dir` again; `Saved` or `SaveFailed` follows.
+    pub fn retry_save(
+        &self,
+        job: JobId,
+        dir: PathBuf,
+        image: FinishedImage,
+        metadata: GenerationMetadata,
+    ) {
+        let save = io::retry(job, dir, image, metadata);
+        self.spawn_io(io::save(save, self.sink()));
     }
 
     /// Runs a future on the I/O runtime (dialogs, file copies: nothing that may block the UI).
