@@ -867,3 +867,157 @@ fn sdxl_second_prompt_and_size_conditioning_reach_the_png_and_come_back() {
         (Some((96, 64)), (8, 4))
     );
 }
+
+/// A library folder that cannot be written (here: its parent is a file, which stops root too,
+/// unlike permissions): the image stays in the history and on the canvas, the window says why,
+/// "Retry save" writes it once the folder is fixed, and "Save as…" can write it from memory.
+/// Nothing partial is left under a final name.
+#[test]
+fn a_failed_save_keeps_the_image_and_retry_or_save_as_writes_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let blocker = tmp.path().join("not-a-folder");
+    std::fs::write(&blocker, b"x").expect("file");
+    let mut h = harness(Some(tiny_model()), &blocker.join("library"));
+    ready(&mut h);
+    h.state_mut().studio.settings.steps = 3;
+    h.get_by_label("Generate").click();
+    drive(&mut h, "the save failed", RUN, |a| {
+        a.studio
+            .history
+            .first()
+            .is_some_and(|i| i.unsaved.is_some())
+    });
+    h.step();
+    assert!(h
+        .query_by_label_contains("The image was not saved")
+        .is_some());
+    assert!(h.query_by_label("Not saved").is_some());
+    let item = &h.state().studio.history[0];
+    assert!(item.path.is_none());
+    let unsaved = item.unsaved.as_ref().expect("kept");
+    assert_eq!((unsaved.image.width, unsaved.image.height), (32, 32));
+    assert!(
+        !item.metadata.model_hash.is_empty(),
+        "the save completed the metadata"
+    );
+
+    // "Save as…" from memory (the dialog aside): the PNG with its settings.
+    let elsewhere = tmp.path().join("elsewhere.png");
+    easel::worker::write_unsaved(&elsewhere, &unsaved.image, &item.metadata).expect("written");
+    let meta = read_png_metadata(&elsewhere).expect("readable");
+    assert_eq!(meta.easel.expect("settings").seed, item.metadata.seed);
+
+    // The user points the library somewhere writable and retries.
+    let lib = tmp.path().join("library");
+    h.state_mut().studio.settings.library_dir = Some(lib.clone());
+    h.get_by_label("Retry save").click();
+    drive(&mut h, "saved on retry", RUN, |a| {
+        a.studio.history[0].path.is_some()
+    });
+    let item = &h.state().studio.history[0];
+    assert!(item.unsaved.is_none());
+    let path = item.path.clone().expect("saved");
+    assert!(path.starts_with(&lib));
+    let meta = read_png_metadata(&path).expect("readable");
+    assert_eq!(
+        meta.easel.expect("settings").model_hash,
+        item.metadata.model_hash
+    );
+    let names: Vec<_> = std::fs::read_dir(&lib)
+        .expect("library")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        names,
+        [path.file_name().expect("name").to_owned()],
+        "nothing else"
+    );
+    h.step();
+    assert!(h.query_by_label("Not saved").is_none());
+}
+
+/// A PNG from a stranger claiming absurd settings restores only what a generation accepts, and
+/// says what it changed; nothing it names is opened.
+#[test]
+fn a_png_claiming_absurd_settings_restores_them_within_limits() {
+    let lib = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(Some(tiny_model()), lib.path());
+    ready(&mut h);
+    let png = dir.path().join("absurd.png");
+    let prompt = format!("a cat\u{1b}[2J{}", "y".repeat(200_000));
+    write_with_chunks(
+        &png,
+        &[(
+            "parameters",
+            &format!(
+                "{prompt}\nSteps: 1000000000, CFG scale: 1e300, Seed: 3, \
+                 Size: 1000000x1000000, Model: ../../etc/passwd"
+            ),
+        )],
+    );
+    common::drop_file(&mut h, &png);
+    drive(&mut h, "restored", LOAD, |a| a.studio.settings.seed == 3);
+    let s = &h.state().studio.settings;
+    // Within what a generation accepts (the sliders may narrow it further).
+    assert!((1..=easel::diffusion::pipeline::MAX_STEPS).contains(&s.steps));
+    assert!((0.0..=100.0).contains(&s.cfg_scale));
+    assert!(
+        s.width <= easel::diffusion::pipeline::MAX_SIDE,
+        "{}",
+        s.width
+    );
+    assert!(s.prompt.starts_with("a cat[2J"), "no escape character");
+    assert_eq!(
+        s.prompt.chars().count(),
+        easel::worker::restore::MAX_PROMPT_CHARS
+    );
+    assert!(
+        h.state().studio.switch_offer.is_none(),
+        "no model by that name"
+    );
+    h.step();
+    assert!(h
+        .query_by_label_contains("steps 1000000000 is outside")
+        .is_some());
+}
+
+/// A settings file the studio cannot use is moved aside, not lost or overwritten: the studio
+/// starts on defaults and says where the old file went.
+#[test]
+fn a_corrupt_settings_file_is_kept_as_a_backup_and_the_studio_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("settings.json");
+    std::fs::write(&file, b"{\"format\": 1, \"settings\": {\"steps\":").expect("write");
+    let settings_file = Some(file.clone());
+    let mut h = Harness::builder()
+        .with_size([1280.0, 800.0])
+        .build_eframe(move |cc| {
+            StudioApp::new(
+                cc,
+                StudioOptions {
+                    settings_file,
+                    ..Default::default()
+                },
+            )
+            .expect("the studio starts")
+        });
+    h.step();
+    assert!(h
+        .query_by_label_contains("was not used: it is not a settings file")
+        .is_some());
+    assert_eq!(
+        h.state().studio.settings,
+        easel::settings::Settings::default()
+    );
+    let backup: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(backup.len(), 1);
+    assert!(backup[0].to_string_lossy().ends_with(".bak"));
+    assert_eq!(
+        std::fs::read(&backup[0]).expect("backup"),
+        b"{\"format\": 1, \"settings\": {\"steps\":"
+    );
+}

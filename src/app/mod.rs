@@ -39,7 +39,7 @@ pub use bench::BenchConfig;
 pub use gallery_panel::GalleryPanel;
 pub use state::{HistoryItem, ModelState, RunningJob, Showing, Studio};
 
-use crate::settings::{startup_model, Settings};
+use crate::settings::{startup_model, store, Settings};
 use crate::worker::Worker;
 
 /// A panel in the right-hand tool area (queue, gallery, settings; later LoRA …).
@@ -82,6 +82,9 @@ pub struct StudioOptions {
     pub bench: Option<BenchConfig>,
     /// When the process started, for the cold-start measurement.
     pub started: Option<Instant>,
+    /// Where the settings are kept (see [`crate::settings::store`]); `None`: not kept (tests,
+    /// measurement runs).
+    pub settings_file: Option<PathBuf>,
 }
 
 /// The eframe app: the studio state plus the tool panels.
@@ -89,17 +92,33 @@ pub struct StudioApp {
     pub studio: Studio,
     tools: Vec<Box<dyn Panel>>,
     bench: Option<bench::BenchRun>,
+    settings_file: Option<PathBuf>,
+    /// The settings as last written (a write only when they changed).
+    written: Option<Settings>,
+    /// The last failed write's message, so that it is said once, not every autosave.
+    write_error: Option<String>,
 }
 
-/// Key under which the settings live in eframe's storage.
+/// Key under which Easel before the settings file kept its settings in eframe's storage.
 const SETTINGS_KEY: &str = "easel-settings";
 
 impl StudioApp {
     pub fn new(cc: &eframe::CreationContext<'_>, options: StudioOptions) -> Result<Self> {
         theme::apply(&cc.egui_ctx);
-        let mut settings: Settings = match (options.fresh, cc.storage) {
-            (false, Some(storage)) => eframe::get_value(storage, SETTINGS_KEY).unwrap_or_default(),
-            _ => Settings::default(),
+        let mut set_aside = None;
+        let legacy = || cc.storage.and_then(|s| eframe::get_value(s, SETTINGS_KEY));
+        let mut settings: Settings = match options.settings_file.as_deref() {
+            _ if options.fresh => Settings::default(),
+            Some(path) => match store::load(path) {
+                store::Loaded::Settings(s) => *s,
+                store::Loaded::SetAside(notice) => {
+                    set_aside = Some(notice);
+                    Settings::default()
+                }
+                // The first start with a settings file: what eframe's storage kept.
+                store::Loaded::Missing => legacy().unwrap_or_default(),
+            },
+            None => legacy().unwrap_or_default(),
         };
         if let Some(dir) = &options.library_dir {
             settings.library_dir = Some(dir.clone());
@@ -113,6 +132,9 @@ impl StudioApp {
             options.bundled_model.clone(),
         );
         let mut studio = Studio::new(settings, worker);
+        if let Some(notice) = set_aside {
+            studio.error(notice);
+        }
         if let Some(dir) = model {
             studio.load_model(dir);
         }
@@ -129,6 +151,9 @@ impl StudioApp {
             studio,
             tools,
             bench,
+            settings_file: options.settings_file,
+            written: None,
+            write_error: None,
         })
     }
 
@@ -223,8 +248,30 @@ impl eframe::App for StudioApp {
         }
     }
 
-    fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        eframe::set_value(storage, SETTINGS_KEY, &self.studio.settings);
+    /// eframe's autosave (every half minute) and exit: the settings file, when they changed.
+    fn save(&mut self, _storage: &mut dyn eframe::Storage) {
+        let Some(path) = &self.settings_file else {
+            return;
+        };
+        if self.written.as_ref() == Some(&self.studio.settings) {
+            return;
+        }
+        match store::save(path, &self.studio.settings) {
+            Ok(()) => {
+                self.written = Some(self.studio.settings.clone());
+                self.write_error = None;
+            }
+            Err(e) => {
+                let text = format!(
+                    "Your settings could not be saved to {}: {e}",
+                    path.display()
+                );
+                if self.write_error.as_ref() != Some(&text) {
+                    self.studio.error(text.clone());
+                    self.write_error = Some(text);
+                }
+            }
+        }
     }
 }
 
@@ -246,6 +293,7 @@ pub fn run(args: StudioArgs) -> Result<()> {
         bundled_model: crate::settings::default_model_dir(),
         fresh: args.fresh,
         started: Some(Instant::now()),
+        settings_file: crate::settings::store::default_path(),
         ..Default::default()
     };
     run_with(options)
@@ -358,6 +406,8 @@ pub fn run_bench(args: BenchUiArgs) -> Result<()> {
             gallery,
         }),
         started: Some(started),
+        // A measurement leaves the user's settings alone.
+        settings_file: None,
     };
     let result = run_with_storage(options, Some(scratch.join("storage.ron")));
     let _ = std::fs::remove_dir_all(&scratch);

@@ -2,8 +2,10 @@
 //!
 //! Paths come from `directories` so each OS gets its conventional place (XDG data dir on
 //! Linux, Application Support on macOS, AppData on Windows). The preferences are a plain
-//! serde struct: the studio stores it in eframe's storage, and everything has a default so a
-//! newer or older Easel reads whatever it finds (`#[serde(default)]`).
+//! serde struct kept in its own file ([`store`]), and everything has a default so a newer or
+//! older Easel reads whatever it finds (`#[serde(default)]`).
+
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
