@@ -15,10 +15,13 @@
 //! - [`app`]: the studio window (egui); the only module that knows egui.
 //! - [`scenes`]: the bundled model's procedural scenes and a checker that reads them from pixels.
 //! - [`settings`]: folders and the preferences that survive a restart.
+//! - [`fuzzing`]: every parser of outside bytes behind one signature, for `fuzz/` and the
+//!   corpus replay test.
 
 pub mod app;
 pub mod cli;
 pub mod diffusion;
+pub mod fuzzing;
 pub mod gallery;
 pub mod lora;
 pub mod models;

@@ -210,3 +210,58 @@ fn repeated_encodings_are_kept_until_what_they_depend_on_changes() {
     let tiled = p.encode_image(&picture(10), true).unwrap();
     assert_ne!(tiled.id(), a.id(), "tiling is part of the key");
 }
+
+/// A model file truncated, replaced or deleted while the model is loaded: nothing still maps
+/// it (weights are read into memory, never memory-mapped, so a shrinking file cannot raise
+/// SIGBUS), and the next job runs from memory, giving the image it gave before.
+#[test]
+fn model_files_changed_on_disk_after_loading_do_not_affect_the_loaded_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("sd-tiny-a");
+    common::copy_dir(&fixtures().join("sd-tiny-a"), &folder);
+    let single = tmp.path().join("sd1-tiny.safetensors");
+    std::fs::copy(fixtures().join("checkpoints/sd1-tiny.safetensors"), &single).unwrap();
+    for path in [folder.clone(), single.clone()] {
+        let p = Pipeline::load(&path, &Device::Cpu).unwrap();
+        let req = request(&p, 3, Sampler::Euler);
+        let before = finish(&p, &req);
+        let files: Vec<std::path::PathBuf> = if path.is_dir() {
+            ["unet", "vae", "text_encoder"]
+                .iter()
+                .flat_map(|d| std::fs::read_dir(path.join(d)).unwrap())
+                .map(|e| e.unwrap().path())
+                .filter(|f| f.extension().is_some_and(|e| e == "safetensors"))
+                .collect()
+        } else {
+            vec![path.clone()]
+        };
+        assert!(!files.is_empty());
+        for (i, f) in files.iter().enumerate() {
+            match i % 3 {
+                // Truncated in place (what makes a mapped file raise SIGBUS) …
+                0 => std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(f)
+                    .unwrap()
+                    .set_len(100)
+                    .unwrap(),
+                // … replaced by other bytes …
+                1 => std::fs::write(f, b"not a model any more").unwrap(),
+                // … or deleted.
+                _ => std::fs::remove_file(f).unwrap(),
+            }
+        }
+        let after = finish(&p, &request(&p, 3, Sampler::Euler));
+        assert_eq!(before.rgb, after.rgb, "{}", path.display());
+        // Loading it again says what is wrong with the file, in words.
+        let err = Pipeline::load(&path, &Device::Cpu)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains(&*path.to_string_lossy())
+                || files.iter().any(|f| err.contains(&*f.to_string_lossy())),
+            "{err}"
+        );
+    }
+}

@@ -47,28 +47,28 @@ pub enum Loaded {
 /// Reads the settings at `path`. An unusable file (unreadable, not settings, a newer format)
 /// is renamed to `<name>.<unix ms>.bak` and reported, never lost.
 pub fn load(path: &Path) -> Loaded {
-    let text = match std::fs::read(path) {
+    let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
         Err(e) => return set_aside(path, &format!("it could not be read ({e})")),
     };
-    let read: Read = match serde_json::from_slice(&text) {
-        Ok(r) => r,
-        Err(e) => return set_aside(path, &format!("it is not a settings file ({e})")),
-    };
-    if read.format > FORMAT {
-        return set_aside(
-            path,
-            &format!(
-                "a newer Easel wrote it (format {}, this one reads {FORMAT})",
-                read.format
-            ),
-        );
-    }
-    match serde_json::from_value::<Settings>(read.settings) {
+    match parse(&bytes) {
         Ok(s) => Loaded::Settings(Box::new(s)),
-        Err(e) => set_aside(path, &format!("its settings do not read ({e})")),
+        Err(why) => set_aside(path, &why),
     }
+}
+
+/// A settings file's contents; the error completes "… was not used: ".
+pub fn parse(bytes: &[u8]) -> Result<Settings, String> {
+    let read: Read =
+        serde_json::from_slice(bytes).map_err(|e| format!("it is not a settings file ({e})"))?;
+    if read.format > FORMAT {
+        return Err(format!(
+            "a newer Easel wrote it (format {}, this one reads {FORMAT})",
+            read.format
+        ));
+    }
+    serde_json::from_value(read.settings).map_err(|e| format!("its settings do not read ({e})"))
 }
 
 fn set_aside(path: &Path, why: &str) -> Loaded {

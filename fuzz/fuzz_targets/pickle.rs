@@ -1,0 +1,3 @@
+#![no_main]
+// The harness is easel::fuzzing::pickle (shared with the corpus replay test).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| easel::fuzzing::pickle(data));
