@@ -11,8 +11,11 @@ use std::sync::OnceLock;
 use crate::models::tensor_file::TensorFile;
 use crate::models::tokenizer::ClipTokenizer;
 
+/// A target: arbitrary bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/` call them.
-pub const TARGETS: [(&str, fn(&[u8])); 8] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("safetensors", safetensors),
     ("pickle", pickle),
     ("png", png),
