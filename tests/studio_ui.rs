@@ -723,8 +723,10 @@ fn a_folder_that_is_not_a_model_shows_the_error_in_the_window() {
         .is_some());
 }
 
+/// Settings saved on exit (eframe's autosave calls `save`) come back on the next start, from
+/// the settings file; eframe's storage is not used for them any more.
 #[test]
-fn settings_round_trip_through_eframe_storage() {
+fn settings_round_trip_through_the_settings_file() {
     #[derive(Default)]
     struct Memory(std::collections::HashMap<String, String>);
     impl eframe::Storage for Memory {
@@ -739,20 +741,37 @@ fn settings_round_trip_through_eframe_storage() {
         }
         fn flush(&mut self) {}
     }
-    let lib = tempfile::tempdir().expect("tempdir");
-    let mut h = harness(None, lib.path());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("config/settings.json");
+    let studio = |file: PathBuf| {
+        Harness::builder()
+            .with_size([1280.0, 800.0])
+            .build_eframe(move |cc| {
+                StudioApp::new(
+                    cc,
+                    StudioOptions {
+                        settings_file: Some(file),
+                        ..Default::default()
+                    },
+                )
+                .expect("the studio starts")
+            })
+    };
+    let mut h = studio(file.clone());
     {
         let s = &mut h.state_mut().studio.settings;
         s.prompt = "remember me".into();
         s.cfg_scale = 9.5;
-        s.last_model = Some(tiny_model());
         s.tool_tab = "settings".into();
     }
-    let mut store = Memory::default();
-    eframe::App::save(h.state_mut(), &mut store);
-    let back: easel::settings::Settings =
-        eframe::get_value(&store, "easel-settings").expect("stored");
-    assert_eq!(&back, h.state().settings());
+    let mut storage = Memory::default();
+    eframe::App::save(h.state_mut(), &mut storage);
+    assert!(storage.0.is_empty(), "nothing in eframe's storage");
+    let saved = h.state().settings().clone();
+    drop(h);
+    let h = studio(file);
+    assert_eq!(h.state().settings(), &saved);
+    assert_eq!(h.state().settings().prompt, "remember me");
 }
 
 /// An LCM-distilled model (lcm-tiny's UNet in a copy of sd-tiny-b) loaded with the studio's
