@@ -20,21 +20,18 @@ fn tiny_model() -> PathBuf {
 }
 
 fn harness(model: Option<PathBuf>, library: &Path) -> Studio<'static> {
-    let library = library.to_path_buf();
+    harness_with(StudioOptions {
+        model,
+        library_dir: Some(library.to_path_buf()),
+        fresh: true,
+        ..Default::default()
+    })
+}
+
+fn harness_with(options: StudioOptions) -> Studio<'static> {
     Harness::builder()
         .with_size([1280.0, 800.0])
-        .build_eframe(move |cc| {
-            StudioApp::new(
-                cc,
-                StudioOptions {
-                    model,
-                    library_dir: Some(library),
-                    fresh: true,
-                    ..Default::default()
-                },
-            )
-            .expect("the studio starts")
-        })
+        .build_eframe(move |cc| StudioApp::new(cc, options).expect("the studio starts"))
 }
 
 /// Steps frames until `done` holds; fails with `what` after `limit`.
@@ -744,18 +741,10 @@ fn settings_round_trip_through_the_settings_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("config/settings.json");
     let studio = |file: PathBuf| {
-        Harness::builder()
-            .with_size([1280.0, 800.0])
-            .build_eframe(move |cc| {
-                StudioApp::new(
-                    cc,
-                    StudioOptions {
-                        settings_file: Some(file),
-                        ..Default::default()
-                    },
-                )
-                .expect("the studio starts")
-            })
+        harness_with(StudioOptions {
+            settings_file: Some(file),
+            ..Default::default()
+        })
     };
     let mut h = studio(file.clone());
     {
@@ -1008,19 +997,10 @@ fn a_corrupt_settings_file_is_kept_as_a_backup_and_the_studio_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("settings.json");
     std::fs::write(&file, b"{\"format\": 1, \"settings\": {\"steps\":").expect("write");
-    let settings_file = Some(file.clone());
-    let mut h = Harness::builder()
-        .with_size([1280.0, 800.0])
-        .build_eframe(move |cc| {
-            StudioApp::new(
-                cc,
-                StudioOptions {
-                    settings_file,
-                    ..Default::default()
-                },
-            )
-            .expect("the studio starts")
-        });
+    let mut h = harness_with(StudioOptions {
+        settings_file: Some(file.clone()),
+        ..Default::default()
+    });
     h.step();
     assert!(h
         .query_by_label_contains("was not used: it is not a settings file")
