@@ -15,6 +15,7 @@
 //! - [`app`]: the studio window (egui); the only module that knows egui.
 //! - [`scenes`]: the bundled model's procedural scenes and a checker that reads them from pixels.
 //! - [`settings`]: folders and the preferences that survive a restart.
+//! - [`process_stats`]: resident memory, threads and open files, for benchmarks.
 //! - [`fuzzing`]: every parser of outside bytes behind one signature, for `fuzz/` and the
 //!   corpus replay test.
 
@@ -25,6 +26,7 @@ pub mod fuzzing;
 pub mod gallery;
 pub mod lora;
 pub mod models;
+pub mod process_stats;
 pub mod prompt;
 /// The heavy ops' CPU kernels live in their own crate (`crates/ops`) so that they are
 /// optimised even in debug builds; `crate::ops` is their path inside Easel.

@@ -401,15 +401,9 @@ fn anon_rss_mib() -> f64 {
     proc_status_mib("RssAnon:")
 }
 
+/// A `/proc/self/status` memory line in MiB; 0 where /proc is not available.
 pub(super) fn proc_status_mib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    crate::process_stats::status_mib(key).unwrap_or(0.0)
 }
 
 /// Writes an SD 1.5-architecture diffusers folder with random weights: each component is built

@@ -211,14 +211,7 @@ fn model_bytes(dir: &Path) -> Result<u64> {
 
 /// Current resident set size (VmRSS) in MiB; 0 where /proc is not available.
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    super::bench::proc_status_mib("VmRSS:")
 }
 
 /// Writes a kohya-format fp16 adapter of `rank` on every attention and feed-forward projection

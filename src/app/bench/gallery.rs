@@ -555,15 +555,7 @@ fn thread_cpu() -> Option<Duration> {
 }
 
 fn proc_status_mib(key: &str) -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = s
-        .lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((kib / 1024.0 * 10.0).round() / 10.0)
+    crate::process_stats::status_mib(key).map(|mib| (mib * 10.0).round() / 10.0)
 }
 
 fn dir_size(dir: &Path) -> (usize, u64) {
