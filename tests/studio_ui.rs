@@ -561,30 +561,7 @@ fn dropping_a1111_comfyui_and_easel_pngs_restores_settings() {
     assert_eq!(s.sampler.as_deref(), Some("euler"));
 
     let ours = dir.path().join("easel.png");
-    let meta = GenerationMetadata {
-        prompt: "an easel picture".into(),
-        negative_prompt: String::new(),
-        steps: 7,
-        cfg_scale: 3.0,
-        seed: 5,
-        width: 32,
-        height: 32,
-        sampler: "ddim".into(),
-        sampler_a1111: "DDIM".into(),
-        model_name: "sd-tiny-a".into(),
-        model_hash: "0123456789".into(),
-        spacing: Some("trailing".into()),
-        clip_skip: 1,
-        vae: None,
-        loras: Vec::new(),
-        init_noise: None,
-        init_image: None,
-        hires: None,
-        embeddings: Vec::new(),
-        sdxl: None,
-        easel_version: "0.1.0".into(),
-        extra: Default::default(),
-    };
+    let meta = picture_metadata(5);
     write_png(&ours, 2, 2, &[0u8; 12], &meta).expect("write");
     common::drop_file(&mut h, &ours);
     drive(&mut h, "Easel settings restored", RUN, |a| {
@@ -1019,4 +996,87 @@ fn a_corrupt_settings_file_is_kept_as_a_backup_and_the_studio_says_so() {
         std::fs::read(&backup[0]).expect("backup"),
         b"{\"format\": 1, \"settings\": {\"steps\":"
     );
+}
+
+/// Settings of a small picture, as a PNG of another session would carry them.
+fn picture_metadata(seed: u64) -> GenerationMetadata {
+    GenerationMetadata {
+        prompt: "an easel picture".into(),
+        negative_prompt: String::new(),
+        steps: 7,
+        cfg_scale: 3.0,
+        seed,
+        width: 32,
+        height: 32,
+        sampler: "ddim".into(),
+        sampler_a1111: "DDIM".into(),
+        model_name: "sd-tiny-a".into(),
+        model_hash: "0123456789".into(),
+        spacing: Some("trailing".into()),
+        clip_skip: 1,
+        vae: None,
+        loras: Vec::new(),
+        init_noise: None,
+        init_image: None,
+        hires: None,
+        embeddings: Vec::new(),
+        sdxl: None,
+        easel_version: "0.1.0".into(),
+        extra: Default::default(),
+    }
+}
+
+#[test]
+fn a_long_session_keeps_the_newest_images_every_unsaved_one_and_what_is_shown() {
+    use easel::app::{HistoryItem, Showing, Unsaved, HISTORY_LIMIT};
+    let ctx = egui::Context::default();
+    let worker = easel::worker::Worker::spawn(std::sync::Arc::new(|| {})).unwrap();
+    let mut studio = easel::app::Studio::new(Default::default(), worker);
+    let item = |job: u64, saved: bool| HistoryItem {
+        job,
+        number: 0,
+        texture: ctx.load_texture(
+            format!("history-{job}"),
+            egui::ColorImage::filled([2, 2], egui::Color32::RED),
+            Default::default(),
+        ),
+        metadata: picture_metadata(job),
+        path: saved.then(|| PathBuf::from(format!("/library/{job}.png"))),
+        unsaved: (!saved).then(|| Unsaved {
+            error: "the disk is full".into(),
+            image: easel::worker::FinishedImage {
+                width: 2,
+                height: 2,
+                rgb: std::sync::Arc::new(vec![0; 12]),
+            },
+        }),
+        elapsed: Duration::ZERO,
+    };
+    // Image 1 was never saved; image 60 is on the canvas.
+    studio.add_to_history(item(1, false));
+    for job in 2..=250 {
+        studio.add_to_history(item(job, true));
+        if job == 160 {
+            studio.showing = Showing::History(studio.history.len() - 1);
+        }
+    }
+    assert_eq!(studio.history.len(), HISTORY_LIMIT);
+    let jobs: Vec<u64> = studio.history.iter().map(|h| h.job).collect();
+    let newest: Vec<u64> = (1..=1).chain(152..=250).collect();
+    assert_eq!(jobs, newest, "the unsaved image and the newest saved ones");
+    let numbers: Vec<usize> = studio.history.iter().map(|h| h.number).collect();
+    assert_eq!(
+        numbers,
+        newest.iter().map(|&j| j as usize).collect::<Vec<_>>()
+    );
+    match studio.showing {
+        Showing::History(i) => assert_eq!(studio.history[i].job, 160),
+        other => panic!("{other:?}"),
+    }
+    // Once the shown image leaves the history, the canvas goes back to live.
+    for job in 251..=350 {
+        studio.add_to_history(item(job, true));
+    }
+    assert_eq!(studio.showing, Showing::Live);
+    assert_eq!(studio.history[0].job, 1);
 }

@@ -124,13 +124,12 @@ fn toolbar(ui: &mut egui::Ui, studio: &mut Studio) {
         };
         if let Some(i) = shown {
             ui.separator();
-            let item = &studio.history[i];
+            let Some(item) = studio.history.get(i) else {
+                return;
+            };
             ui.weak(format!(
                 "#{} · seed {} · {}×{}",
-                super::state::item_number(i),
-                item.metadata.seed,
-                item.metadata.width,
-                item.metadata.height
+                item.number, item.metadata.seed, item.metadata.width, item.metadata.height
             ));
             let path = item.path.clone();
             let unsaved = item.unsaved.as_ref().map(|u| u.error.clone());

@@ -21,7 +21,7 @@ impl Studio {
         }
     }
 
-    fn on_event(&mut self, event: Event, ctx: &egui::Context) {
+    pub(super) fn on_event(&mut self, event: Event, ctx: &egui::Context) {
         match event {
             Event::ModelLoading { path } => {
                 if !matches!(&self.model, ModelState::Loading { path: p, .. } if *p == path) {
@@ -111,9 +111,7 @@ impl Studio {
                 let size = [r.recipe.width, r.recipe.height];
                 let img = ColorImage::from_rgb([image.width, image.height], &image.rgb);
                 self.set_canvas(ctx, img, size);
-                self.metrics
-                    .preview_latency
-                    .push((computed_at.elapsed(), self.metrics.last_step_duration));
+                self.metrics.record_preview(computed_at.elapsed());
             }
             Event::Finished {
                 job,
@@ -133,8 +131,9 @@ impl Studio {
                 for w in warnings {
                     self.info(w);
                 }
-                self.history.push(HistoryItem {
+                self.add_to_history(HistoryItem {
                     job,
+                    number: 0,
                     texture,
                     metadata: *metadata,
                     path: None,
@@ -166,9 +165,7 @@ impl Studio {
             Event::Cancelled { job, .. } => {
                 if let Some(r) = self.running.take_if(|r| r.job == job) {
                     if let Some(at) = r.cancel_requested {
-                        self.metrics
-                            .cancel_latency
-                            .push((at.elapsed(), self.metrics.last_step_duration));
+                        self.metrics.record_cancel(at.elapsed());
                     }
                 }
                 self.last_submission.retain(|j| *j != job);

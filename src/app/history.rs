@@ -3,7 +3,7 @@
 //! images from it (img2img).
 
 use super::actions::Action;
-use super::state::{item_number, Showing, Studio};
+use super::state::{Showing, Studio};
 
 const THUMB: f32 = 72.0;
 
@@ -19,19 +19,22 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
         .stick_to_right(true)
         .show(ui, |ui| {
             ui.horizontal(|ui| {
+                if studio.images_made > studio.history.len() {
+                    ui.weak("Older images: in the Gallery");
+                }
                 for (i, item) in studio.history.iter().enumerate() {
                     ui.vertical(|ui| {
                         let selected = studio.showing == Showing::History(i);
                         let aspect =
                             item.metadata.width as f32 / item.metadata.height.max(1) as f32;
                         let size = egui::vec2(THUMB * aspect.clamp(0.5, 2.0), THUMB);
+                        let number = item.number;
                         let image = egui::Image::new((item.texture.id(), size))
-                            .alt_text(format!("Image #{}", item_number(i)));
+                            .alt_text(format!("Image #{number}"));
                         let r = ui
                             .add(egui::Button::image(image).selected(selected))
                             .on_hover_text(format!(
-                                "#{} · {}\nseed {} · {} steps · CFG {}",
-                                item_number(i),
+                                "#{number} · {}\nseed {} · {} steps · CFG {}",
                                 item.metadata.prompt,
                                 item.metadata.seed,
                                 item.metadata.steps,
@@ -41,7 +44,7 @@ pub fn show(ui: &mut egui::Ui, studio: &mut Studio) {
                             actions.push(Action::View(i));
                         }
                         if ui
-                            .small_button(format!("Restore #{}", item_number(i)))
+                            .small_button(format!("Restore #{number}"))
                             .on_hover_text("Restore this image's settings")
                             .clicked()
                         {

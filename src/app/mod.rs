@@ -25,6 +25,8 @@ mod progress;
 mod prompt_panel;
 mod queue;
 mod settings_panel;
+mod soak;
+pub use soak::{run as run_soak, SoakArgs};
 mod state;
 pub mod theme;
 mod token_count;
@@ -37,7 +39,7 @@ use anyhow::{anyhow, Result};
 pub use actions::Action;
 pub use bench::BenchConfig;
 pub use gallery_panel::GalleryPanel;
-pub use state::{HistoryItem, ModelState, RunningJob, Showing, Studio};
+pub use state::{HistoryItem, ModelState, RunningJob, Showing, Studio, Unsaved, HISTORY_LIMIT};
 
 use crate::settings::{startup_model, store, Settings};
 use crate::worker::Worker;

@@ -49,6 +49,9 @@ pub struct RunningJob {
 /// A finished image of this session.
 pub struct HistoryItem {
     pub job: JobId,
+    /// Its number for people: the session's images counted from 1 (set by
+    /// [`Studio::add_to_history`]).
+    pub number: usize,
     pub texture: TextureHandle,
     pub metadata: GenerationMetadata,
     /// `None` until the worker reports it written to the library.
@@ -100,14 +103,31 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Keeps the last 100k frames: enough for any measurement, bounded for a long session.
     pub fn record_frame(&mut self, d: Duration) {
-        if self.frame_times.len() >= 100_000 {
-            self.frame_times.drain(..50_000);
-        }
-        self.frame_times.push(d);
+        keep_recent(&mut self.frame_times, d);
+    }
+
+    pub fn record_preview(&mut self, late: Duration) {
+        keep_recent(&mut self.preview_latency, (late, self.last_step_duration));
+    }
+
+    pub fn record_cancel(&mut self, took: Duration) {
+        keep_recent(&mut self.cancel_latency, (took, self.last_step_duration));
     }
 }
+
+/// Keeps the last 100k samples: enough for any measurement, bounded for a long session.
+fn keep_recent<T>(samples: &mut Vec<T>, sample: T) {
+    if samples.len() >= 100_000 {
+        samples.drain(..50_000);
+    }
+    samples.push(sample);
+}
+
+/// Images the history strip keeps, each a full-size texture. Older saved ones leave the strip
+/// (they stay in the library and the gallery), so a day of generating does not fill the GPU;
+/// one whose save failed stays until it is written.
+pub const HISTORY_LIMIT: usize = 100;
 
 /// All UI state. Panels read and change it and push [`Action`]s.
 pub struct Studio {
@@ -125,7 +145,10 @@ pub struct Studio {
     pub showing: Showing,
     /// `None` = fit to the panel.
     pub zoom: Option<f32>,
+    /// The newest [`HISTORY_LIMIT`] images of this session, oldest first.
     pub history: Vec<HistoryItem>,
+    /// Images finished this session (the last one's number).
+    pub images_made: usize,
     /// The empty state's path field.
     pub model_path_input: String,
     pub notices: Vec<(Notice, Instant)>,
@@ -160,6 +183,7 @@ impl Studio {
             showing: Showing::Live,
             zoom: None,
             history: Vec::new(),
+            images_made: 0,
             model_path_input: String::new(),
             notices: Vec::new(),
             actions: Vec::new(),
@@ -481,10 +505,32 @@ impl Studio {
         s.sampler = Some(m.sampler);
         s.clip_skip = m.clip_skip.max(1);
         s.seed_locked = true;
-        self.info(format!(
-            "Restored the settings of image #{}",
-            item_number(i)
-        ));
+        let number = item.number;
+        self.info(format!("Restored the settings of image #{number}"));
+    }
+
+    /// Adds a finished image to the history; beyond [`HISTORY_LIMIT`] the oldest saved image
+    /// leaves it (what the canvas shows stays shown).
+    pub fn add_to_history(&mut self, mut item: HistoryItem) {
+        self.images_made += 1;
+        item.number = self.images_made;
+        self.history.push(item);
+        while self.history.len() > HISTORY_LIMIT {
+            let Some(old) =
+                (self.history.iter()).position(|h| h.path.is_some() && h.unsaved.is_none())
+            else {
+                // Every one is waiting for its save or failed it: none may go.
+                break;
+            };
+            self.history.remove(old);
+            if let Showing::History(i) = self.showing {
+                self.showing = match i.cmp(&old) {
+                    std::cmp::Ordering::Less => Showing::History(i),
+                    std::cmp::Ordering::Equal => Showing::Live,
+                    std::cmp::Ordering::Greater => Showing::History(i - 1),
+                };
+            }
+        }
     }
 
     /// Shows notices for a few seconds (errors until dismissed), newest at the bottom.
@@ -518,9 +564,4 @@ impl Studio {
         // Info notices fade on their own: wake up to remove them.
         ctx.request_repaint_after(Duration::from_secs(1));
     }
-}
-
-/// History items are numbered from 1 for people.
-pub fn item_number(i: usize) -> usize {
-    i + 1
 }

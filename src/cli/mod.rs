@@ -52,6 +52,10 @@ pub enum Command {
     /// Measure the studio window: cold start, UI frame time while generating, preview and
     /// cancel latency. Prints a JSON report and closes.
     BenchUi(crate::app::BenchUiArgs),
+    /// Drive the studio (headless, real worker) through hundreds of generations with live
+    /// slider changes, LoRA toggles, cancels, queue reorders and gallery indexing; report
+    /// memory, threads and open files, and check every image and the index. JSON on stdout.
+    BenchSoak(crate::app::SoakArgs),
 }
 
 /// Parses the command line and runs it; errors are printed as one line on stderr.
@@ -70,6 +74,7 @@ pub fn main() -> ExitCode {
         Some(Command::Models(args)) => models::run(args),
         Some(Command::Studio(args)) => crate::app::run(args),
         Some(Command::BenchUi(args)) => crate::app::run_bench(args),
+        Some(Command::BenchSoak(args)) => crate::app::run_soak(args),
         None => crate::app::run(crate::app::StudioArgs::default()),
     };
     match result {
