@@ -335,7 +335,16 @@ fn run_with_storage(options: StudioOptions, storage: Option<PathBuf>) -> Result<
 fn explain_start_failure(e: &eframe::Error) -> String {
     let detail = e.to_string();
     let lower = detail.to_lowercase();
-    let text = if ["wgpu", "adapter", "surface", "vulkan"]
+    let text = if ["wayland_display", "no display", "failed to open display"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        format!(
+            "the studio window could not start: there is no display to open it on ({detail}). \
+             Run it in a desktop session (DISPLAY or WAYLAND_DISPLAY set); over SSH, the \
+             headless commands (`easel generate --help`) need no display at all."
+        )
+    } else if ["wgpu", "adapter", "surface", "vulkan"]
         .iter()
         .any(|w| lower.contains(w))
     {
