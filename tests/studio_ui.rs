@@ -921,6 +921,91 @@ fn a_failed_save_keeps_the_image_and_retry_or_save_as_writes_it() {
     assert!(h.query_by_label("Not saved").is_none());
 }
 
+/// The disk fills up during a save: the library sits on a 256 KiB tmpfs filled to the last
+/// page. This test re-runs the test binary inside its own user and mount namespace
+/// (`unshare -rm`, no privileges needed) for [`full_disk_inside_its_own_mount`], which does
+/// the studio part there.
+#[test]
+fn a_full_disk_keeps_the_image_leaves_no_partial_file_and_retry_writes_it() {
+    let can_mount = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can_mount {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must allow `unshare -rm` (user namespaces) for the full-disk test"
+        );
+        eprintln!("skipped: `unshare -rm` is not available here");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = r#"mount -t tmpfs -o size=256k tmpfs "$EASEL_FULL_DISK" &&
+        exec "$0" --exact full_disk_inside_its_own_mount --ignored --nocapture"#;
+    let out = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", script])
+        .arg(std::env::current_exe().expect("the test binary"))
+        .env("EASEL_FULL_DISK", dir.path())
+        .output()
+        .expect("unshare runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "run by a_full_disk_keeps_the_image_leaves_no_partial_file_and_retry_writes_it"]
+fn full_disk_inside_its_own_mount() {
+    let disk = PathBuf::from(std::env::var_os("EASEL_FULL_DISK").expect("set by the outer test"));
+    let lib = disk.join("library");
+    std::fs::create_dir(&lib).expect("library folder");
+    // Every page of the tmpfs taken: the write stops short with "No space left on device".
+    let filler = disk.join("filler");
+    let mut f = std::fs::File::create(&filler).expect("filler");
+    let chunk = vec![7u8; 4096];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+
+    let mut h = harness(Some(tiny_model()), &lib);
+    ready(&mut h);
+    h.state_mut().studio.settings.steps = 3;
+    h.get_by_label("Generate").click();
+    drive(&mut h, "the save failed", RUN, |a| {
+        a.studio
+            .history
+            .first()
+            .is_some_and(|i| i.unsaved.is_some())
+    });
+    h.step();
+    let item = &h.state().studio.history[0];
+    let error = &item.unsaved.as_ref().expect("kept in memory").error;
+    assert!(error.contains("No space left on device"), "{error}");
+    assert!(h.query_by_label("Not saved").is_some());
+    assert!(h.query_by_label_contains("No space left").is_some());
+    let left: Vec<_> = std::fs::read_dir(&lib).expect("library").collect();
+    assert!(
+        left.is_empty(),
+        "nothing partial, not even a temporary file"
+    );
+
+    // Space freed: "Retry save" writes the image from memory.
+    std::fs::remove_file(&filler).expect("space freed");
+    h.get_by_label("Retry save").click();
+    drive(&mut h, "saved on retry", RUN, |a| {
+        a.studio.history[0].path.is_some()
+    });
+    let path = h.state().studio.history[0].path.clone().expect("saved");
+    let meta = read_png_metadata(&path).expect("a whole PNG");
+    assert_eq!(
+        meta.easel.expect("settings").seed,
+        h.state().studio.history[0].metadata.seed
+    );
+    assert_eq!(std::fs::read_dir(&lib).expect("library").count(), 1);
+}
+
 /// A PNG from a stranger claiming absurd settings restores only what a generation accepts, and
 /// says what it changed; nothing it names is opened.
 #[test]

@@ -163,15 +163,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PngMetaError> {
         .write(true)
         .create_new(true)
         .open(&temp_path)
-        .map_err(io_err(&temp_path, "create the temporary file"))?;
+        .map_err(io_err(path, "write"))?;
     let mut guard = TempGuard {
         path: temp_path.clone(),
         armed: true,
     };
-    file.write_all(bytes)
-        .map_err(io_err(&temp_path, "write the temporary file"))?;
-    file.sync_all()
-        .map_err(io_err(&temp_path, "flush to disk the temporary file"))?;
+    // Errors name the file the user asked for: the temporary one is gone by the time they
+    // read it.
+    file.write_all(bytes).map_err(io_err(path, "write"))?;
+    file.sync_all().map_err(io_err(path, "flush to disk"))?;
     drop(file);
     fs::rename(&temp_path, path).map_err(io_err(path, "replace"))?;
     guard.armed = false;
