@@ -113,6 +113,16 @@ def main():
               "loras/tiny-style-peft.safetensors", "loras/sdxl-style.safetensors"]:
         put("safetensors", "compact-" + Path(f).stem, compact_safetensors(FIX / f))
 
+    # config: the first byte picks the file (easel::fuzzing::FOLDER_FILES), the rest is its text.
+    folder_files = ["model_index.json", "unet/config.json", "vae/config.json",
+                    "text_encoder/config.json", "scheduler/scheduler_config.json",
+                    "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json"]
+    for model in ["sd-tiny-a", "sdxl-tiny", "lcm-tiny", "inpaint-tiny"]:
+        for i, f in enumerate(folder_files):
+            p = FIX / model / f
+            if p.is_file():
+                put("config", f"{model}-{f.replace('/', '-')}", bytes([i]) + p.read_bytes())
+
     for f in ["checkpoints/malicious.ckpt", "embeddings/tinyemb.pt"]:
         put("pickle", Path(f).stem, (FIX / f).read_bytes())
 

@@ -15,8 +15,9 @@ use crate::models::tokenizer::ClipTokenizer;
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and `fuzz/corpus/<name>/` call them.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("safetensors", safetensors),
+    ("config", config),
     ("pickle", pickle),
     ("png", png),
     ("infotext", infotext),
@@ -41,12 +42,16 @@ pub fn clean_up() {
     let _ = std::fs::remove_dir_all(scratch_dir());
 }
 
-fn scratch(extension: &str, data: &[u8]) -> PathBuf {
-    let dir = scratch_dir();
-    let _ = std::fs::create_dir_all(&dir);
+/// Names a scratch file or folder after the calling thread, so concurrent callers never share.
+fn per_thread(prefix: &str) -> PathBuf {
     let thread = format!("{:?}", std::thread::current().id());
-    let name: String = thread.chars().filter(char::is_ascii_digit).collect();
-    let path = dir.join(format!("input-{name}.{extension}"));
+    let number: String = thread.chars().filter(char::is_ascii_digit).collect();
+    scratch_dir().join(format!("{prefix}-{number}"))
+}
+
+fn scratch(extension: &str, data: &[u8]) -> PathBuf {
+    let _ = std::fs::create_dir_all(scratch_dir());
+    let path = per_thread("input").with_extension(extension);
     let _ = std::fs::write(&path, data);
     path
 }
@@ -73,6 +78,52 @@ pub fn safetensors(data: &[u8]) {
         let _ = parsed.layers.iter().flat_map(|l| l.keys()).count();
     }
     let _ = crate::prompt::embeddings::load(&path);
+}
+
+/// The JSON files of a diffusers folder, as loading and vetting a model reads them.
+const FOLDER_FILES: [&str; 7] = [
+    "model_index.json",
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+];
+
+/// One JSON file of a diffusers model folder (the first byte picks which, the rest is its
+/// text), the others as the tiny fixture model has them: the folder is vetted as loading
+/// does (configs, every tensor's name and shape, no weights read) and its tokenizer read.
+pub fn config(data: &[u8]) {
+    let Some((&pick, json)) = data.split_first() else {
+        return;
+    };
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny-a");
+    let dir = per_thread("model");
+    if !dir.join("unet").is_dir() && copy_dir(&fixture, &dir).is_err() {
+        return;
+    }
+    let file = FOLDER_FILES[usize::from(pick) % FOLDER_FILES.len()];
+    let _ = std::fs::write(dir.join(file), json);
+    let options = crate::models::checkpoint::LoadOptions::default();
+    let _ = crate::models::stable_diffusion::StableDiffusion::validate(&dir, &options);
+    let _ = ClipTokenizer::from_dir(&dir.join("tokenizer"));
+    // The next input starts from the fixture again.
+    let _ = std::fs::copy(fixture.join(file), dir.join(file));
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 /// A pickle checkpoint (`.ckpt`, a torch zip) and a `.pt` embedding, through the reader that
