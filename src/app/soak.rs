@@ -62,6 +62,9 @@ struct Footprint {
     /// Jobs ended when it was taken.
     jobs: usize,
     rss_mib: Option<f64>,
+    /// What SQLite holds (the gallery index's page cache, bounded at its 2 MiB default per
+    /// connection), part of the resident memory.
+    sqlite_mib: f64,
     threads: Option<u64>,
     fds: Option<usize>,
     threads_by_name: Option<BTreeMap<String, u64>>,
@@ -72,6 +75,7 @@ impl Footprint {
         Self {
             jobs,
             rss_mib: process_stats::status_mib("VmRSS:"),
+            sqlite_mib: crate::gallery::sqlite_memory_used() as f64 / (1 << 20) as f64,
             threads: process_stats::threads(),
             fds: process_stats::open_fds(),
             threads_by_name: process_stats::threads_by_name(),

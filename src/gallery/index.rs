@@ -254,3 +254,10 @@ fn move_aside(path: &Path) -> Result<PathBuf, GalleryError> {
     }
     Ok(moved_to)
 }
+
+/// Bytes SQLite has allocated in this process (page caches of every open index, statements).
+pub fn sqlite_memory_used() -> i64 {
+    // SAFETY: takes no arguments and only reads SQLite's own allocation counter, which is
+    // thread-safe in the bundled (serialized) build.
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
+}

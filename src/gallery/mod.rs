@@ -24,7 +24,7 @@ pub mod service;
 
 pub use embedder::ClipEmbedder;
 pub use error::GalleryError;
-pub use index::GalleryIndex;
+pub use index::{sqlite_memory_used, GalleryIndex};
 pub use indexer::{index_folders, IndexEvent, IndexOptions, IndexSummary, SkipReason};
 pub use job::{IndexJob, JobEvent};
 pub use search::{Filter, Hit, Library};
