@@ -853,6 +853,20 @@ fn sdxl_second_prompt_and_size_conditioning_reach_the_png_and_come_back() {
     );
 }
 
+/// Generates one image (the model loaded first) and steps until its save has failed.
+fn generate_until_the_save_fails(h: &mut Studio<'_>) {
+    ready(h);
+    h.state_mut().studio.settings.steps = 3;
+    h.get_by_label("Generate").click();
+    drive(h, "the save failed", RUN, |a| {
+        a.studio
+            .history
+            .first()
+            .is_some_and(|i| i.unsaved.is_some())
+    });
+    h.step();
+}
+
 /// A library folder that cannot be written (here: its parent is a file, which stops root too,
 /// unlike permissions): the image stays in the history and on the canvas, the window says why,
 /// "Retry save" writes it once the folder is fixed, and "Save as…" can write it from memory.
@@ -863,16 +877,7 @@ fn a_failed_save_keeps_the_image_and_retry_or_save_as_writes_it() {
     let blocker = tmp.path().join("not-a-folder");
     std::fs::write(&blocker, b"x").expect("file");
     let mut h = harness(Some(tiny_model()), &blocker.join("library"));
-    ready(&mut h);
-    h.state_mut().studio.settings.steps = 3;
-    h.get_by_label("Generate").click();
-    drive(&mut h, "the save failed", RUN, |a| {
-        a.studio
-            .history
-            .first()
-            .is_some_and(|i| i.unsaved.is_some())
-    });
-    h.step();
+    generate_until_the_save_fails(&mut h);
     assert!(h
         .query_by_label_contains("The image was not saved")
         .is_some());
@@ -970,16 +975,7 @@ fn full_disk_inside_its_own_mount() {
     drop(f);
 
     let mut h = harness(Some(tiny_model()), &lib);
-    ready(&mut h);
-    h.state_mut().studio.settings.steps = 3;
-    h.get_by_label("Generate").click();
-    drive(&mut h, "the save failed", RUN, |a| {
-        a.studio
-            .history
-            .first()
-            .is_some_and(|i| i.unsaved.is_some())
-    });
-    h.step();
+    generate_until_the_save_fails(&mut h);
     let item = &h.state().studio.history[0];
     let error = &item.unsaved.as_ref().expect("kept in memory").error;
     assert!(error.contains("No space left on device"), "{error}");
