@@ -80,6 +80,25 @@ fn index_search_drop_view_restore_and_delete_with_confirmation() {
     let cached = std::fs::read_dir(&thumbs).unwrap().count();
     assert_eq!(cached, 4, "one cached thumbnail per image");
 
+    // An image the studio saves into its library shows up without a Rescan.
+    std::fs::copy(
+        library.join("down160.png"),
+        library.join("just-generated.png"),
+    )
+    .unwrap();
+    h.step();
+    assert_eq!(h.state().0.entries().len(), 4, "not indexed before a save");
+    h.state_mut().1.images_saved += 1;
+    drive(&mut h, "the saved image indexed", |(p, _)| {
+        p.entries().len() == 5
+    });
+    // Deleted outside Easel: gone after a Rescan.
+    std::fs::remove_file(library.join("just-generated.png")).unwrap();
+    h.get_by_label("Rescan").click();
+    drive(&mut h, "the removed image gone", |(p, _)| {
+        p.entries().len() == 4
+    });
+
     // Typed text search: transformers' best match comes first.
     h.get_by_label("Search images").focus();
     h.get_by_label("Search images")

@@ -100,6 +100,10 @@ fn type_prompt_generate_see_progress_and_final_image_saved() {
     });
     let app = h.state();
     assert!(app.studio.running.is_none());
+    assert_eq!(
+        app.studio.images_saved, 1,
+        "the gallery is told of the save"
+    );
     assert!(
         !app.studio.metrics.preview_latency.is_empty(),
         "previews reached the canvas"

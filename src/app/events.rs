@@ -142,6 +142,7 @@ impl Studio {
                 });
             }
             Event::Saved { job, path } => {
+                self.images_saved += 1;
                 if let Some(item) = self.history.iter_mut().find(|h| h.job == job) {
                     item.path = Some(path);
                     item.unsaved = None;

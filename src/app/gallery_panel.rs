@@ -94,6 +94,10 @@ pub struct GalleryPanel {
     /// Thumbnails asked for and received, for `GridFrame::thumbs_pending`.
     thumbs_asked: usize,
     thumbs_arrived: usize,
+    /// An index run is asked for or under way (the service starts with one).
+    indexing: bool,
+    /// The studio's saved-image count this panel's index has caught up with.
+    indexed_saves: usize,
 }
 
 impl GalleryPanel {
@@ -129,6 +133,8 @@ impl GalleryPanel {
             frame: GridFrame::default(),
             thumbs_asked: 0,
             thumbs_arrived: 0,
+            indexing: false,
+            indexed_saves: 0,
         }
     }
 
@@ -186,7 +192,12 @@ impl GalleryPanel {
             folders: vec![studio.settings.library_dir()],
         };
         match GalleryService::spawn(config, Arc::new(move || repaint.request_repaint())) {
-            Ok(s) => self.service = Some(s),
+            Ok(s) => {
+                self.service = Some(s);
+                // Its first run indexes the library as it is now.
+                self.indexing = true;
+                self.indexed_saves = studio.images_saved;
+            }
             Err(e) => self.status = format!("Gallery threads did not start: {e}"),
         }
     }
@@ -199,6 +210,7 @@ impl GalleryPanel {
             match event {
                 ServiceEvent::ClipReady { .. } => self.status = "Indexing…".into(),
                 ServiceEvent::ClipMissing(msg) => {
+                    self.indexing = false;
                     self.status = msg.clone();
                     self.clip_missing = Some(msg);
                 }
@@ -213,6 +225,7 @@ impl GalleryPanel {
                 ServiceEvent::Index(_) => {}
                 ServiceEvent::Indexed(s) => {
                     self.progress = None;
+                    self.indexing = false;
                     self.frame.indexed = true;
                     let skipped = s.skipped.total();
                     self.status = format!(
@@ -249,7 +262,11 @@ impl GalleryPanel {
                         self.full = None;
                     }
                 }
-                ServiceEvent::Error(e) => self.last_error = Some(e),
+                ServiceEvent::Error(e) => {
+                    // A failed run must not stop the next one from being asked for.
+                    self.indexing = false;
+                    self.last_error = Some(e);
+                }
             }
         }
     }
@@ -258,6 +275,13 @@ impl GalleryPanel {
         if let Some(s) = &self.service {
             s.send(command);
         }
+    }
+
+    /// Indexes `folders` and every folder indexed before (incremental: only new or changed
+    /// files are embedded).
+    fn index(&mut self, folders: Vec<PathBuf>) {
+        self.indexing = true;
+        self.send(ServiceCommand::Index(folders));
     }
 
     fn header(&mut self, ui: &mut egui::Ui) {
@@ -287,7 +311,7 @@ impl GalleryPanel {
                 self.results = None;
             }
             if ui.small_button("Rescan").clicked() {
-                self.send(ServiceCommand::Index(Vec::new()));
+                self.index(Vec::new());
             }
         });
         self.add_folder_row(ui);
@@ -328,7 +352,7 @@ impl GalleryPanel {
                 if dir.is_dir() {
                     self.last_error = None;
                     self.add_folder.clear();
-                    self.send(ServiceCommand::Index(vec![dir]));
+                    self.index(vec![dir]);
                 } else {
                     self.last_error = Some(format!("{}: not a folder", dir.display()));
                 }
@@ -603,6 +627,12 @@ impl Panel for GalleryPanel {
             ..GridFrame::default()
         };
         self.drain(&ctx);
+        // Images the studio saved since are indexed, one run at a time, so new images show
+        // up here and in searches without a Rescan.
+        if studio.images_saved > self.indexed_saves && !self.indexing && self.service.is_some() {
+            self.indexed_saves = studio.images_saved;
+            self.index(Vec::new());
+        }
         self.choose_clip(ui);
         self.header(ui);
         ui.separator();

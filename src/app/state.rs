@@ -149,6 +149,8 @@ pub struct Studio {
     pub history: Vec<HistoryItem>,
     /// Images finished this session (the last one's number).
     pub images_made: usize,
+    /// Images written to the library this session (the gallery indexes them as it grows).
+    pub images_saved: usize,
     /// The empty state's path field.
     pub model_path_input: String,
     pub notices: Vec<(Notice, Instant)>,
@@ -184,6 +186,7 @@ impl Studio {
             zoom: None,
             history: Vec::new(),
             images_made: 0,
+            images_saved: 0,
             model_path_input: String::new(),
             notices: Vec::new(),
             actions: Vec::new(),
