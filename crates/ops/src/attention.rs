@@ -168,7 +168,11 @@ fn kernel_with(
             causal,
         };
         let bf16_values = bf16 && crate::avx512::has_bf16();
-        avx512::attention(&geometry, qd, kd, vd, &mut out, bf16_values);
+        if causal || bf16_values {
+            avx512::attention(&geometry, qd, kd, vd, &mut out, bf16_values);
+        } else {
+            avx512::attention_f32(&geometry, qd, kd, vd, &mut out);
+        }
         drop((qs, ks, vs));
         return Tensor::from_vec(out, (b, n, inner), q.device());
     }
@@ -295,12 +299,13 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
         cols: usize,
+        add: bool,
     ) {
         let mut t = 0;
         while t < rows {
             let r = (rows - t).min(8);
             let (a, c) = (a.add(t * lda).cast(), c.add(t * ldc));
-            tile(r, a, lda, kc, b.cast(), ldb, c, ldc, cols, false);
+            tile(r, a, lda, kc, b.cast(), ldb, c, ldc, cols, add);
             t += r;
         }
     }
@@ -400,6 +405,7 @@ mod avx512 {
                             scores.as_mut_ptr().add(p * NR),
                             m,
                             cols,
+                            false,
                         );
                     }
                 }
@@ -423,7 +429,19 @@ mod avx512 {
                         let c = dst.get().add(o0 + d0);
                         if bf16_values {
                             let b = vp.as_ptr().add(d0);
-                            rows_of(tile_bf16, tr, probs.as_ptr(), ml, ml, b, hd, c, inner, cols);
+                            rows_of(
+                                tile_bf16,
+                                tr,
+                                probs.as_ptr(),
+                                ml,
+                                ml,
+                                b,
+                                hd,
+                                c,
+                                inner,
+                                cols,
+                                false,
+                            );
                         } else {
                             let b = vd.as_ptr().add(v0 + d0);
                             rows_of(
@@ -437,6 +455,7 @@ mod avx512 {
                                 c,
                                 inner,
                                 cols,
+                                false,
                             );
                         }
                     }
@@ -451,6 +470,186 @@ mod avx512 {
                 }
             },
         );
+    }
+
+    /// Queries per task of [`attention_f32`]: the columns of its transposed score blocks.
+    const QN: usize = 128;
+    /// Keys per block: a block's scores (256 × 128 floats, 128 KiB) stay in L2 from the
+    /// product that writes them, through the softmax, to the product that reads them.
+    const KB: usize = 512;
+
+    /// f32 attention with the products transposed, a block of keys at a time (an online
+    /// softmax, as FlashAttention computes it):
+    /// - scoresᵀ [keys × queries] = k_block · qᵀ: the keys are the micro-kernel's rows, read
+    ///   where they lie, and a task's 128 queries its columns, copied once;
+    /// - each query's running maximum and sum are a column's, so the softmax runs across
+    ///   16 queries per register with no horizontal reductions;
+    /// - outᵀ [channels × queries] += vᵀ_block · probabilitiesᵀ: the head's channels are the
+    ///   rows, so a 40-wide head is five full 8-row tiles where the untransposed product wastes
+    ///   24 of 64 columns.
+    ///
+    /// Each task reads a head's keys and values once per 128 queries, against once per 16 in
+    /// [`attention`], whose whole score rows (4 096 keys at 512²) must fit in L2.
+    pub(super) fn attention_f32(g: &Heads, qd: &[f32], kd: &[f32], vd: &[f32], out: &mut [f32]) {
+        let Heads {
+            b,
+            n,
+            m,
+            heads,
+            hd,
+            inner,
+            scale,
+            ..
+        } = *g;
+        // v of image i, head h transposed: [channel][key], rows `ldv` apart. The padding keeps
+        // the micro-kernel's 8 rows out of one L1 set (4 096 keys: rows 16 KiB apart would be).
+        let ldv = m + 16;
+        let per_head = hd * ldv;
+        let mut vt = vec![0f32; b * heads * per_head];
+        vt.par_chunks_mut(per_head)
+            .enumerate()
+            .for_each(|(bh, dst)| {
+                let (bi, h) = (bh / heads, bh % heads);
+                for key in 0..m {
+                    let src = &vd[(bi * m + key) * inner + h * hd..][..hd];
+                    for (d, &v) in src.iter().enumerate() {
+                        dst[d * ldv + key] = v;
+                    }
+                }
+            });
+        let dst = SharedMut(out.as_mut_ptr());
+        let tiles = n.div_ceil(QN);
+        (0..b * heads * tiles).into_par_iter().for_each_init(
+            || {
+                // qᵀ, one block's scoresᵀ, outᵀ.
+                (
+                    vec![0f32; hd * QN],
+                    vec![0f32; KB * QN],
+                    vec![0f32; hd * QN],
+                )
+            },
+            |(qt, st, ot), task| {
+                let (bh, tile) = (task / tiles, task % tiles);
+                let (bi, h) = (bh / heads, bh % heads);
+                let q0 = tile * QN;
+                let qn = QN.min(n - q0);
+                // Columns computed: whole 32-column panels; past `qn` the queries are zero.
+                let width = qn.div_ceil(NR) * NR;
+                qt.fill(0.0);
+                for q in 0..qn {
+                    let src = &qd[(bi * n + q0 + q) * inner + h * hd..][..hd];
+                    for (d, &v) in src.iter().enumerate() {
+                        qt[d * QN + q] = v * scale;
+                    }
+                }
+                ot.fill(0.0);
+                let mut max = [f32::NEG_INFINITY; QN];
+                let mut sum = [0f32; QN];
+                let vt = &vt[bh * per_head..(bh + 1) * per_head];
+                let mut j0 = 0;
+                while j0 < m {
+                    let kb = KB.min(m - j0);
+                    let st = &mut st[..kb * QN];
+                    for c in (0..width).step_by(NR) {
+                        // SAFETY: AVX-512 checked by the caller. A: keys j0..j0 + kb of this
+                        // head (hd channels, rows `inner` apart); B: qᵀ (hd rows of QN),
+                        // columns c..c + 32; C: scoresᵀ (kb rows of QN), the same columns.
+                        unsafe {
+                            rows_of(
+                                tile_f32,
+                                kb,
+                                kd.as_ptr().add((bi * m + j0) * inner + h * hd),
+                                inner,
+                                hd,
+                                qt.as_ptr().add(c),
+                                QN,
+                                st.as_mut_ptr().add(c),
+                                QN,
+                                NR,
+                                false,
+                            );
+                        }
+                    }
+                    // SAFETY: AVX-512 checked by the caller.
+                    unsafe { online_softmax(st, width, &mut max, &mut sum, ot) };
+                    for c in (0..width).step_by(NR) {
+                        // SAFETY: A: vᵀ rows (hd, `ldv` apart), keys j0..j0 + kb; B: the block's
+                        // probabilitiesᵀ (kb rows of QN), columns c..c + 32; C: outᵀ (hd rows of
+                        // QN), the same columns, added to.
+                        unsafe {
+                            rows_of(
+                                tile_f32,
+                                hd,
+                                vt.as_ptr().add(j0),
+                                ldv,
+                                kb,
+                                st.as_ptr().add(c),
+                                QN,
+                                ot.as_mut_ptr().add(c),
+                                QN,
+                                NR,
+                                true,
+                            );
+                        }
+                    }
+                    j0 += kb;
+                }
+                let inv = sum.map(|s| 1.0 / s);
+                for (q, &k) in inv.iter().enumerate().take(qn) {
+                    // SAFETY: output row q0 + q, head h's columns: this task's own.
+                    let row = unsafe {
+                        let at = (bi * n + q0 + q) * inner + h * hd;
+                        std::slice::from_raw_parts_mut(dst.get().add(at), hd)
+                    };
+                    for (d, o) in row.iter_mut().enumerate() {
+                        *o = ot[d * QN + q] * k;
+                    }
+                }
+            },
+        );
+    }
+
+    /// One block of the online softmax, in place on `st` (rows of `QN` scores, the first
+    /// `width` columns used), 16 queries per register: each column's running `max` raised to
+    /// the block's, the scores replaced by exp(score − max), and `sum` and the outᵀ columns so
+    /// far (`ot`, rows of `QN`) rescaled by exp(old max − new max) where the maximum moved.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn online_softmax(
+        st: &mut [f32],
+        width: usize,
+        max: &mut [f32; QN],
+        sum: &mut [f32; QN],
+        ot: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let rows = st.len() / QN;
+        let p = st.as_mut_ptr();
+        for g in (0..width).step_by(16) {
+            let old = _mm512_loadu_ps(max.as_ptr().add(g));
+            let mut new = old;
+            for r in 0..rows {
+                new = _mm512_max_ps(new, _mm512_loadu_ps(p.add(r * QN + g)));
+            }
+            let mut block_sum = _mm512_setzero_ps();
+            for r in 0..rows {
+                let at = p.add(r * QN + g);
+                let e = crate::avx512::exp_ps(_mm512_sub_ps(_mm512_loadu_ps(at), new));
+                _mm512_storeu_ps(at, e);
+                block_sum = _mm512_add_ps(block_sum, e);
+            }
+            // exp(0) is exactly 1 where the maximum stayed. The first block's old maximum is
+            // −∞: its factor is ~0, over a zero sum and outᵀ.
+            let alpha = crate::avx512::exp_ps(_mm512_sub_ps(old, new));
+            if _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(old, new) != 0 {
+                for row in ot.chunks_exact_mut(QN) {
+                    let at = row.as_mut_ptr().add(g);
+                    _mm512_storeu_ps(at, _mm512_mul_ps(_mm512_loadu_ps(at), alpha));
+                }
+            }
+            let s = sum.as_mut_ptr().add(g);
+            _mm512_storeu_ps(s, _mm512_fmadd_ps(_mm512_loadu_ps(s), alpha, block_sum));
+            _mm512_storeu_ps(max.as_mut_ptr().add(g), new);
+        }
     }
 }
 

@@ -449,6 +449,34 @@ fn pack_slice(
     }
 }
 
+/// eˣ for 16 lanes: `simd::exp`'s Cephes polynomial (the same results to the last bit but for
+/// the fused multiply-adds), with the power of two applied by `vscalefps`. Clamped below, not
+/// above: the callers pass x ≤ 0 (scores less their maximum). NaN stays NaN.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn exp_ps(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(_mm512_set1_ps(-87.33), x);
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_ps(
+        x,
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+        _mm512_set1_ps(0.5),
+    ));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let e = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    _mm512_scalef_ps(_mm512_add_ps(e, _mm512_set1_ps(1.0)), n)
+}
+
 /// Rounds whole input rows to bf16 pairs (round to nearest even), zero-padding an odd K.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(crate) unsafe fn round_rows(x: &[f32], k: usize, lanes: usize, out: &mut [u32]) {
@@ -712,5 +740,39 @@ mod tests {
             s1: 1,
         };
         assert!(matmul_wt(&x, 2, 3, weight, 2, &mut out, true).is_err());
+    }
+
+    #[test]
+    fn vector_exp_matches_the_scalar_one() {
+        if !has_f32() {
+            return;
+        }
+        let xs: Vec<f32> = (0..87_008).map(|i| -(i as f32) * 1e-3 - 0.000_37).collect();
+        let mut worst = 0f32;
+        for chunk in xs.chunks_exact(16) {
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F checked above.
+            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp_ps(_mm512_loadu_ps(chunk.as_ptr()))) };
+            for (&g, &x) in got.iter().zip(chunk) {
+                let want = x.exp();
+                worst = worst.max(((g - want) / want).abs());
+            }
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        let mut edge = [0f32; 16];
+        let input = [0.0, -200.0, f32::NEG_INFINITY, f32::NAN].repeat(4);
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(edge.as_mut_ptr(), exp_ps(_mm512_loadu_ps(input.as_ptr()))) };
+        assert_eq!(
+            edge[0], 1.0,
+            "exp(0) is exactly 1: an unmoved maximum rescales nothing"
+        );
+        assert_eq!(
+            edge[1],
+            crate::simd::exp(-87.33),
+            "clamped like the scalar exp"
+        );
+        assert!(edge[2] >= 0.0 && edge[2] < 1e-37, "exp(−∞) ≈ 0, not NaN");
+        assert!(edge[3].is_nan(), "NaN stays NaN");
     }
 }
