@@ -15,9 +15,15 @@
 //! products accumulate in f32, and the output transform is f32 (as a bf16 direct convolution
 //! rounds its input and multiplies its weights as they are).
 //!
-//! The kernel's transform (16 values per channel pair, 1.8× the 3×3 weights) is never stored
-//! whole, so the model's memory does not grow: each task makes it an 8-output-channel tile at a
-//! time, a few vector adds per weight against the 64 or 128 tiles' products it feeds.
+//! The kernel's transform (16 values per channel pair, 1.8× the 3×3 weights) is never kept
+//! between calls, so the model's memory does not grow. Within a call it is made once, before
+//! the tasks, and each task runs its 16 products one ξ at a time: the task's transformed input
+//! for that ξ stays in L2 while the transformed kernel's rows stream past it. (Made per task
+//! instead, an 8-output-channel tile at a time, every 8 output channels swept all 16 of the
+//! task's transformed inputs, 1.3–5 MiB, out of L2: 20–35% slower in f32 at 320–960 channels,
+//! half the speed in bf16.) Only f32 convolutions with few tiles keep the per-task transform:
+//! writing out and reading back a 105 MiB transformed kernel for 128 tiles costs more than it
+//! saves.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -35,6 +41,8 @@ use crate::profile::{scope, Kind};
 /// transformed input then spills out of L2).
 const TILES: usize = 128;
 const BIG_WEIGHTS: usize = 16 << 20;
+/// Tiles from which f32 weights are transformed once per call rather than per task.
+const SHARED_KERNEL_TILES: usize = 256;
 /// Input channels per pass of the micro-kernel and per tile of the transformed kernel
 /// (16 × 8 × KB floats, 128 KiB). 256 measured faster than 64 or 128 at the VAE's and UNet's
 /// shapes.
@@ -119,17 +127,28 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
     let wanted = (2 * threads).div_ceil(blocks).min(co.div_ceil(8));
     let group_rows = co.div_ceil(wanted).next_multiple_of(8);
     let groups = co.div_ceil(group_rows);
+    let ci_lanes = lanes(ci);
+    // The kernel transformed once for all tasks, unless there are too few tiles to pay for
+    // writing it out and reading it back (f32 at 128 tiles: 1 280 channels at 16², 105 MiB
+    // of transformed kernel, measured 152 against 208 GFLOP/s made per task).
+    let shared = (bf16 || tiles >= SHARED_KERNEL_TILES)
+        .then(|| scope(Kind::Copy, || transformed_kernel(w, ci, co)));
     (0..blocks * groups).into_par_iter().for_each_init(
         || {
             let transformed = Box::new([[[0f32; TILES]; 16]; 2]);
+            let scratch = if shared.is_some() {
+                (Vec::new(), Vec::new())
+            } else {
+                (vec![0f32; 16 * 8 * KB], vec![0u32; 16 * 8 * KB])
+            };
             (
-                vec![0u32; 16 * lanes(ci) * per_task],
+                vec![0u32; 16 * ci_lanes * per_task],
                 vec![0f32; 16 * co * per_task],
                 transformed,
-                (vec![0f32; 16 * 8 * KB], vec![0u32; 16 * 8 * KB]),
+                scratch,
             )
         },
-        |(v, m, transformed, (u, u_lanes)), task| {
+        |(v, m, transformed, scratch), task| {
             let (t0, o0) = ((task / groups) * per_task, (task % groups) * group_rows);
             let (n, o1) = (per_task.min(tiles - t0), (o0 + group_rows).min(co));
             // Runs of tiles within one tile row: (first tile's index in the block, image,
@@ -145,7 +164,6 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
             }
             // The input tiles, transformed: v[ξ][lane][tile], a lane being one channel's f32
             // or a pair of channels' bf16 (the even one in the low half).
-            let ci_lanes = lanes(ci);
             let tile_rows = |c: usize, bi: usize, ty: usize| -> [&[f32]; 4] {
                 std::array::from_fn(|r| {
                     &padded[((c * g.b + bi) * ph + 2 * ty + r) * 2 * half..][..2 * half]
@@ -172,63 +190,100 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
                     }
                 }
             }
-            // The 16 products m[ξ] = u[ξ] · v[ξ], [co, ci] · [ci, n], for rows o0..o1: an
-            // 8-row, KB-channel tile of the transformed kernel at a time, made here from the
-            // weights (cheap beside the products it feeds, and no kernel-sized buffer).
-            let mut k0 = 0;
-            while k0 < ci {
-                let kc = (ci - k0).min(KB);
-                let mut r0 = o0;
-                while r0 < o1 {
-                    let r = (o1 - r0).min(8);
-                    transform_kernel(w, ci, r0, r, k0, kc, u);
-                    // The transformed kernel as lanes: its f32 bits, or rounded to bf16 pairs
-                    // (kc is even: KB and ci are).
-                    let (kl, tile): (usize, Tile) = if bf16 {
-                        (kc / 2, tile_bf16)
-                    } else {
-                        (kc, tile_f32)
-                    };
-                    let a: *const u32 = if bf16 {
-                        let u_lanes = &mut u_lanes[..16 * r * kl];
-                        // SAFETY: AVX512-BF16 checked by `takes`; u holds 16·r runs of kc.
-                        unsafe {
-                            crate::avx512::round_rows(&u[..16 * r * kc], kc, kl, u_lanes);
-                        }
-                        u_lanes.as_ptr()
-                    } else {
-                        u.as_ptr().cast()
-                    };
-                    let (k0_lanes, ci_lanes) = (lanes(k0), lanes(ci));
-                    for xi in 0..16 {
+            if let Some(u) = &shared {
+                // The 16 products m[ξ] = u[ξ] · v[ξ], [co, ci] · [ci, n], for rows o0..o1, one
+                // ξ at a time: v[ξ] (ci × n lanes, 80–480 KiB) stays in L2 while the rows of
+                // u[ξ] stream past it, each lane of u multiplied into n tiles.
+                let tile: Tile = if bf16 { tile_bf16 } else { tile_f32 };
+                for xi in 0..16 {
+                    let mut r0 = o0;
+                    while r0 < o1 {
+                        let r = (o1 - r0).min(8);
                         let mut q = 0;
                         while q < n {
                             let cols = (n - q).min(32);
-                            // SAFETY: the instructions checked by `takes`. A: u[·][ξ], r rows of
-                            // kl lanes, 16·kl apart; B: lanes k0..k0 + kl of v[ξ]
-                            // (ci_lanes × per_task), columns q..q + cols ≤ n; C: rows r0..r0 + r
-                            // of m[ξ] (co × per_task), the same columns. All inside their
-                            // buffers.
+                            // SAFETY: the instructions checked by `takes`. A: rows r0..r0 + r of
+                            // u[ξ] (co × ci_lanes); B: v[ξ] (ci_lanes × per_task), columns
+                            // q..q + cols ≤ n; C: rows r0..r0 + r of m[ξ] (co × per_task), the
+                            // same columns. All inside their buffers.
                             unsafe {
                                 tile(
                                     r,
-                                    a.add(xi * kl),
-                                    16 * kl,
-                                    kl,
-                                    v.as_ptr().add((xi * ci_lanes + k0_lanes) * per_task + q),
+                                    u.as_ptr().add((xi * co + r0) * ci_lanes),
+                                    ci_lanes,
+                                    ci_lanes,
+                                    v.as_ptr().add(xi * ci_lanes * per_task + q),
                                     per_task,
                                     m.as_mut_ptr().add((xi * co + r0) * per_task + q),
                                     per_task,
                                     cols,
-                                    k0 > 0,
+                                    false,
                                 );
                             }
                             q += cols;
                         }
+                        r0 += r;
                     }
-                    r0 += r;
                 }
-                k0 += kc;
+            } else {
+                let (u, u_lanes) = scratch;
+                // Otherwise an 8-row, KB-channel tile of the transformed kernel at a time, made
+                // here from the weights (cheap beside the products it feeds).
+                let mut k0 = 0;
+                while k0 < ci {
+                    let kc = (ci - k0).min(KB);
+                    let mut r0 = o0;
+                    while r0 < o1 {
+                        let r = (o1 - r0).min(8);
+                        transform_kernel(w, ci, r0, r, k0, kc, u);
+                        // The transformed kernel as lanes: its f32 bits, or rounded to bf16
+                        // pairs (kc is even: KB and ci are).
+                        let (kl, tile): (usize, Tile) = if bf16 {
+                            (kc / 2, tile_bf16)
+                        } else {
+                            (kc, tile_f32)
+                        };
+                        let a: *const u32 = if bf16 {
+                            let u_lanes = &mut u_lanes[..16 * r * kl];
+                            // SAFETY: AVX512-BF16 checked by `takes`; u holds 16·r runs of kc.
+                            unsafe {
+                                crate::avx512::round_rows(&u[..16 * r * kc], kc, kl, u_lanes);
+                            }
+                            u_lanes.as_ptr()
+                        } else {
+                            u.as_ptr().cast()
+                        };
+                        let (k0_lanes, ci_lanes) = (lanes(k0), lanes(ci));
+                        for xi in 0..16 {
+                            let mut q = 0;
+                            while q < n {
+                                let cols = (n - q).min(32);
+                                // SAFETY: the instructions checked by `takes`. A: u[·][ξ], r
+                                // rows of kl lanes, 16·kl apart; B: lanes k0..k0 + kl of v[ξ]
+                                // (ci_lanes × per_task), columns q..q + cols ≤ n; C: rows
+                                // r0..r0 + r of m[ξ] (co × per_task), the same columns. All
+                                // inside their buffers.
+                                unsafe {
+                                    tile(
+                                        r,
+                                        a.add(xi * kl),
+                                        16 * kl,
+                                        kl,
+                                        v.as_ptr().add((xi * ci_lanes + k0_lanes) * per_task + q),
+                                        per_task,
+                                        m.as_mut_ptr().add((xi * co + r0) * per_task + q),
+                                        per_task,
+                                        cols,
+                                        k0 > 0,
+                                    );
+                                }
+                                q += cols;
+                            }
+                        }
+                        r0 += r;
+                    }
+                    k0 += kc;
+                }
             }
             // Back to 2×2 output blocks, plus the bias.
             for oc in o0..o1 {
@@ -240,6 +295,53 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
             }
         },
     );
+}
+
+/// The whole transformed kernel as the products' left operands, u[ξ][out][lane]: f32 bits, or
+/// rounded to bf16 pairs of input channels. Made once per call and shared by every task (16 ×
+/// co × ci values: 6.5 MiB for 320 channels, 105 MiB for 1 280, in f32; freed after the call),
+/// an output channel per task.
+fn transformed_kernel(w: Weights, ci: usize, co: usize) -> Vec<u32> {
+    let bf16 = matches!(w, Weights::Bf16(_));
+    let ci_lanes = if bf16 { ci / 2 } else { ci };
+    let mut u = vec![0u32; 16 * co * ci_lanes];
+    // Each task writes its own output channel's rows, interleaved with the others' in `u`.
+    let addr = u.as_mut_ptr() as usize;
+    (0..co).into_par_iter().for_each_init(
+        || (vec![0f32; 16 * KB], vec![0u32; 16 * KB / 2]),
+        |(one, rounded), o| {
+            let mut k0 = 0;
+            while k0 < ci {
+                let kc = (ci - k0).min(KB);
+                transform_kernel(w, ci, o, 1, k0, kc, one);
+                for xi in 0..16 {
+                    let values = &one[xi * kc..][..kc];
+                    let at = (xi * co + o) * ci_lanes;
+                    // SAFETY: row o of u[ξ], lanes of channels k0..k0 + kc: this task's own.
+                    unsafe {
+                        if bf16 {
+                            // AVX512-BF16 checked by `takes`; kc is even (KB and ci are).
+                            let lanes = &mut rounded[..kc / 2];
+                            crate::avx512::round_rows(values, kc, kc / 2, lanes);
+                            let out = std::slice::from_raw_parts_mut(
+                                (addr as *mut u32).add(at + k0 / 2),
+                                kc / 2,
+                            );
+                            out.copy_from_slice(lanes);
+                        } else {
+                            let out =
+                                std::slice::from_raw_parts_mut((addr as *mut u32).add(at + k0), kc);
+                            for (d, v) in out.iter_mut().zip(values) {
+                                *d = v.to_bits();
+                            }
+                        }
+                    }
+                }
+                k0 += kc;
+            }
+        },
+    );
+    u
 }
 
 /// u[row][ξ][lane] = (G g Gᵀ)[ξ] for output channels o0..o0 + rows and input channels
