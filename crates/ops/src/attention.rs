@@ -6,6 +6,9 @@
 //! task takes one image, one head and a tile of queries whose score rows fit in the core's L2:
 //! scores by `gemm` reading q and k in place through strides, the softmax on the rows while they
 //! are hot, the values multiplied straight into the output rows. Nothing of size T×T is written.
+//! On CPUs with AVX-512, f32 attention goes further (`avx512::attention_f32`): 128 queries per
+//! task, the keys in blocks of 256 with an online softmax, both products transposed so that a
+//! head's channels fill the micro-kernel's rows.
 
 use candle_core::{Result, Tensor, D};
 use rayon::prelude::*;
@@ -660,8 +663,14 @@ mod tests {
 
     #[test]
     fn matches_candle_for_self_and_cross_attention() {
-        // Partial last tiles in each; the 9000-token context gets the smallest (8-row) tiles.
-        for (n, m, heads, hd) in [(300, 300, 2, 8), (130, 77, 3, 5), (40, 9000, 1, 4)] {
+        // Partial last tiles in each; the 9000-token context gets the smallest (8-row) tiles
+        // (36 key blocks with AVX-512); SD 1.5's 40-wide heads over three key blocks.
+        for (n, m, heads, hd) in [
+            (300, 300, 2, 8),
+            (130, 77, 3, 5),
+            (40, 9000, 1, 4),
+            (260, 600, 2, 40),
+        ] {
             let q = randn(&[2, n, heads * hd]);
             let k = randn(&[2, m, heads * hd]);
             let v = randn(&[2, m, heads * hd]);
