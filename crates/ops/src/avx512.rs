@@ -458,22 +458,17 @@ fn pack_slice(
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn exp_ps(x: __m512) -> __m512 {
-    let x = _mm512_max_ps(_mm512_set1_ps(-87.33), x);
+    use crate::simd::{EXP_MIN, EXP_POLY, LN2_HI, LN2_LO};
+    let x = _mm512_max_ps(_mm512_set1_ps(EXP_MIN), x);
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(_mm512_fmadd_ps(
         x,
         _mm512_set1_ps(std::f32::consts::LOG2_E),
         _mm512_set1_ps(0.5),
     ));
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     let e = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);

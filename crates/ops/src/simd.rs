@@ -39,19 +39,32 @@ macro_rules! multiversion {
     };
 }
 
+/// Cephes `expf`'s constants, shared with the AVX-512 `exp` of `avx512::exp_ps`: the lower
+/// clamp, ln 2 split in two for an exact reduction, and the polynomial's coefficients (highest
+/// degree first).
+pub(crate) const EXP_MIN: f32 = -87.33;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+
 /// eˣ to within 2 ulp over the f32 range (Cephes `expf`), without branches.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    let x = x.clamp(-87.33, 88.3);
+    let x = x.clamp(EXP_MIN, 88.3);
     let n = (x * LOG2E + 0.5).floor();
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
     let e = p * r * r + r + 1.0;
     // 2ⁿ from the exponent bits; n + 127 is in [1, 254] after the clamp. The integer is read
     // from the mantissa of n + 127 + 2²³ rather than by `as i32`, whose saturating conversion
