@@ -27,6 +27,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 mod winograd;
 
+use super::norm::{ChannelMap, Deferred, Normalised};
 use super::precision::{widen, widen_opt};
 use super::profile::{scope, Kind};
 use super::{cpu_slice, own_kernel, parallelism, SharedMut};
@@ -93,10 +94,25 @@ impl Conv2d {
 
     /// `forward(x.upsample_nearest2d(h, w))`, without the upsampled copy.
     pub fn forward_upsampled(&self, x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
-        self.run(x, Some(size))
+        self.run(x, Some(size), None)
     }
 
-    fn run(&self, x: &Tensor, up: Option<(usize, usize)>) -> Result<Tensor> {
+    /// `forward(&x.tensor())`, with the group norm applied as the input is copied (see
+    /// [`crate::GroupNorm::deferred_silu`]): the normalised map is never written out.
+    pub fn forward_normalised(&self, x: &Normalised) -> Result<Tensor> {
+        match &x.0 {
+            Deferred::Done(t) => self.forward(t),
+            Deferred::Pending(t, map) => self.run(t, None, Some(map)),
+        }
+    }
+
+    /// `map`: a group norm to apply to `x` first (then `x` is a contiguous f32 CPU map).
+    fn run(
+        &self,
+        x: &Tensor,
+        up: Option<(usize, usize)>,
+        map: Option<&ChannelMap>,
+    ) -> Result<Tensor> {
         scope(Kind::Convolution, || {
             let bias = widen_opt(self.bias.as_ref(), x)?;
             let mut inputs = vec![x];
@@ -113,12 +129,16 @@ impl Conv2d {
                     } else {
                         scope(Kind::Copy, || widen(ohwi, x))?
                     };
-                    kernel(x, &ohwi, bias.as_deref(), self.cfg, up)
+                    kernel(x, map, &ohwi, bias.as_deref(), self.cfg, up)
                 }
                 _ => {
+                    let x = match map {
+                        Some(map) => map.applied(x)?,
+                        None => x.clone(),
+                    };
                     let x = match up {
                         Some((h, w)) => scope(Kind::Copy, || x.upsample_nearest2d(h, w))?,
-                        None => x.clone(),
+                        None => x,
                     };
                     self.reference(&x)
                 }
@@ -140,7 +160,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.run(x, None)
+        self.run(x, None, None)
     }
 }
 
@@ -186,6 +206,7 @@ const SMALL_OUTPUT: usize = 512;
 
 fn kernel(
     x: &Tensor,
+    map: Option<&ChannelMap>,
     ohwi: &Tensor,
     bias: Option<&Tensor>,
     cfg: Conv2dConfig,
@@ -223,7 +244,11 @@ fn kernel(
     let (candle_core::Storage::Cpu(xc), candle_core::Storage::Cpu(tc)) = (&*xs, &*ts) else {
         candle_core::bail!("conv2d kernel: tensors must be on the CPU");
     };
-    let xd = cpu_slice(xc, xl, "conv input")?;
+    let xd = Input {
+        data: cpu_slice(xc, xl, "conv input")?,
+        map,
+        plane: hi * wi,
+    };
     let bias: Vec<f32> = match bias {
         Some(t) => t.to_vec1()?,
         None => vec![0.0; co],
@@ -274,6 +299,36 @@ fn kernel(
     }
     drop((xs, ts));
     Tensor::from_vec(out, (b, co, g.ho, g.wo), x.device())
+}
+
+/// A convolution's input as its copies read it, a channel of an image at a time: the map as
+/// stored, or a group norm of it applied on the way (`map`), so that the normalised map is never
+/// written out whole.
+#[derive(Clone, Copy)]
+struct Input<'a> {
+    /// [b, ci, hi, wi], contiguous.
+    data: &'a [f32],
+    map: Option<&'a ChannelMap>,
+    /// hi · wi.
+    plane: usize,
+}
+
+impl<'a> Input<'a> {
+    /// Plane `i` (image · ci + channel): borrowed, or mapped into `scratch`.
+    fn plane<'s>(&self, i: usize, scratch: &'s mut Vec<f32>) -> &'s [f32]
+    where
+        'a: 's,
+    {
+        let src = &self.data[i * self.plane..(i + 1) * self.plane];
+        match self.map {
+            None => src,
+            Some(map) => {
+                scratch.resize(self.plane, 0.0);
+                map.apply(i, src, scratch);
+                scratch
+            }
+        }
+    }
 }
 
 /// Where a convolution's product columns land: the real output pixels, plus the bias.
@@ -415,14 +470,16 @@ impl Operand<'_> {
 
 /// Small outputs: rows (tap, channel) × columns (image, pixel): multiplied by the whole
 /// [co, k·k·ci] kernel in one product.
-fn im2col_columns<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a> {
+fn im2col_columns<'a>(g: &Geometry, xd: Input) -> Operand<'a> {
     let n = g.b * g.ho * g.wo;
     let rows = g.k * g.k * g.ci;
     let data = scope(Kind::Copy, || {
         let mut cols = vec![0f32; rows * n];
         cols.par_chunks_mut(n)
             .enumerate()
-            .for_each(|(r, row)| im2col_row(g, xd, r, row));
+            .for_each_init(Vec::new, |scratch, (r, row)| {
+                im2col_row(g, xd, r, row, scratch)
+            });
         cols
     });
     Operand::im2col(g, data, rows)
@@ -430,12 +487,13 @@ fn im2col_columns<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a> {
 
 /// Row r = (tap, channel) of the im2col matrix: that channel's pixel under that tap for every
 /// output pixel of every image (zeros where the tap falls in the padding).
-fn im2col_row(g: &Geometry, xd: &[f32], r: usize, row: &mut [f32]) {
+/// (Small maps only: a normalised input is normalised once per tap.)
+fn im2col_row(g: &Geometry, xd: Input, r: usize, row: &mut [f32], scratch: &mut Vec<f32>) {
     let hw = g.ho * g.wo;
     let (tap, c) = (r / g.ci, r % g.ci);
     let (i, j) = (tap / g.k, tap % g.k);
     for bi in 0..g.b {
-        let src = &xd[(bi * g.ci + c) * g.hi * g.wi..(bi * g.ci + c + 1) * g.hi * g.wi];
+        let src = xd.plane(bi * g.ci + c, scratch);
         for y in 0..g.ho {
             let Some(yy) = (y * g.s + i).checked_sub(g.pad).filter(|&v| v < g.h) else {
                 continue;
@@ -464,7 +522,9 @@ struct Padding {
 }
 
 impl Padding {
-    fn of(g: &Geometry) -> Self {
+    /// `normalised`: the input is mapped as it is copied, so it is copied even where it could
+    /// be read as it lies.
+    fn of(g: &Geometry, normalised: bool) -> Self {
         let (k, s, pad) = (g.k, g.s, g.pad);
         let (hp, wp) = (g.h + 2 * pad, g.w + 2 * pad);
         // The padded input is split into s×s phases (row mod s, column mod s), so that for
@@ -476,7 +536,7 @@ impl Padding {
         let wq = wp.div_ceil(s);
         let reach = (k - 1) / s;
         let rows = hp.div_ceil(s).max(g.ho + reach);
-        let direct = pad == 0 && k == 1 && s == 1 && !g.up && g.b == 1;
+        let direct = pad == 0 && k == 1 && s == 1 && !g.up && g.b == 1 && !normalised;
         let phase_len = if direct {
             g.hi * g.wi
         } else {
@@ -527,10 +587,17 @@ impl Padding {
     }
 
     /// Channel c's padded, phase-split copy (all images) into `dst` (`per_channel` zeros).
-    fn copy_channel(&self, g: &Geometry, xd: &[f32], c: usize, dst: &mut [f32]) {
+    fn copy_channel(
+        &self,
+        g: &Geometry,
+        xd: Input,
+        c: usize,
+        dst: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
         let (s, pad, wq) = (g.s, g.pad, self.wq);
         for bi in 0..g.b {
-            let src = &xd[(bi * g.ci + c) * g.hi * g.wi..(bi * g.ci + c + 1) * g.hi * g.wi];
+            let src = xd.plane(bi * g.ci + c, scratch);
             for y in 0..g.h {
                 let r = y + pad;
                 if s == 1 && !g.up {
@@ -551,16 +618,18 @@ impl Padding {
 }
 
 /// The k² shifted views over one padded (and phase-split) copy of the input.
-fn padded_input<'a>(g: &Geometry, xd: &'a [f32]) -> Operand<'a> {
-    let p = Padding::of(g);
+fn padded_input<'a>(g: &Geometry, xd: Input<'a>) -> Operand<'a> {
+    let p = Padding::of(g, xd.map.is_some());
     let data: Cow<[f32]> = if p.direct {
-        Cow::Borrowed(xd)
+        Cow::Borrowed(xd.data)
     } else {
         scope(Kind::Copy, || {
             let mut buf = vec![0f32; g.ci * p.per_channel];
             buf.par_chunks_mut(p.per_channel)
                 .enumerate()
-                .for_each(|(c, dst)| p.copy_channel(g, xd, c, dst));
+                .for_each_init(Vec::new, |scratch, (c, dst)| {
+                    p.copy_channel(g, xd, c, dst, scratch)
+                });
             Cow::Owned(buf)
         })
     };
@@ -603,7 +672,7 @@ mod avx512 {
     /// The convolution into `output`; false when these weights are not for this path.
     pub(super) fn products(
         g: &Geometry,
-        xd: &[f32],
+        xd: Input,
         weights: &CpuStorage,
         layout: &Layout,
         small: bool,
@@ -685,17 +754,20 @@ mod avx512 {
     }
 
     /// `padded_input` with channels 2c and 2c + 1 rounded to bf16 and paired in each lane.
-    fn paired_padded_input<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a, u32> {
-        let p = Padding::of(g);
+    fn paired_padded_input<'a>(g: &Geometry, xd: Input) -> Operand<'a, u32> {
+        let p = Padding::of(g, xd.map.is_some());
         let data = scope(Kind::Copy, || {
             let mut buf = vec![0u32; g.ci / 2 * p.per_channel];
             buf.par_chunks_mut(p.per_channel).enumerate().for_each_init(
                 // Padding positions are never written, so they stay zero from one pair to
                 // the next.
-                || (vec![0f32; p.per_channel], vec![0f32; p.per_channel]),
-                |(lo, hi), (cp, dst)| {
-                    p.copy_channel(g, xd, 2 * cp, lo);
-                    p.copy_channel(g, xd, 2 * cp + 1, hi);
+                || {
+                    let zeros = || vec![0f32; p.per_channel];
+                    (zeros(), zeros(), Vec::new())
+                },
+                |(lo, hi, scratch), (cp, dst)| {
+                    p.copy_channel(g, xd, 2 * cp, lo, scratch);
+                    p.copy_channel(g, xd, 2 * cp + 1, hi, scratch);
                     pair(lo, hi, dst);
                 },
             );
@@ -705,18 +777,18 @@ mod avx512 {
     }
 
     /// `im2col_columns` with rows (tap, 2c) and (tap, 2c + 1) paired in each lane.
-    fn paired_im2col<'a>(g: &Geometry, xd: &[f32]) -> Operand<'a, u32> {
+    fn paired_im2col<'a>(g: &Geometry, xd: Input) -> Operand<'a, u32> {
         let n = g.b * g.ho * g.wo;
         let rows = g.k * g.k * g.ci / 2;
         let data = scope(Kind::Copy, || {
             let mut cols = vec![0u32; rows * n];
             cols.par_chunks_mut(n).enumerate().for_each_init(
-                || (vec![0f32; n], vec![0f32; n]),
-                |(lo, hi), (r, dst)| {
+                || (vec![0f32; n], vec![0f32; n], Vec::new()),
+                |(lo, hi, scratch), (r, dst)| {
                     lo.fill(0.0);
                     hi.fill(0.0);
-                    im2col_row(g, xd, 2 * r, lo);
-                    im2col_row(g, xd, 2 * r + 1, hi);
+                    im2col_row(g, xd, 2 * r, lo, scratch);
+                    im2col_row(g, xd, 2 * r + 1, hi, scratch);
                     pair(lo, hi, dst);
                 },
             );
@@ -822,6 +894,70 @@ mod tests {
         let x = randn(&[1, 704, 48, 48]);
         let d = rel_diff(&c.forward(&x).unwrap(), &c.reference(&x).unwrap());
         assert!(d < 1e-5, "big weights: {d}");
+    }
+
+    /// A convolution that normalises its input as it copies it gives, bit for bit, the
+    /// convolution of the normalised map, on every path: Winograd (f32 and bf16), shifted
+    /// products, im2col, a stride's phases, a 1×1 that would otherwise read its input in place,
+    /// bf16 pairs, and candle's op (a dilation, which the kernel does not take).
+    #[test]
+    fn normalising_in_the_copy_is_the_convolution_of_the_normalised_map() {
+        use crate::{GroupNorm, GroupSums};
+        use candle_core::DType;
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v.into_iter().map(f32::to_bits).collect()
+        };
+        for (ci, co, k, p, s, d, shape) in [
+            (260, 13, 3, 1, 1, 1, [2, 260, 21, 23]),
+            (330, 13, 3, 1, 1, 1, [1, 330, 24, 22]),
+            (8, 6, 3, 1, 1, 1, [2, 8, 16, 14]),
+            (8, 6, 3, 1, 1, 1, [1, 8, 8, 8]),
+            (8, 6, 3, 1, 2, 1, [2, 8, 30, 26]),
+            (8, 6, 1, 0, 1, 1, [1, 8, 20, 20]),
+            (8, 6, 3, 2, 1, 2, [1, 8, 20, 18]),
+        ] {
+            let norm = GroupNorm::new(randn(&[ci]), randn(&[ci]), 2, 1e-6).unwrap();
+            let x = randn(&shape).affine(2.0, 0.5).unwrap();
+            let cfg = Conv2dConfig {
+                padding: p,
+                stride: s,
+                dilation: d,
+                ..Default::default()
+            };
+            let (w, b) = (randn(&[co, ci, k, k]), randn(&[co]));
+            for dtype in [DType::F32, DType::BF16] {
+                let c = Conv2d::new(
+                    w.to_dtype(dtype).unwrap(),
+                    Some(b.to_dtype(dtype).unwrap()),
+                    cfg,
+                )
+                .unwrap();
+                let want = c.forward(&norm.forward_silu(&x).unwrap()).unwrap();
+                let normalised = norm.deferred_silu(&x, None).unwrap();
+                let got = c.forward_normalised(&normalised).unwrap();
+                let case = format!("{shape:?} {ci}→{co} k{k} s{s} d{d} {dtype:?}");
+                assert!(bits(&got) == bits(&want), "{case}");
+                assert!(
+                    bits(&normalised.tensor().unwrap()) == bits(&norm.forward_silu(&x).unwrap()),
+                    "{case}"
+                );
+            }
+            // With another map's statistics (the VAE's tiled decode).
+            let mut sums = GroupSums::default();
+            let other = randn(&shape).affine(0.5, -1.0).unwrap();
+            norm.add_sums(&other, 0..shape[2], 0..shape[3], &mut sums)
+                .unwrap();
+            let stats = sums.stats();
+            let c = Conv2d::new(w.clone(), Some(b.clone()), cfg).unwrap();
+            let want = c
+                .forward(&norm.forward_with_stats(&x, &stats, true).unwrap())
+                .unwrap();
+            let got = c
+                .forward_normalised(&norm.deferred_silu(&x, Some(&stats)).unwrap())
+                .unwrap();
+            assert!(bits(&got) == bits(&want), "{shape:?} with statistics");
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //!   exists (a 64 MiB buffer per head at 512², 1 GiB at 1024²).
 //! - [`conv2d`]: a stride-1 convolution is k² matrix products over shifted views of one padded
 //!   copy of the input, accumulated into the output: no im2col buffer, no layout changes.
-//! - [`GroupNorm`]: statistics and normalisation in two sweeps, SiLU fused in when asked.
+//! - [`GroupNorm`]: statistics and normalisation in two sweeps, SiLU fused in when asked; or
+//!   only the statistics, the normalisation left to the convolution that reads it
+//!   ([`Normalised`]), which applies it in its input copy.
 //! - [`linear`]: all images' token rows as one product, the bias as its starting value.
 //! - [`geglu`]: the feed-forward's gate in one pass.
 //! - [`precision`]: weights kept in f16/bf16 (`--dtype`), widened to f32 a layer at a time —
@@ -43,7 +45,7 @@ pub use activation::{add_in_place, geglu, quick_gelu};
 pub use attention::{attention, attention_bf16, causal_attention};
 pub use conv::{conv2d, Conv2d};
 pub use linear::{linear, Linear};
-pub use norm::{group_norm, GroupNorm, GroupStats, GroupSums};
+pub use norm::{group_norm, GroupNorm, GroupStats, GroupSums, Normalised};
 pub use profile::Kind;
 
 /// True when `EASEL_KERNELS=candle` asks for candle's ops everywhere (for comparisons).

@@ -282,34 +282,171 @@ impl GroupNorm {
         let mut out = vec![0f32; x.len()];
         let dst = SharedMut(out.as_mut_ptr());
         let group_len = per_group * spatial;
-        let eps = self.eps;
         (0..b * self.groups).into_par_iter().for_each(|bg| {
             let start = bg * group_len;
             let src = &x[start..start + group_len];
-            let (mean, var) = match stats {
-                Some(st) => (st.mean[bg], st.var[bg]),
-                None => {
-                    let (s, q) = simd::sum_and_squares(src);
-                    let n = group_len as f64;
-                    let mean = s / n;
-                    (mean, (q / n - mean * mean).max(0.0))
-                }
-            };
-            let inv = 1.0 / (var + eps).sqrt();
             // SAFETY: group `bg` owns out[start..start + group_len]; groups do not overlap and
             // `out` lives until after the parallel loop.
             let dst = unsafe { std::slice::from_raw_parts_mut(dst.get().add(start), group_len) };
-            let g = bg % self.groups;
-            for k in 0..per_group {
-                let ch = g * per_group + k;
-                let mul = (inv * weight[ch] as f64) as f32;
-                let add = (bias[ch] as f64 - mean * inv * weight[ch] as f64) as f32;
+            // Normalised right after its sums, while the group is still in cache.
+            let (muls, adds) = self.group_map(src, bg, stats, weight, bias);
+            for (k, (mul, add)) in muls.into_iter().zip(adds).enumerate() {
                 let r = k * spatial..(k + 1) * spatial;
                 simd::normalise(&src[r.clone()], &mut dst[r], mul, add, silu);
             }
         });
         drop((x_store, w_store, b_store));
         Tensor::from_vec(out, dims, xs.device())
+    }
+
+    /// Group `bg` (image · groups + group) of the input, `src`, as each of its channels'
+    /// `mul·x + add`: normalised with `stats`, or with the group's own mean and variance.
+    fn group_map(
+        &self,
+        src: &[f32],
+        bg: usize,
+        stats: Option<&GroupStats>,
+        weight: &[f32],
+        bias: &[f32],
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (mean, var) = match stats {
+            Some(st) => (st.mean[bg], st.var[bg]),
+            None => {
+                let (s, q) = simd::sum_and_squares(src);
+                let n = src.len() as f64;
+                let mean = s / n;
+                (mean, (q / n - mean * mean).max(0.0))
+            }
+        };
+        let inv = 1.0 / (var + self.eps).sqrt();
+        let per_group = self.channels / self.groups;
+        let first = (bg % self.groups) * per_group;
+        (first..first + per_group)
+            .map(|ch| {
+                let mul = (inv * weight[ch] as f64) as f32;
+                let add = (bias[ch] as f64 - mean * inv * weight[ch] as f64) as f32;
+                (mul, add)
+            })
+            .unzip()
+    }
+
+    /// `silu(norm(xs))` (with `stats` instead of `xs`'s own when given), left for the reader
+    /// to apply: only the statistics are computed here. A convolution takes it as its input
+    /// ([`crate::Conv2d::forward_normalised`]) and normalises each channel as it copies it, so
+    /// the normalised map is never written out. (The VAE's decode at 512² otherwise holds a
+    /// 256 MiB normalised copy of a 256 MiB map while the convolution copies it once more.)
+    pub fn deferred_silu(&self, xs: &Tensor, stats: Option<&GroupStats>) -> Result<Normalised> {
+        if !(own_kernel(&[xs, &self.weight, &self.bias]) && xs.rank() == 4) {
+            return Ok(Normalised(Deferred::Done(match stats {
+                Some(s) => self.forward_with_stats(xs, s, true)?,
+                None => self.forward_silu(xs)?,
+            })));
+        }
+        let (b, c, h, w) = xs.dims4()?;
+        if c != self.channels {
+            candle_core::bail!("GroupNorm: {c} channels, expected {}", self.channels);
+        }
+        if let Some(st) = stats {
+            if st.mean.len() != b * self.groups || st.var.len() != b * self.groups {
+                candle_core::bail!(
+                    "GroupNorm: statistics for {} (image, group) pairs, input has {b}×{}",
+                    st.mean.len(),
+                    self.groups
+                );
+            }
+        }
+        let xs = xs.contiguous()?;
+        let group_len = c / self.groups * h * w;
+        let (muls, adds) = scope(Kind::Normalisation, || -> Result<_> {
+            let (x_store, x_layout) = xs.storage_and_layout();
+            let (w_store, w_layout) = self.weight.storage_and_layout();
+            let (b_store, b_layout) = self.bias.storage_and_layout();
+            let (
+                candle_core::Storage::Cpu(xc),
+                candle_core::Storage::Cpu(wc),
+                candle_core::Storage::Cpu(bc),
+            ) = (&*x_store, &*w_store, &*b_store)
+            else {
+                candle_core::bail!("GroupNorm kernel: tensors must be on the CPU");
+            };
+            let x = cpu_slice(xc, x_layout, "group norm input")?;
+            let weight = cpu_slice(wc, w_layout, "group norm weight")?;
+            let bias = cpu_slice(bc, b_layout, "group norm bias")?;
+            let per_group: Vec<(Vec<f32>, Vec<f32>)> = (0..b * self.groups)
+                .into_par_iter()
+                .map(|bg| {
+                    let src = &x[bg * group_len..(bg + 1) * group_len];
+                    self.group_map(src, bg, stats, weight, bias)
+                })
+                .collect();
+            Ok(per_group.into_iter().fold(
+                (Vec::with_capacity(b * c), Vec::with_capacity(b * c)),
+                |(mut m, mut a), (gm, ga)| {
+                    m.extend(gm);
+                    a.extend(ga);
+                    (m, a)
+                },
+            ))
+        })?;
+        Ok(Normalised(Deferred::Pending(xs, ChannelMap { muls, adds })))
+    }
+}
+
+/// A group norm followed by SiLU ([`GroupNorm::deferred_silu`]): computed already (other
+/// devices and dtypes), or its input and each channel's `mul·x + add`, to apply on reading.
+pub struct Normalised(pub(crate) Deferred);
+
+pub(crate) enum Deferred {
+    Done(Tensor),
+    /// A contiguous f32 [b, c, h, w] map on the CPU, and its channels' map.
+    Pending(Tensor, ChannelMap),
+}
+
+/// Per image and channel (`image · channels + channel`), `silu(mul·x + add)`.
+pub(crate) struct ChannelMap {
+    muls: Vec<f32>,
+    adds: Vec<f32>,
+}
+
+impl ChannelMap {
+    /// Plane `i` (image · channels + channel) of the input, `src`, mapped into `dst`.
+    pub(crate) fn apply(&self, i: usize, src: &[f32], dst: &mut [f32]) {
+        simd::normalise(src, dst, self.muls[i], self.adds[i], true);
+    }
+
+    /// The map applied to all of `xs` (a contiguous f32 [b, c, h, w] map on the CPU).
+    pub(crate) fn applied(&self, xs: &Tensor) -> Result<Tensor> {
+        scope(Kind::Normalisation, || {
+            let (b, c, h, w) = xs.dims4()?;
+            if self.muls.len() != b * c {
+                candle_core::bail!("ChannelMap: {} channels for a {b}×{c} map", self.muls.len());
+            }
+            let plane = h * w;
+            let (store, layout) = xs.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*store else {
+                candle_core::bail!("ChannelMap: the input must be on the CPU");
+            };
+            let x = cpu_slice(cpu, layout, "normalised input")?;
+            let mut out = vec![0f32; x.len()];
+            if plane > 0 {
+                out.par_chunks_mut(plane)
+                    .zip(x.par_chunks(plane))
+                    .enumerate()
+                    .for_each(|(i, (dst, src))| self.apply(i, src, dst));
+            }
+            drop(store);
+            Tensor::from_vec(out, (b, c, h, w), xs.device())
+        })
+    }
+}
+
+impl Normalised {
+    /// The normalised map itself.
+    pub fn tensor(&self) -> Result<Tensor> {
+        match &self.0 {
+            Deferred::Done(t) => Ok(t.clone()),
+            Deferred::Pending(xs, map) => map.applied(xs),
+        }
     }
 }
 

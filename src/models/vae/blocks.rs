@@ -57,8 +57,12 @@ impl ResnetBlock {
 impl ResnetBlock {
     /// The forward pass with its group norms taken through `norms` (see [`Norms`]).
     pub fn forward_with(&self, xs: &Tensor, norms: &mut Norms) -> Result<Tensor> {
-        let h = self.conv1.forward(&norms.silu(&self.norm1, xs)?)?;
-        let h = self.conv2.forward(&norms.silu(&self.norm2, &h)?)?;
+        let h = self
+            .conv1
+            .forward_normalised(&norms.silu(&self.norm1, xs)?)?;
+        let h = self
+            .conv2
+            .forward_normalised(&norms.silu(&self.norm2, &h)?)?;
         match &self.conv_shortcut {
             Some(c) => ops::add_in_place(h, &c.forward(xs)?),
             None => ops::add_in_place(h, xs),

@@ -68,7 +68,7 @@ impl Encoder {
     pub fn tail(&self, xs: &Tensor) -> Result<Tensor> {
         let xs = self.mid_block.forward(xs)?;
         self.conv_out
-            .forward(&self.conv_norm_out.forward_silu(&xs)?)
+            .forward_normalised(&self.conv_norm_out.deferred_silu(&xs, None)?)
     }
 }
 
@@ -137,7 +137,7 @@ impl Decoder {
             xs = block.forward(&xs)?;
         }
         self.conv_out
-            .forward(&self.conv_norm_out.forward_silu(&xs)?)
+            .forward_normalised(&self.conv_norm_out.deferred_silu(&xs, None)?)
     }
 }
 

@@ -53,7 +53,7 @@ use candle_core::{Module, Result, Tensor};
 
 use super::blocks::ResnetBlock;
 use super::coder::{Decoder, Encoder};
-use crate::ops::{GroupNorm, GroupStats, GroupSums};
+use crate::ops::{GroupNorm, GroupStats, GroupSums, Normalised};
 
 /// How a tiled decode or encode splits the work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,8 +121,8 @@ impl<'a> Norms<'a> {
         }
     }
 
-    /// `silu(norm(xs))`, normalised as this pass says.
-    pub fn silu(&mut self, norm: &GroupNorm, xs: &Tensor) -> Result<Tensor> {
+    /// `silu(norm(xs))`, normalised as this pass says, for a convolution to read.
+    pub fn silu(&mut self, norm: &GroupNorm, xs: &Tensor) -> Result<Normalised> {
         let Norms::Tile {
             apply,
             record,
@@ -130,7 +130,7 @@ impl<'a> Norms<'a> {
             layer,
         } = self
         else {
-            return norm.forward_silu(xs);
+            return norm.deferred_silu(xs, None);
         };
         let i = *layer;
         *layer += 1;
@@ -140,10 +140,7 @@ impl<'a> Norms<'a> {
             }
             norm.add_sums(xs, core.0.clone(), core.1.clone(), &mut record[i])?;
         }
-        match apply.get(i) {
-            Some(s) => norm.forward_with_stats(xs, s, true),
-            None => norm.forward_silu(xs),
-        }
+        norm.deferred_silu(xs, apply.get(i))
     }
 }
 
@@ -385,7 +382,7 @@ impl Decoder {
         norms.set_core(core.within(want));
         let out = self
             .conv_out
-            .forward(&norms.silu(&self.conv_norm_out, &xs)?)?;
+            .forward_normalised(&norms.silu(&self.conv_norm_out, &xs)?)?;
         crop(&out, want, core)
     }
 }

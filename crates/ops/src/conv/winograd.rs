@@ -28,7 +28,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::{Geometry, Output};
+use super::{Geometry, Input, Output};
 use crate::avx512::{tile_bf16, tile_f32, Tile};
 use crate::profile::{scope, Kind};
 
@@ -82,7 +82,7 @@ pub(super) fn takes(g: &Geometry, bf16_weights: bool) -> bool {
 }
 
 /// The convolution of `xd` by the weights `w` into `output` (after [`takes`]).
-pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
+pub(super) fn conv(g: &Geometry, xd: Input, w: Weights, output: &Output) {
     let (ci, co) = (g.ci, g.co);
     let bf16 = matches!(w, Weights::Bf16(_));
     // 32-bit lanes per input channel: one f32, or half a bf16 pair.
@@ -98,9 +98,9 @@ pub(super) fn conv(g: &Geometry, xd: &[f32], w: Weights, output: &Output) {
         let mut p = vec![0f32; ci * g.b * plane];
         p.par_chunks_mut(g.b * plane)
             .enumerate()
-            .for_each(|(c, dst)| {
+            .for_each_init(Vec::new, |scratch, (c, dst)| {
                 for bi in 0..g.b {
-                    let src = &xd[(bi * ci + c) * g.hi * g.wi..][..g.hi * g.wi];
+                    let src = xd.plane(bi * ci + c, scratch);
                     for y in 0..g.h {
                         let row = &mut dst[(bi * ph + y + 1) * 2 * half..][..2 * half];
                         for x in 0..g.w {
