@@ -40,6 +40,8 @@ use crate::profile::{scope, Kind};
 /// GFLOP/s with 128). Smaller weights measured no better, and fewer tiles worse (one task's
 /// transformed input then spills out of L2).
 const TILES: usize = 128;
+/// Padded columns a run of [`TILES`] tiles reads.
+const ROW: usize = 2 * TILES + 2;
 const BIG_WEIGHTS: usize = 16 << 20;
 /// Tiles from which f32 weights are transformed once per call rather than per task.
 const SHARED_KERNEL_TILES: usize = 256;
@@ -49,11 +51,10 @@ const SHARED_KERNEL_TILES: usize = 256;
 const KB: usize = 256;
 
 /// Input channels from which bf16 weights take this path. Below (the VAE's 128- and 256-channel
-/// levels at 256² and 512²), the direct bf16 convolution keeps its input copy in bf16 pairs,
-/// half this path's f32 copy, and that is where an SD 1.5 bf16 decode peaks: Winograd there
-/// took `--dtype bf16`'s peak from 0.73× to 0.77× the f32 weights. (Rounding that copy to bf16
-/// instead costs a second rounding before the transform: the bundled model's max difference
-/// went from 12 to 25/255.)
+/// levels at 256² and 512²), the direct bf16 convolution was as fast over a whole 512² decode
+/// (9.8–10.9 s, against 10.6–11.6 s with Winograd from 2 channels), and Winograd in bf16
+/// rounds its transformed tiles as well: the bundled model's mean difference from f32 rose from
+/// 0.90 to 1.17/255.
 const BF16_MIN_CHANNELS: usize = 320;
 
 /// A convolution's [co, 3, 3, ci] weights.
@@ -88,31 +89,17 @@ pub(super) fn conv(g: &Geometry, xd: Input, w: Weights, output: &Output) {
     // 32-bit lanes per input channel: one f32, or half a bf16 pair.
     let lanes = |channels: usize| if bf16 { channels / 2 } else { channels };
     // Output tiles per image: th × tw; tile (ty, tx) reads padded rows 2ty..2ty + 4 and
-    // columns 2tx..2tx + 4. The padded copy keeps each row's even and odd columns apart
-    // ([channel][image][row][parity][half]), so that tile column tx's four input columns are
-    // element tx or tx + 1 of the even or odd half: runs of tiles read contiguous memory.
+    // columns 2tx..2tx + 4. There is no padded copy of the input: each task gathers the rows
+    // its run of tiles reads, a channel at a time (`padded_rows`), into an L1-sized buffer.
+    // (A whole padded copy was the largest buffer of a VAE decode: 258 MiB at 512².)
     let (th, tw) = (g.ho.div_ceil(2), g.wo.div_ceil(2));
-    let (ph, half) = (2 * th + 2, tw + 1);
-    let plane = ph * 2 * half;
-    let padded = scope(Kind::Copy, || {
-        let mut p = vec![0f32; ci * g.b * plane];
-        p.par_chunks_mut(g.b * plane)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (c, dst)| {
-                for bi in 0..g.b {
-                    let src = xd.plane(bi * ci + c, scratch);
-                    for y in 0..g.h {
-                        let row = &mut dst[(bi * ph + y + 1) * 2 * half..][..2 * half];
-                        for x in 0..g.w {
-                            let (sy, sx) = g.source(y, x);
-                            let xx = x + 1;
-                            row[(xx % 2) * half + xx / 2] = src[sy * g.wi + sx];
-                        }
-                    }
-                }
-            });
-        p
-    });
+    // Under an upsample, the stored column each convolved column reads (worked out once: every
+    // row is gathered twice, by the tile rows above and below it).
+    let columns: Vec<usize> = if g.up {
+        (0..g.w).map(|x| g.source(0, x).1).collect()
+    } else {
+        Vec::new()
+    };
     let tiles = g.b * th * tw;
     // Tile blocks, and when there are too few of them to share out, groups of output channels
     // too (each group reads only its rows of the transformed kernel).
@@ -136,6 +123,8 @@ pub(super) fn conv(g: &Geometry, xd: Input, w: Weights, output: &Output) {
     (0..blocks * groups).into_par_iter().for_each_init(
         || {
             let transformed = Box::new([[[0f32; TILES]; 16]; 2]);
+            // Four padded rows of one channel, and a row's raw and normalised values.
+            let gathered = Box::new(([[0f32; ROW]; 4], [0f32; ROW], [0f32; ROW]));
             let scratch = if shared.is_some() {
                 (Vec::new(), Vec::new())
             } else {
@@ -146,9 +135,10 @@ pub(super) fn conv(g: &Geometry, xd: Input, w: Weights, output: &Output) {
                 vec![0f32; 16 * co * per_task],
                 transformed,
                 scratch,
+                gathered,
             )
         },
-        |(v, m, transformed, scratch), task| {
+        |(v, m, transformed, scratch, gathered), task| {
             let (t0, o0) = ((task / groups) * per_task, (task % groups) * group_rows);
             let (n, o1) = (per_task.min(tiles - t0), (o0 + group_rows).min(co));
             // Runs of tiles within one tile row: (first tile's index in the block, image,
@@ -164,17 +154,18 @@ pub(super) fn conv(g: &Geometry, xd: Input, w: Weights, output: &Output) {
             }
             // The input tiles, transformed: v[ξ][lane][tile], a lane being one channel's f32
             // or a pair of channels' bf16 (the even one in the low half).
-            let tile_rows = |c: usize, bi: usize, ty: usize| -> [&[f32]; 4] {
-                std::array::from_fn(|r| {
-                    &padded[((c * g.b + bi) * ph + 2 * ty + r) * 2 * half..][..2 * half]
-                })
+            let mut tiles_of = |c, bi, ty, tx, len, out: &mut [[f32; TILES]; 16]| {
+                let (rows, line, mapped) = &mut **gathered;
+                let at = (ty, tx, len);
+                padded_rows(g, xd, &columns, bi * ci + c, at, rows, line, mapped);
+                input_tiles(rows.each_ref().map(|r| &r[..]), len + 1, len, out);
             };
             for c in (0..ci).step_by(if bf16 { 2 } else { 1 }) {
                 for &(j0, bi, ty, tx, len) in &runs {
                     let [first, second] = &mut **transformed;
-                    input_tiles(tile_rows(c, bi, ty), half, tx, len, first);
+                    tiles_of(c, bi, ty, tx, len, first);
                     if bf16 {
-                        input_tiles(tile_rows(c + 1, bi, ty), half, tx, len, second);
+                        tiles_of(c + 1, bi, ty, tx, len, second);
                         for xi in 0..16 {
                             let dst = &mut v[(xi * ci_lanes + c / 2) * per_task + j0..][..len];
                             // Two channels' values as one lane each (AVX512-BF16 checked by `takes`).
@@ -414,22 +405,69 @@ fn halves(sum: &mut [f32], diff: &mut [f32], a: &[f32], b: &[f32], d: &[f32]) {
     }
 }
 
+/// Rows 2ty .. 2ty + 4 of plane `i` (image · ci + channel) of the convolution's padded input
+/// (one row and column of zeros around it; upsampled and normalised as `xd` says), columns
+/// 2tx .. 2tx + 2·len + 2, each row split into its even and odd columns:
+/// `rows[r]` = [even (len + 1) | odd (len + 1)], as [`input_tiles`] reads them. `columns`:
+/// the stored column of each convolved one, under an upsample.
+#[allow(clippy::too_many_arguments)]
+fn padded_rows(
+    g: &Geometry,
+    xd: Input,
+    columns: &[usize],
+    i: usize,
+    (ty, tx, len): (usize, usize, usize),
+    rows: &mut [[f32; ROW]; 4],
+    line: &mut [f32; ROW],
+    mapped: &mut [f32; ROW],
+) {
+    let half = len + 1;
+    // Padded column 2tx + j is input column 2tx + j − 1, for j in 0..2·half.
+    let x0 = (2 * tx).max(1) - 1;
+    let x1 = (2 * tx + 2 * half).min(g.w + 1) - 1;
+    let plane = &xd.data[i * xd.plane..(i + 1) * xd.plane];
+    for (r, row) in rows.iter_mut().enumerate() {
+        let row = &mut row[..2 * half];
+        row.fill(0.0);
+        let yy = 2 * ty + r;
+        if yy == 0 || yy > g.h || x0 >= x1 {
+            continue;
+        }
+        let y = yy - 1;
+        let n = x1 - x0;
+        let raw: &[f32] = if g.up {
+            let stored = &plane[g.source(y, 0).0 * g.wi..][..g.wi];
+            for (&sx, v) in columns[x0..x1].iter().zip(line.iter_mut()) {
+                *v = stored[sx];
+            }
+            &line[..n]
+        } else {
+            &plane[y * g.wi + x0..y * g.wi + x1]
+        };
+        let values: &[f32] = match xd.map {
+            Some(map) => {
+                map.apply(i, raw, &mut mapped[..n]);
+                &mapped[..n]
+            }
+            None => raw,
+        };
+        for (x, &v) in (x0..x1).zip(values) {
+            let j = x + 1 - 2 * tx;
+            row[(j % 2) * half + j / 2] = v;
+        }
+    }
+}
+
 /// Bᵀ d B for `len` ≤ [`TILES`] tiles side by side, from the four padded rows they read (each
 /// split into its even and odd halves of `half` columns), into `out[ξ][tile]` with
 /// ξ = 4·row + column, and Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]].
 #[inline]
-fn input_tiles(
-    rows: [&[f32]; 4],
-    half: usize,
-    tx: usize,
-    len: usize,
-    out: &mut [[f32; TILES]; 16],
-) {
-    // Column x of tile tx is even-half element tx (x = 0), odd tx (1), even tx + 1 (2), odd
-    // tx + 1 (3).
+fn input_tiles(rows: [&[f32]; 4], half: usize, len: usize, out: &mut [[f32; TILES]; 16]) {
+    // Column x of tile t is even-half element t (x = 0), odd t (1), even t + 1 (2), odd
+    // t + 1 (3).
     let col = |r: usize, x: usize| -> &[f32] {
         let (parity, shift) = (x % 2, x / 2);
-        &rows[r][parity * half + tx + shift..][..len]
+        &rows[r][parity * half + shift..][..len]
     };
     let d: [[&[f32]; 4]; 4] = std::array::from_fn(|r| std::array::from_fn(|x| col(r, x)));
     // Bᵀ d down each column (into `t`), then · B along each row.
