@@ -360,6 +360,16 @@ impl LoraConv2d {
             self.forward(&x.upsample_nearest2d(size.0, size.1)?)
         }
     }
+
+    /// `forward(&x.tensor())`; the kernel normalises while it pads (see
+    /// `ops::Conv2d::forward_normalised`), unless an adapter needs the normalised input itself.
+    pub fn forward_normalised(&self, x: &crate::ops::Normalised) -> Result<Tensor> {
+        if self.slot.is_empty() {
+            self.base.forward_normalised(x)
+        } else {
+            self.forward(&x.tensor()?)
+        }
+    }
 }
 
 impl Module for LoraConv2d {

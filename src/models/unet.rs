@@ -589,8 +589,8 @@ impl UNet {
             };
             xs = block.forward(&xs, &temb, context, &mut skips, upsample_to)?;
         }
-        let xs = self.conv_norm_out.forward_silu(&xs)?;
-        self.conv_out.forward(&xs)
+        self.conv_out
+            .forward_normalised(&self.conv_norm_out.deferred_silu(&xs, None)?)
     }
 
     /// [pooled text, sinusoidal embedding of each micro-conditioning value] per batch row.

@@ -132,14 +132,18 @@ impl ResnetBlock {
 
     /// `temb_act` is silu(time embedding), shared by every resnet of the UNet.
     pub fn forward(&self, xs: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
+        let h = self
+            .conv1
+            .forward_normalised(&self.norm1.deferred_silu(xs, None)?)?;
         let t = self
             .time_emb_proj
             .forward(temb_act)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
         let h = profile::scope(Kind::ElementWise, || h.broadcast_add(&t))?;
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        let h = self
+            .conv2
+            .forward_normalised(&self.norm2.deferred_silu(&h, None)?)?;
         let out = match &self.conv_shortcut {
             Some(c) => ops::add_in_place(h, &c.forward(xs)?)?,
             None => ops::add_in_place(h, xs)?,
