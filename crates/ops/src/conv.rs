@@ -16,7 +16,10 @@
 //! The weights are kept as [out, k, k, in] (rearranged once at load): each tap reads contiguous
 //! runs of `in`, and the whole kernel is the im2col product's left matrix as it stands. The
 //! bias is added while the real pixels are copied out; a nearest-neighbour upsample in front of
-//! the convolution (the UNet's and VAE's upsamplers) is done by the padding copy for free.
+//! the convolution (the UNet's and VAE's upsamplers) is done by the padding copy for free, and
+//! so is a group norm with SiLU (every resnet's `norm → silu → conv`, see `forward_normalised`).
+//! Winograd's F(2×2, 3×3) (`winograd`), which takes most 3×3 convolutions, makes no padded copy
+//! at all: each task gathers the padded rows it reads.
 
 use std::borrow::Cow;
 

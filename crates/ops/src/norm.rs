@@ -265,6 +265,32 @@ impl GroupNorm {
         let spatial: usize = dims[2..].iter().product();
         let per_group = c / self.groups;
         let xs = xs.contiguous()?;
+        let out = self.with_data(&xs, |x, weight, bias| {
+            let mut out = vec![0f32; x.len()];
+            let dst = SharedMut(out.as_mut_ptr());
+            let group_len = per_group * spatial;
+            (0..b * self.groups).into_par_iter().for_each(|bg| {
+                let start = bg * group_len;
+                let src = &x[start..start + group_len];
+                // SAFETY: group `bg` owns out[start..start + group_len]; groups do not overlap
+                // and `out` lives until after the parallel loop.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(dst.get().add(start), group_len) };
+                // Normalised right after its sums, while the group is still in cache.
+                let (muls, adds) = self.group_map(src, bg, stats, weight, bias);
+                for (k, (mul, add)) in muls.into_iter().zip(adds).enumerate() {
+                    let r = k * spatial..(k + 1) * spatial;
+                    simd::normalise(&src[r.clone()], &mut dst[r], mul, add, silu);
+                }
+            });
+            out
+        })?;
+        Tensor::from_vec(out, dims, xs.device())
+    }
+
+    /// `f(x, weight, bias)` over the f32 data of `xs` (contiguous, on the CPU) and of the
+    /// norm's own parameters.
+    fn with_data<R>(&self, xs: &Tensor, f: impl FnOnce(&[f32], &[f32], &[f32]) -> R) -> Result<R> {
         let (x_store, x_layout) = xs.storage_and_layout();
         let (w_store, w_layout) = self.weight.storage_and_layout();
         let (b_store, b_layout) = self.bias.storage_and_layout();
@@ -276,27 +302,11 @@ impl GroupNorm {
         else {
             candle_core::bail!("GroupNorm kernel: tensors must be on the CPU");
         };
-        let x = cpu_slice(xc, x_layout, "group norm input")?;
-        let weight = cpu_slice(wc, w_layout, "group norm weight")?;
-        let bias = cpu_slice(bc, b_layout, "group norm bias")?;
-        let mut out = vec![0f32; x.len()];
-        let dst = SharedMut(out.as_mut_ptr());
-        let group_len = per_group * spatial;
-        (0..b * self.groups).into_par_iter().for_each(|bg| {
-            let start = bg * group_len;
-            let src = &x[start..start + group_len];
-            // SAFETY: group `bg` owns out[start..start + group_len]; groups do not overlap and
-            // `out` lives until after the parallel loop.
-            let dst = unsafe { std::slice::from_raw_parts_mut(dst.get().add(start), group_len) };
-            // Normalised right after its sums, while the group is still in cache.
-            let (muls, adds) = self.group_map(src, bg, stats, weight, bias);
-            for (k, (mul, add)) in muls.into_iter().zip(adds).enumerate() {
-                let r = k * spatial..(k + 1) * spatial;
-                simd::normalise(&src[r.clone()], &mut dst[r], mul, add, silu);
-            }
-        });
-        drop((x_store, w_store, b_store));
-        Tensor::from_vec(out, dims, xs.device())
+        Ok(f(
+            cpu_slice(xc, x_layout, "group norm input")?,
+            cpu_slice(wc, w_layout, "group norm weight")?,
+            cpu_slice(bc, b_layout, "group norm bias")?,
+        ))
     }
 
     /// Group `bg` (image · groups + group) of the input, `src`, as each of its channels'
@@ -357,37 +367,22 @@ impl GroupNorm {
         }
         let xs = xs.contiguous()?;
         let group_len = c / self.groups * h * w;
-        let (muls, adds) = scope(Kind::Normalisation, || -> Result<_> {
-            let (x_store, x_layout) = xs.storage_and_layout();
-            let (w_store, w_layout) = self.weight.storage_and_layout();
-            let (b_store, b_layout) = self.bias.storage_and_layout();
-            let (
-                candle_core::Storage::Cpu(xc),
-                candle_core::Storage::Cpu(wc),
-                candle_core::Storage::Cpu(bc),
-            ) = (&*x_store, &*w_store, &*b_store)
-            else {
-                candle_core::bail!("GroupNorm kernel: tensors must be on the CPU");
-            };
-            let x = cpu_slice(xc, x_layout, "group norm input")?;
-            let weight = cpu_slice(wc, w_layout, "group norm weight")?;
-            let bias = cpu_slice(bc, b_layout, "group norm bias")?;
-            let per_group: Vec<(Vec<f32>, Vec<f32>)> = (0..b * self.groups)
-                .into_par_iter()
-                .map(|bg| {
-                    let src = &x[bg * group_len..(bg + 1) * group_len];
-                    self.group_map(src, bg, stats, weight, bias)
-                })
-                .collect();
-            Ok(per_group.into_iter().fold(
-                (Vec::with_capacity(b * c), Vec::with_capacity(b * c)),
-                |(mut m, mut a), (gm, ga)| {
-                    m.extend(gm);
-                    a.extend(ga);
-                    (m, a)
-                },
-            ))
+        let per_group: Vec<(Vec<f32>, Vec<f32>)> = scope(Kind::Normalisation, || {
+            self.with_data(&xs, |x, weight, bias| {
+                (0..b * self.groups)
+                    .into_par_iter()
+                    .map(|bg| {
+                        let src = &x[bg * group_len..(bg + 1) * group_len];
+                        self.group_map(src, bg, stats, weight, bias)
+                    })
+                    .collect()
+            })
         })?;
+        let (mut muls, mut adds) = (Vec::with_capacity(b * c), Vec::with_capacity(b * c));
+        for (m, a) in per_group {
+            muls.extend(m);
+            adds.extend(a);
+        }
         Ok(Normalised(Deferred::Pending(xs, ChannelMap { muls, adds })))
     }
 }
