@@ -67,7 +67,7 @@ pub struct TileConfig {
 
 impl Default for TileConfig {
     /// 64 latents (512 px for SD): a tile's working memory is then about that of a 512² decode
-    /// (~1 GiB for SD); measured statistics.
+    /// (~0.75 GiB for SD); measured statistics.
     fn default() -> Self {
         Self {
             tile: 64,
