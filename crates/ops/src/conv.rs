@@ -852,6 +852,13 @@ mod tests {
         Conv2d::new(randn(&[co, ci, k, k]), bias.then(|| randn(&[co])), cfg).unwrap()
     }
 
+    fn cfg_p1() -> Conv2dConfig {
+        Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn matches_candle_for_the_unet_shapes() {
         // 3×3 with padding, 1×1, a kernel without padding, odd sizes, big and small images.
@@ -961,6 +968,19 @@ mod tests {
                 .unwrap();
             assert!(bits(&got) == bits(&want), "{shape:?} with statistics");
         }
+        // Tensors the kernels do not take (f64 here, as a GPU's would be): candle's ops, norm
+        // then convolution, rather than the f32 kernel's error.
+        let f64 = |t: Tensor| t.to_dtype(DType::F64).unwrap();
+        let norm = GroupNorm::new(f64(randn(&[8])), f64(randn(&[8])), 2, 1e-6).unwrap();
+        let c = Conv2d::new(f64(randn(&[6, 8, 3, 3])), Some(f64(randn(&[6]))), cfg_p1()).unwrap();
+        let x = f64(randn(&[1, 8, 10, 12]));
+        let got = c
+            .forward_normalised(&norm.deferred_silu(&x, None).unwrap())
+            .unwrap();
+        let want = c.forward(&norm.forward_silu(&x).unwrap()).unwrap();
+        assert_eq!(got.dtype(), DType::F64);
+        let values = |t: &Tensor| -> Vec<f64> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        assert_eq!(values(&got), values(&want));
     }
 
     #[test]
