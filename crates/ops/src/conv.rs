@@ -127,12 +127,7 @@ impl Conv2d {
                         && self.cfg.dilation == 1
                         && self.cfg.groups == 1 =>
                 {
-                    let ohwi = if multiplies_bf16(ohwi) {
-                        std::borrow::Cow::Borrowed(ohwi)
-                    } else {
-                        scope(Kind::Copy, || widen(ohwi, x))?
-                    };
-                    kernel(x, map, &ohwi, bias.as_deref(), self.cfg, up)
+                    kernel(x, map, ohwi, bias.as_deref(), self.cfg, up)
                 }
                 _ => {
                     let x = match map {
@@ -241,6 +236,14 @@ fn kernel(
         wo: (wp - k) / s + 1,
         up: up.is_some(),
     };
+    // Half-precision weights are widened for this call, unless a kernel takes them as they are:
+    // bf16 products on CPUs with AVX512-BF16, and Winograd, which widens f16 weights as it
+    // transforms them.
+    let ohwi = if multiplies_bf16(ohwi) || winograd_widens(ohwi, &g) {
+        Cow::Borrowed(ohwi)
+    } else {
+        scope(Kind::Copy, || widen(ohwi, x))?
+    };
     let x = x.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
     let (ts, tl) = ohwi.storage_and_layout();
@@ -274,6 +277,10 @@ fn kernel(
         }
         (candle_core::CpuStorage::BF16(w), Some((a, z))) if winograd::takes(&g, true) => {
             winograd::conv(&g, xd, winograd::Weights::Bf16(&w[a..z]), &output);
+            true
+        }
+        (candle_core::CpuStorage::F16(w), Some((a, z))) if winograd::takes(&g, false) => {
+            winograd::conv(&g, xd, winograd::Weights::F16(&w[a..z]), &output);
             true
         }
         _ => avx512::products(&g, xd, tc, tl, small, &output)?,
@@ -639,6 +646,20 @@ fn padded_input<'a>(g: &Geometry, xd: Input<'a>) -> Operand<'a> {
     p.operand(g, data, g.ci)
 }
 
+/// Whether these f16 [co, k, k, ci] weights go to Winograd as they are (it widens them as it
+/// transforms them).
+fn winograd_widens(ohwi: &Tensor, g: &Geometry) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        ohwi.dtype() == candle_core::DType::F16 && ohwi.is_contiguous() && winograd::takes(g, false)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ohwi, g);
+        false
+    }
+}
+
 /// Whether a convolution with these [co, k, k, ci] weights multiplies them in bf16 as they are
 /// (CPUs with AVX512-BF16, an even channel count, weights aligned for pairs) rather than
 /// widening them to f32.
@@ -852,6 +873,12 @@ mod tests {
         Conv2d::new(randn(&[co, ci, k, k]), bias.then(|| randn(&[co])), cfg).unwrap()
     }
 
+    /// The bits of every value, to compare results exactly.
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
     fn cfg_p1() -> Conv2dConfig {
         Conv2dConfig {
             padding: 1,
@@ -914,10 +941,6 @@ mod tests {
     fn normalising_in_the_copy_is_the_convolution_of_the_normalised_map() {
         use crate::{GroupNorm, GroupSums};
         use candle_core::DType;
-        let bits = |t: &Tensor| -> Vec<u32> {
-            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            v.into_iter().map(f32::to_bits).collect()
-        };
         for (ci, co, k, p, s, d, shape) in [
             (260, 13, 3, 1, 1, 1, [2, 260, 21, 23]),
             (330, 13, 3, 1, 1, 1, [1, 330, 24, 22]),
@@ -1022,11 +1045,12 @@ mod tests {
     #[test]
     fn half_weights_compute_as_their_f32_values() {
         use candle_core::DType;
-        // Shifted products (big, yet under Winograd's 128 blocks: see the next test), im2col
-        // (small), stride 2, and an odd channel count (which bf16 products cannot pair, so it
-        // is widened).
+        // Shifted products (big, yet under Winograd's 128 blocks), Winograd (which widens f16
+        // weights itself), im2col (small), stride 2, and an odd channel count (which bf16
+        // products cannot pair, so it is widened).
         for (ci, shape, stride) in [
             (4, [2, 4, 16, 14], 1),
+            (4, [2, 4, 34, 30], 1),
             (4, [1, 4, 8, 8], 1),
             (4, [2, 4, 30, 26], 2),
             (3, [2, 3, 24, 20], 1),
@@ -1064,6 +1088,11 @@ mod tests {
                 };
                 let d = rel_diff(&got, &widened.reference(&input).unwrap());
                 assert!(d < 1e-5, "{dtype:?} {shape:?} s{stride}: {d}");
+                if dtype == DType::F16 {
+                    // Widened per call or by Winograd's transform: f32's very arithmetic.
+                    let want = widened.forward(&x).unwrap();
+                    assert!(bits(&got) == bits(&want), "f16 {shape:?} s{stride}");
+                }
                 // candle's path (other devices) widens.
                 let d = rel_diff(
                     &half.reference(&x).unwrap(),

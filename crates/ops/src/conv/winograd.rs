@@ -25,7 +25,8 @@
 //! writing out and reading back a 105 MiB transformed kernel for 128 tiles costs more than it
 //! saves.
 
-use half::bf16;
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::{Geometry, Input, Output};
@@ -63,6 +64,9 @@ pub(super) enum Weights<'a> {
     F32(&'a [f32]),
     /// Multiplied in bf16: the CPU has AVX512-BF16 and ci is even (checked by [`takes`]).
     Bf16(&'a [bf16]),
+    /// Widened to f32 as the kernel is transformed (`--dtype f16`): the products are f32's,
+    /// and no widened copy of the weights is made.
+    F16(&'a [f16]),
 }
 
 /// Whether a convolution of this shape runs here: 3×3, stride 1, padding 1, on a CPU with
@@ -353,19 +357,19 @@ fn transform_kernel(
     for (row, out) in u.chunks_exact_mut(16 * kc).take(rows).enumerate() {
         let o = o0 + row;
         // Tap (i, j) of the tile's input channels: a contiguous run of the weights (widened
-        // first when they are bf16).
+        // first when they are bf16 or f16).
         let run = |tap: usize| ((o * 9 + tap) * ci + k0)..((o * 9 + tap) * ci + k0 + kc);
-        if let Weights::Bf16(w) = w {
-            for (tap, dst) in widened.iter_mut().enumerate() {
-                for (d, s) in dst.iter_mut().zip(&w[run(tap)]) {
-                    *d = s.to_f32();
-                }
+        for (tap, dst) in widened.iter_mut().enumerate() {
+            match w {
+                Weights::F32(_) => break,
+                Weights::Bf16(w) => w[run(tap)].convert_to_f32_slice(&mut dst[..kc]),
+                Weights::F16(w) => w[run(tap)].convert_to_f32_slice(&mut dst[..kc]),
             }
         }
         let g = |i: usize, j: usize| -> &[f32] {
             match w {
                 Weights::F32(w) => &w[run(3 * i + j)],
-                Weights::Bf16(_) => &widened[3 * i + j][..kc],
+                Weights::Bf16(_) | Weights::F16(_) => &widened[3 * i + j][..kc],
             }
         };
         // G g, column j: rows 0 and 3 are taps (0, j) and (2, j); rows 1 and 2 go to `mid`.
