@@ -25,7 +25,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use half::bf16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// Output columns per panel: two 16-lane registers.
@@ -67,7 +67,9 @@ pub enum Weight<'a> {
     },
     /// bf16, row-major.
     Bf16(&'a [bf16]),
-    /// Either, laid out for the kernel once and for all (see [`Packed`]).
+    /// f16, row-major: multiplied as f32 (the CPU has no f16 products), packed as f16.
+    F16(&'a [f16]),
+    /// Any of them, laid out for the kernel once and for all (see [`Packed`]).
     Packed(&'a Packed),
 }
 
@@ -75,7 +77,7 @@ impl Weight<'_> {
     /// What one 32-bit lane of the weight holds in the product.
     fn lanes(&self) -> Lanes {
         match self {
-            Weight::F32 { .. } => Lanes::F32,
+            Weight::F32 { .. } | Weight::F16(_) => Lanes::F32,
             Weight::Bf16(_) => Lanes::Bf16Pairs,
             Weight::Packed(p) => p.lanes,
         }
@@ -89,9 +91,15 @@ impl Weight<'_> {
 /// product (a text encoder's 154 rows, a UNet's 8×8 level) that costs as much as the
 /// multiply-adds. Packed at load, the layer keeps only this copy, which takes the weight's own
 /// bytes (plus the padding of a last partial panel).
+///
+/// f16 weights keep their 16 bits in the panels (two columns per lane, 32 columns in one
+/// 64-byte row) and the micro-kernel widens each row as it loads it (`vcvtph2ps`): the product
+/// is f32's, and no per-call widened copy of the weight is made.
 pub struct Packed {
     data: Vec<u32>,
     lanes: Lanes,
+    /// f16 values, two columns per lane (`lanes` is then `F32`: what they multiply as).
+    f16: bool,
     n: usize,
     k: usize,
 }
@@ -106,6 +114,7 @@ impl Packed {
                 n == 0 || k == 0 || (n - 1) * s0 + (k - 1) * s1 < data.len(),
             ),
             Weight::Bf16(data) => (has_bf16(), data.len() >= n * k),
+            Weight::F16(data) => (has_f32(), data.len() >= n * k),
             Weight::Packed(_) => return Err("this weight is packed already".into()),
         };
         if !available {
@@ -115,17 +124,27 @@ impl Packed {
             return Err(format!("a weight slice too short for {n} × {k}"));
         }
         let lanes = w.lanes();
-        let per_panel = lane_count(lanes, k) * NR;
+        let f16 = matches!(w, Weight::F16(_));
+        let per_panel = lane_count(lanes, k) * panel_width(f16);
         let mut data = vec![0u32; n.div_ceil(NR) * per_panel];
         if per_panel > 0 {
             data.par_chunks_mut(per_panel)
                 .enumerate()
                 .for_each(|(panel, dst)| {
                     let cols = (n - panel * NR).min(NR);
-                    pack_slice(w, k, panel * NR, cols, 0, per_panel / NR, dst);
+                    match w {
+                        Weight::F16(data) => pack_f16(data, k, panel * NR, cols, dst),
+                        _ => pack_slice(w, k, panel * NR, cols, 0, per_panel / NR, dst),
+                    }
                 });
         }
-        Ok(Self { data, lanes, n, k })
+        Ok(Self {
+            data,
+            lanes,
+            f16,
+            n,
+            k,
+        })
     }
 
     /// Outputs (the weight's rows).
@@ -138,14 +157,45 @@ impl Packed {
         self.k
     }
 
-    /// Whether the values are bf16 (else f32).
+    /// Whether the values are bf16.
     pub fn is_bf16(&self) -> bool {
         self.lanes == Lanes::Bf16Pairs
+    }
+
+    /// Whether the values are f16.
+    pub fn is_f16(&self) -> bool {
+        self.f16
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
+    }
+}
+
+/// 32-bit lanes per row of K in a panel: 32 columns, or 16 lanes of two f16 columns each.
+fn panel_width(f16: bool) -> usize {
+    if f16 {
+        NR / 2
+    } else {
+        NR
+    }
+}
+
+/// Columns j0..j0 + cols of f16 weights [n, k] as one panel: row p of K holds the 32 columns'
+/// values in order, two to a lane (zeros past the last column).
+fn pack_f16(data: &[f16], k: usize, j0: usize, cols: usize, panel: &mut [u32]) {
+    let bits = |c: usize, p: usize| -> u32 {
+        if c < cols {
+            u32::from(data[(j0 + c) * k + p].to_bits())
+        } else {
+            0
+        }
+    };
+    for p in 0..k {
+        for (lane, dst) in panel[p * NR / 2..(p + 1) * NR / 2].iter_mut().enumerate() {
+            *dst = bits(2 * lane, p) | (bits(2 * lane + 1, p) << 16);
+        }
     }
 }
 
@@ -175,6 +225,7 @@ pub fn matmul_wt(
             n == 0 || k == 0 || (n - 1) * s0 + (k - 1) * s1 < data.len()
         }
         Weight::Bf16(data) => data.len() >= n * k,
+        Weight::F16(data) => data.len() >= n * k,
         Weight::Packed(p) => p.n == n && p.k == k,
     };
     let kind = w.lanes();
@@ -216,6 +267,7 @@ pub fn matmul_wt(
         }
     };
     let panels = n.div_ceil(NR);
+    let f16_panels = matches!(w, Weight::Packed(p) if p.f16);
     let out_addr = out.as_mut_ptr() as usize;
     // Row block-major: rayon hands each thread a run of consecutive tasks, one block's panels.
     (0..rows.div_ceil(MC) * panels)
@@ -231,7 +283,10 @@ pub fn matmul_wt(
                 while k0 < lanes {
                     let kc = (lanes - k0).min(KC);
                     let b = match w {
-                        Weight::Packed(p) => &p.data[(panel * lanes + k0) * NR..][..kc * NR],
+                        Weight::Packed(p) => {
+                            let width = panel_width(p.f16);
+                            &p.data[(panel * lanes + k0) * width..][..kc * width]
+                        }
                         _ => {
                             slice.resize(KC * NR, 0);
                             pack_slice(w, k, panel * NR, cols, k0, kc, slice);
@@ -250,12 +305,14 @@ pub fn matmul_wt(
                             let c = (out_addr as *mut f32).add(t0 * n + panel * NR);
                             let a = a.as_ptr().add(t0 * lanes + k0);
                             let b = b.as_ptr();
+                            let add = add || k0 > 0;
                             match kind {
-                                Lanes::F32 => {
-                                    tile_f32(r, a, lanes, kc, b, NR, c, n, cols, add || k0 > 0)
+                                Lanes::F32 if f16_panels => {
+                                    tile_f16(r, a, lanes, kc, b, NR / 2, c, n, cols, add)
                                 }
+                                Lanes::F32 => tile_f32(r, a, lanes, kc, b, NR, c, n, cols, add),
                                 Lanes::Bf16Pairs => {
-                                    tile_bf16(r, a, lanes, kc, b, NR, c, n, cols, add || k0 > 0)
+                                    tile_bf16(r, a, lanes, kc, b, NR, c, n, cols, add)
                                 }
                             }
                         }
@@ -433,6 +490,14 @@ fn pack_slice(
                 }
             }
         }
+        Weight::F16(data) => {
+            for c in 0..cols {
+                let row = &data[(j0 + c) * k + k0..][..kc];
+                for (p, v) in row.iter().enumerate() {
+                    slice[p * NR + c] = v.to_f32().to_bits();
+                }
+            }
+        }
         Weight::Bf16(data) => {
             for c in 0..cols {
                 let row = &data[(j0 + c) * k..(j0 + c + 1) * k];
@@ -442,6 +507,14 @@ fn pack_slice(
                     let hi = row.get(i + 1).map_or(0, |v| v.to_bits());
                     slice[p * NR + c] = u32::from(lo) | (u32::from(hi) << 16);
                 }
+            }
+        }
+        // f16 panels: widened, a column pair per lane.
+        Weight::Packed(p) if p.f16 => {
+            let panel = &p.data[((j0 / NR) * p.k + k0) * NR / 2..][..kc * NR / 2];
+            for (dst, &pair) in slice.chunks_exact_mut(2).zip(panel) {
+                dst[0] = f16::from_bits(pair as u16).to_f32().to_bits();
+                dst[1] = f16::from_bits((pair >> 16) as u16).to_f32().to_bits();
             }
         }
         // Already in this layout: the panel's own lanes (`j0` is a multiple of 32 here).
@@ -507,6 +580,29 @@ fn lane_mask(cols: usize) -> __mmask16 {
     }
 }
 
+/// One row of B's 32 columns as two registers of 32-bit lanes: masked, so that no column past
+/// the tile's last is read.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_lanes(row: *const u32, m0: __mmask16, m1: __mmask16) -> (__m512i, __m512i) {
+    (
+        _mm512_maskz_loadu_epi32(m0, row.cast()),
+        _mm512_maskz_loadu_epi32(m1, row.add(16).cast()),
+    )
+}
+
+/// One row of an f16 panel (32 columns in 64 bytes) widened to two registers of f32. Panels
+/// are whole (zeros past the last column), so the row is read unmasked.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_f16_columns(row: *const u32, _: __mmask16, _: __mmask16) -> (__m512i, __m512i) {
+    let v = _mm512_loadu_si512(row.cast());
+    (
+        _mm512_castps_si512(_mm512_cvtph_ps(_mm512_castsi512_si256(v))),
+        _mm512_castps_si512(_mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(v))),
+    )
+}
+
 /// `acc + a · b` for 16 f32 lanes.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -532,7 +628,7 @@ pub(crate) type Tile =
     unsafe fn(usize, *const u32, usize, usize, *const u32, usize, *mut f32, usize, usize, bool);
 
 macro_rules! micro_kernel {
-    ($tile:ident, $kernel:ident, $features:literal, $madd:ident) => {
+    ($tile:ident, $kernel:ident, $features:literal, $load:ident, $madd:ident) => {
         /// One tile of `r` ≤ 8 rows: dispatches to the kernel for that row count.
         ///
         /// SAFETY: the CPU has the kernel's instructions; `a` points at `r` rows of `kc`
@@ -581,8 +677,7 @@ macro_rules! micro_kernel {
             // Masked loads: a last, partial tile reads no column past `cols`.
             let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
             for p in 0..kc {
-                let b0 = _mm512_maskz_loadu_epi32(m0, b.add(p * ldb).cast());
-                let b1 = _mm512_maskz_loadu_epi32(m1, b.add(p * ldb + 16).cast());
+                let (b0, b1) = $load(b.add(p * ldb), m0, m1);
                 for (row, acc) in acc.iter_mut().enumerate() {
                     let x = _mm512_set1_epi32(a.add(row * lda + p).read_unaligned() as i32);
                     acc[0] = $madd(acc[0], x, b0);
@@ -611,13 +706,15 @@ macro_rules! micro_kernel {
     };
 }
 
-micro_kernel!(tile_f32, kernel_f32, "avx512f", madd_f32);
+micro_kernel!(tile_f32, kernel_f32, "avx512f", load_lanes, madd_f32);
 micro_kernel!(
     tile_bf16,
     kernel_bf16,
     "avx512f,avx512bw,avx512bf16",
+    load_lanes,
     madd_bf16
 );
+micro_kernel!(tile_f16, kernel_f16, "avx512f", load_f16_columns, madd_f32);
 
 #[cfg(test)]
 mod tests {
@@ -725,6 +822,31 @@ mod tests {
             let mut out: Vec<f32> = (0..rows).flat_map(|_| bias.iter().copied()).collect();
             matmul_wt(&x, rows, k, Weight::Bf16(&wb), n, &mut out, true).unwrap();
             assert!(worst(&out, &want) < 1e-4, "{rows}×{k}×{n}");
+        }
+    }
+
+    /// f16 weights multiply as their f32 values, packed (kept 16-bit, widened as loaded) or
+    /// not (widened as each slice is packed).
+    #[test]
+    fn f16_matches_the_product_of_the_rounded_weights() {
+        if !has_f32() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        for (rows, k, n) in SIZES {
+            let (x, w) = (input(rows * k), weights(n * k));
+            let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let rounded: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+            let want = exact(&x, &rounded, &bias, rows, k);
+            let packed = Packed::new(Weight::F16(&wh), n, k).unwrap();
+            assert!(packed.is_f16() && !packed.is_bf16());
+            assert_eq!(packed.bytes(), n.div_ceil(NR) * NR * k * 2);
+            for weight in [Weight::F16(&wh), Weight::Packed(&packed)] {
+                let mut out: Vec<f32> = (0..rows).flat_map(|_| bias.iter().copied()).collect();
+                matmul_wt(&x, rows, k, weight, n, &mut out, true).unwrap();
+                assert!(worst(&out, &want) < 1e-4, "{rows}×{k}×{n}");
+            }
         }
     }
 

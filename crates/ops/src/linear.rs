@@ -98,10 +98,11 @@ pub fn linear(x: &Tensor, layer: &candle_nn::Linear) -> Result<Tensor> {
 
 /// A linear layer as Easel computes it.
 ///
-/// On CPUs with AVX-512, f32 and bf16 weights are packed here, once, into the panels the
-/// kernel reads ([`crate::avx512::Packed`]), and the plain copy is dropped, so memory does not
-/// grow and no call re-packs them. Elsewhere (other CPUs, GPUs, trained `Var`s, f16 weights,
-/// `EASEL_KERNELS=candle`) it is candle's layer, computed by [`linear`]. The weights never
+/// On CPUs with AVX-512, f32, bf16 and f16 weights are packed here, once, into the panels the
+/// kernel reads ([`crate::avx512::Packed`]; f16 stays 16-bit there and is widened as it is
+/// loaded), and the plain copy is dropped, so memory does not grow and no call re-packs or
+/// widens them. Elsewhere (other CPUs, GPUs, trained `Var`s, `EASEL_KERNELS=candle`) it is
+/// candle's layer, computed by [`linear`]. The weights never
 /// change after loading: LoRA adds its terms to the output (see `easel::lora`).
 pub struct Linear {
     weights: Weights,
@@ -171,6 +172,8 @@ impl Linear {
             #[cfg(target_arch = "x86_64")]
             Weights::Packed { weight, .. } if weight.is_bf16() => candle_core::DType::BF16,
             #[cfg(target_arch = "x86_64")]
+            Weights::Packed { weight, .. } if weight.is_f16() => candle_core::DType::F16,
+            #[cfg(target_arch = "x86_64")]
             Weights::Packed { .. } => candle_core::DType::F32,
         }
     }
@@ -217,7 +220,7 @@ fn packed(layer: &candle_nn::Linear) -> Result<Option<Weights>> {
     use candle_core::{CpuStorage, DType, Storage};
     let w = layer.weight();
     let usable = match w.dtype() {
-        DType::F32 => super::avx512::has_f32(),
+        DType::F32 | DType::F16 => super::avx512::has_f32(),
         DType::BF16 => super::avx512::has_bf16(),
         _ => false,
     } && w.device().is_cpu()
@@ -250,6 +253,7 @@ fn packed(layer: &candle_nn::Linear) -> Result<Option<Weights>> {
             s1: 1,
         },
         CpuStorage::BF16(d) => super::avx512::Weight::Bf16(&d[layout.start_offset()..]),
+        CpuStorage::F16(d) => super::avx512::Weight::F16(&d[layout.start_offset()..]),
         _ => return Ok(None),
     };
     let weight = super::avx512::Packed::new(weight, n, k).map_err(candle_core::Error::Msg)?;
@@ -404,7 +408,8 @@ mod tests {
     fn packed_layers_match_candle() {
         use candle_core::DType;
         // Widths that are not a multiple of a panel, an odd K (a bf16 pair padded), one row,
-        // a text encoder's rows, and enough rows for several tiles.
+        // a text encoder's rows, and enough rows for several tiles and K slices. f16 weights
+        // multiply as their f32 values.
         for (rows, k, n, bias) in [
             (1, 24, 17, true),
             (154, 33, 40, false),
@@ -413,7 +418,7 @@ mod tests {
         ] {
             let (w, b) = (randn(&[n, k]), randn(&[n]));
             let x = randn(&[rows, k]);
-            for dtype in [DType::F32, DType::BF16] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
                 let plain = CandleLinear::new(
                     w.to_dtype(dtype).unwrap(),
                     bias.then(|| b.to_dtype(dtype).unwrap()),
@@ -423,8 +428,8 @@ mod tests {
                 assert_eq!(
                     layer.is_packed(),
                     match dtype {
-                        DType::F32 => crate::avx512::has_f32(),
-                        _ => crate::avx512::has_bf16(),
+                        DType::BF16 => crate::avx512::has_bf16(),
+                        _ => crate::avx512::has_f32(),
                     }
                 );
                 let got = layer.forward(&x).unwrap();
